@@ -1,0 +1,197 @@
+//! Running one stage under the artifact contract: skip when current, otherwise invalidate,
+//! write the resolved config, do the work, and write the manifest last.
+
+use crate::manifest::{Freshness, Manifest, OutputFile, StageKey, freshness};
+use crate::{ArtifactError, write_atomic};
+use std::path::Path;
+
+/// What a stage body produced.
+pub struct StageOutput {
+    pub outputs: Vec<OutputFile>,
+    pub summary: serde_json::Value,
+    pub seed: Option<u64>,
+}
+
+pub enum Outcome {
+    /// The stage was already current; nothing was done.
+    Skipped,
+    /// The stage ran (first time, stale, or forced); `why` says which.
+    Ran {
+        why: String,
+        manifest: Box<Manifest>,
+    },
+}
+
+/// Runs `body` in `dir` unless the stage is current (and not forced).
+///
+/// The old manifest is removed before anything else is touched, so a stage killed halfway is
+/// never mistaken for a finished one; the new manifest is written only after `body` succeeds.
+pub fn run_stage<E: From<ArtifactError>>(
+    dir: &Path,
+    stage: &str,
+    key: &StageKey,
+    force: bool,
+    resolved_config_toml: &str,
+    body: impl FnOnce(&Path) -> Result<StageOutput, E>,
+) -> Result<Outcome, E> {
+    let why = match freshness(dir, key)? {
+        Freshness::Current if !force => return Ok(Outcome::Skipped),
+        Freshness::Current => "forced".to_string(),
+        Freshness::Missing => "no previous run".to_string(),
+        Freshness::Stale(reason) => format!("stale: {reason}"),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| ArtifactError::io(dir, e))?;
+    let _lock = StageLock::acquire(dir)?;
+    let manifest_path = Manifest::path_in(dir);
+    if manifest_path.exists() {
+        std::fs::remove_file(&manifest_path).map_err(|e| ArtifactError::io(&manifest_path, e))?;
+    }
+    remove_stale_temporaries(dir)?;
+    write_atomic(dir.join("config.toml"), resolved_config_toml.as_bytes())?;
+    let out = body(dir)?;
+    let mut manifest = Manifest::new(stage, key.clone(), out.outputs);
+    manifest.summary = out.summary;
+    manifest.seed = out.seed;
+    manifest.save(dir)?;
+    Ok(Outcome::Ran {
+        why,
+        manifest: Box::new(manifest),
+    })
+}
+
+/// `<stage>/.lock` holds the pid of the process running the stage; a second process refuses to
+/// run the same stage, and a lock whose process is gone (killed) is taken over.
+struct StageLock {
+    path: std::path::PathBuf,
+}
+
+impl StageLock {
+    fn acquire(dir: &Path) -> Result<Self, ArtifactError> {
+        let path = dir.join(".lock");
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    write!(f, "{}", std::process::id()).map_err(|e| ArtifactError::io(&path, e))?;
+                    return Ok(Self { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                    let pid = pid.trim();
+                    if !pid.is_empty() && Path::new("/proc").join(pid).exists() {
+                        return Err(ArtifactError::contract(
+                            dir,
+                            format!(
+                                "the stage is being run by process {pid}; wait for it or stop it"
+                            ),
+                        ));
+                    }
+                    // Left by a killed run.
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => return Err(ArtifactError::io(&path, e)),
+            }
+        }
+        Err(ArtifactError::contract(
+            dir,
+            "could not take the stage lock",
+        ))
+    }
+
+    fn holder(dir: &Path) -> Option<u32> {
+        let pid = std::fs::read_to_string(dir.join(".lock")).ok()?;
+        let pid = pid.trim();
+        Path::new("/proc")
+            .join(pid)
+            .exists()
+            .then(|| pid.parse().ok())
+            .flatten()
+    }
+}
+
+impl Drop for StageLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The pid of the process running the stage in `dir`, if any.
+pub fn running_pid(dir: &Path) -> Option<u32> {
+    StageLock::holder(dir)
+}
+
+/// Removes the `.<name>.<pid>.tmp` files a killed run left behind (recursively).
+fn remove_stale_temporaries(dir: &Path) -> Result<(), ArtifactError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ArtifactError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| ArtifactError::io(dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Shards of a stage are finished (or running) by other processes: not ours to clean.
+        if path.is_dir() && name != "shards" {
+            remove_stale_temporaries(&path)?;
+        } else if name.starts_with('.') && name.ends_with(".tmp") {
+            std::fs::remove_file(&path).map_err(|e| ArtifactError::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(dir: &Path) -> Result<StageOutput, ArtifactError> {
+        write_atomic(dir.join("out.txt"), b"x")?;
+        Ok(StageOutput {
+            outputs: vec![OutputFile::describe(dir, "out.txt", Some(1))?],
+            summary: serde_json::json!({"n": 1}),
+            seed: None,
+        })
+    }
+
+    #[test]
+    fn skip_force_and_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = StageKey {
+            config_digest: "a".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            run_stage(dir.path(), "s", &key, false, "", body).unwrap(),
+            Outcome::Ran { .. }
+        ));
+        assert!(matches!(
+            run_stage(dir.path(), "s", &key, false, "", body).unwrap(),
+            Outcome::Skipped
+        ));
+        assert!(
+            matches!(run_stage(dir.path(), "s", &key, true, "", body).unwrap(), Outcome::Ran { why, .. } if why == "forced")
+        );
+        let other = StageKey {
+            config_digest: "b".into(),
+            ..Default::default()
+        };
+        assert!(
+            matches!(run_stage(dir.path(), "s", &other, false, "", body).unwrap(), Outcome::Ran { why, .. } if why.contains("config"))
+        );
+    }
+
+    #[test]
+    fn failed_body_leaves_no_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = StageKey::default();
+        run_stage(dir.path(), "s", &key, false, "", body).unwrap();
+        std::fs::write(dir.path().join(".out.txt.999.tmp"), b"torn").unwrap();
+        let failed = run_stage(dir.path(), "s", &key, true, "", |_| {
+            Err::<StageOutput, _>(ArtifactError::contract("x", "boom"))
+        });
+        assert!(failed.is_err());
+        assert!(!Manifest::path_in(dir.path()).exists());
+        assert!(!dir.path().join(".out.txt.999.tmp").exists());
+    }
+}

@@ -1,0 +1,102 @@
+//! The error type of this crate.
+//!
+//! Variants are grouped the way the workspace conventions ask: bad input from the caller
+//! (`EmptyText`, `Config`), bad or missing files (`WeightsNotFound`, `WeightsHashMismatch`,
+//! `Tensor*`, `Safetensors`, `ModelConfig`, `Tokenizer`), fetching (`Fetch`) and run-time
+//! failures (`Io`, `Tokenize`, `Backend`). Messages name the file, the tensor or the text index.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while building or running a text encoder.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// A text is empty (or only whitespace). Encoders refuse it instead of inventing a vector:
+    /// in this project an empty caption or turn means an upstream bug.
+    #[error(
+        "text #{index} of the batch is empty after whitespace normalisation; encoders refuse empty texts (filter or fill them upstream)"
+    )]
+    EmptyText { index: usize },
+
+    /// An encoder was configured with impossible values.
+    #[error("invalid encoder configuration: {0}")]
+    Config(String),
+
+    /// A model file is missing.
+    #[error(
+        "MiniLM weights not found: {path} does not exist; run `cargo xtask fetch-models` (or set CHATPAINTER_MODELS to a folder holding all-MiniLM-L6-v2/)"
+    )]
+    WeightsNotFound { path: PathBuf },
+
+    /// The weights file is not the one this encoder was written and tested for.
+    #[error(
+        "{path}: sha256 is {found}, expected {expected}; this is not the all-MiniLM-L6-v2 model.safetensors (delete the folder and run `cargo xtask fetch-models`)"
+    )]
+    WeightsHashMismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+
+    /// The safetensors file lacks a tensor the network needs.
+    #[error("{path}: tensor `{name}` is missing")]
+    TensorMissing { path: PathBuf, name: String },
+
+    /// A tensor has the wrong shape.
+    #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    /// A tensor is not stored as float32.
+    #[error("{path}: tensor `{name}` has dtype {found}, expected F32")]
+    TensorDtype {
+        path: PathBuf,
+        name: String,
+        found: String,
+    },
+
+    /// The file is not a readable safetensors file.
+    #[error("{path}: not a valid safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+
+    /// `config.json` is unreadable or describes a network this code does not implement.
+    #[error("{path}: {message}")]
+    ModelConfig { path: PathBuf, message: String },
+
+    /// `tokenizer.json` could not be loaded or configured.
+    #[error("{path}: cannot load the tokenizer: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+
+    /// The tokenizer failed on one text.
+    #[error("tokenising text #{index}: {message}")]
+    Tokenize { index: usize, message: String },
+
+    /// Reading back a tensor from the backend failed.
+    #[error("backend error: {0}")]
+    Backend(String),
+
+    /// Downloading or unpacking the model failed.
+    #[error("fetching the model failed: {0}")]
+    Fetch(String),
+
+    /// A file-system operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EmbedError {
+    /// Wraps an I/O error with the path it concerns.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

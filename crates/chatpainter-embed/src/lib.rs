@@ -1,0 +1,188 @@
+//! Text encoders for ChatPainter: turn captions, dialogue turns and whole dialogues into
+//! fixed-size vectors (spec `data.md` §4).
+//!
+//! Every encoder implements [`TextEncoder`]: an [`EncoderIdentity`] that the embedding cache
+//! stores next to the vectors (so a different model, file or text rule never reuses stale
+//! embeddings) and [`TextEncoder::encode_batch`], which returns an [`EmbeddingBatch`] — a
+//! row-major matrix plus the list of texts that had to be truncated.
+//!
+//! Two encoders live here:
+//! - [`HashingEncoder`]: needs no files, deterministic on every machine; the default for smoke
+//!   runs and CI (`data.md` §4.4).
+//! - [`MiniLmEncoder`]: the pretrained all-MiniLM-L6-v2 sentence encoder in Burn (`data.md`
+//!   §4.3); its files come from [`fetch_minilm`] (`cargo xtask fetch-models`).
+//!
+//! Shared policies, identical for every encoder:
+//! - **Whitespace**: each text goes through [`text::normalize_whitespace`] first.
+//! - **Empty texts**: a text that is empty after that is refused with
+//!   [`EmbedError::EmptyText`] naming its index; no vector is invented.
+//! - **Truncation**: an encoder with a token limit cuts longer texts (keeping the beginning)
+//!   and reports each one in [`EmbeddingBatch::truncated`]; it never fails on length.
+
+mod error;
+pub mod fetch;
+pub mod hashing;
+pub mod minilm;
+pub mod text;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use error::EmbedError;
+pub use fetch::{MINILM_DIR_NAME, MINILM_SAFETENSORS_SHA256, default_models_dir, fetch_minilm};
+pub use hashing::HashingEncoder;
+pub use minilm::{BertConfig, BertModel, MiniLmConfig, MiniLmEncoder};
+pub use text::{NORMALIZATION_VERSION, dialogue_text, normalize_whitespace, turn_text};
+
+/// What produced a set of embeddings; stored with cached vectors and compared on reuse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncoderIdentity {
+    /// Encoder name and algorithm version, e.g. `all-MiniLM-L6-v2` or `hashing-v1`.
+    pub name: String,
+    /// sha256 (hex) of the weights file; `None` for encoders without weights.
+    pub weights_sha256: Option<String>,
+    /// Width of every output vector.
+    pub dim: usize,
+    /// Version of the text normalisation applied before encoding
+    /// ([`NORMALIZATION_VERSION`]) plus any encoder-specific setting that changes outputs
+    /// (e.g. the token limit).
+    pub normalization: String,
+}
+
+impl EncoderIdentity {
+    /// A short, stable digest of the whole identity (sha256 hex of its JSON form), handy as a
+    /// cache key.
+    pub fn fingerprint(&self) -> String {
+        // Field order is fixed by the struct, so the JSON text is canonical.
+        let json = serde_json::to_string(self).unwrap_or_default();
+        hex::encode(Sha256::digest(json.as_bytes()))
+    }
+}
+
+/// The vectors of one [`TextEncoder::encode_batch`] call, in input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingBatch {
+    /// Width of every row.
+    pub dim: usize,
+    /// Row-major `[texts.len(), dim]` values.
+    pub data: Vec<f32>,
+    /// Indices (into the input slice, ascending) of the texts that were truncated.
+    pub truncated: Vec<usize>,
+}
+
+impl EmbeddingBatch {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.data.len().checked_div(self.dim).unwrap_or(0)
+    }
+
+    /// `true` when the batch holds no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The vector of text `i`, or `None` past the end.
+    pub fn row(&self, i: usize) -> Option<&[f32]> {
+        self.data.get(i * self.dim..(i + 1) * self.dim)
+    }
+
+    /// All rows, in input order.
+    pub fn rows(&self) -> impl Iterator<Item = &[f32]> {
+        self.data.chunks_exact(self.dim.max(1))
+    }
+
+    /// One `Vec` per text.
+    pub fn to_vecs(&self) -> Vec<Vec<f32>> {
+        self.rows().map(<[f32]>::to_vec).collect()
+    }
+
+    /// How many texts were truncated.
+    pub fn truncated_count(&self) -> usize {
+        self.truncated.len()
+    }
+}
+
+/// A sentence encoder.
+///
+/// Implementations are `Send + Sync` so that one loaded model can serve several threads.
+pub trait TextEncoder: Send + Sync {
+    /// What this encoder is; see [`EncoderIdentity`].
+    fn identity(&self) -> &EncoderIdentity;
+
+    /// Width of the output vectors.
+    fn dim(&self) -> usize {
+        self.identity().dim
+    }
+
+    /// The token limit beyond which texts are truncated (`None`: never truncates).
+    fn max_tokens(&self) -> Option<usize>;
+
+    /// Encodes `texts` into L2-normalised vectors, one row per text, in input order.
+    ///
+    /// # Errors
+    /// [`EmbedError::EmptyText`] if a text is empty after whitespace normalisation (the
+    /// whole call fails, naming the first such index); encoder-specific run-time errors.
+    /// Over-long texts are not an error: they are truncated and listed in
+    /// [`EmbeddingBatch::truncated`].
+    fn encode_batch(&self, texts: &[&str]) -> Result<EmbeddingBatch, EmbedError>;
+}
+
+/// Normalises every text and checks none is empty; shared by all encoders so the empty-text
+/// policy is the same everywhere.
+pub(crate) fn normalize_batch(texts: &[&str]) -> Result<Vec<String>, EmbedError> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(index, t)| {
+            let n = normalize_whitespace(t);
+            if n.is_empty() {
+                Err(EmbedError::EmptyText { index })
+            } else {
+                Ok(n)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_accessors() {
+        let b = EmbeddingBatch {
+            dim: 2,
+            data: vec![1.0, 2.0, 3.0, 4.0],
+            truncated: vec![1],
+        };
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.row(1), Some(&[3.0, 4.0][..]));
+        assert_eq!(b.row(2), None);
+        assert_eq!(b.to_vecs(), vec![vec![1.0, 2.0], vec![3.0, 4.0]]);
+        assert_eq!(b.truncated_count(), 1);
+    }
+
+    #[test]
+    fn empty_texts_are_refused_with_their_index() {
+        let err = normalize_batch(&["ok", " \t", ""]).err();
+        assert!(
+            matches!(err, Some(EmbedError::EmptyText { index: 1 })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn fingerprint_depends_on_every_field() {
+        let a = EncoderIdentity {
+            name: "x".into(),
+            weights_sha256: None,
+            dim: 4,
+            normalization: NORMALIZATION_VERSION.into(),
+        };
+        let mut b = a.clone();
+        b.dim = 5;
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+        assert_eq!(a.fingerprint().len(), 64);
+    }
+}

@@ -1,0 +1,33 @@
+//! Evaluation metrics of ChatPainter: Inception v3 backbones, Inception Score and FID.
+//!
+//! The pieces, in the order a caller uses them:
+//! 1. [`inception`]: the network in its two flavours (torchvision ImageNet, and the TF
+//!    "2015-12-05" graph of pytorch-fid / torch-fidelity), with `state_dict`-compatible names.
+//! 2. [`weights`]: loading a user-supplied weights file (`.pth` or safetensors), recording its
+//!    sha256; without a file the result is [`Availability::Unavailable`], never a number.
+//! 3. [`preprocess`]: resize to 299 and normalise exactly as each backbone expects.
+//! 4. [`inception_score`] and [`fid`]: the metrics in f64, FID reference statistics in
+//!    [`npz`] files; [`runner`] feeds batches through a network and collects both.
+//!
+//! Every number must be printed together with [`Backbone::label`]: scores from the two
+//! backbones are not comparable (evaluation.md §1). Generation, reports and the CLI live
+//! elsewhere and call this library.
+
+pub mod error;
+pub mod fid;
+pub mod inception;
+pub mod inception_score;
+pub mod npz;
+pub mod preprocess;
+pub mod runner;
+pub mod weights;
+
+pub use error::{EvalError, Result};
+pub use fid::{FeatureAccumulator, Fid, FidStatistics, frechet_distance};
+pub use inception::{Backbone, InceptionConfig, InceptionOutput, InceptionV3};
+pub use inception_score::{
+    InceptionScore, InceptionScoreConfig, ProbabilityMatrix, inception_score,
+};
+pub use preprocess::{ImageBatch, Preprocess, preprocess};
+pub use runner::InceptionRunner;
+pub use weights::{Availability, LoadedInception, WeightsProvenance, load_inception};

@@ -1,0 +1,463 @@
+//! The ingest stage: catalog → (this shard's) images decoded in parallel → Parquet tables, and
+//! the merge step that joins shards into one dataset after checking nothing is missing or doubled.
+
+use crate::catalog::{self, Candidate};
+use crate::config::IngestConfig;
+use crate::error::{IngestError, Result};
+use crate::images;
+use crate::quality::{Action, Issue, QualityReport, Reason};
+use crate::tables::{self, ImageTableWriter, Record};
+use chatpainter_artifacts::{Manifest, OutputFile, Progress, write_atomic};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+pub const RECORDS_FILE: &str = "records.parquet";
+pub const ISSUES_FILE: &str = "issues.parquet";
+pub const QUALITY_FILE: &str = "quality.json";
+
+/// `--shard I/N`: this process handles the images whose id hashes to `index` modulo `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Folder of a shard's outputs inside the ingest stage directory.
+    pub fn dir_name(&self) -> String {
+        format!("shards/{:05}-of-{:05}", self.index, self.count)
+    }
+
+    pub fn owns(&self, image_id: i64) -> bool {
+        shard_of(image_id, self.count) == self.index
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("--shard {s:?}: expected I/N, e.g. 0/8"))?;
+        let index: u32 = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard {s:?}: I is not a number"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard {s:?}: N is not a number"))?;
+        if count == 0 || index >= count {
+            return Err(format!("--shard {s:?}: need 0 <= I < N"));
+        }
+        Ok(Self { index, count })
+    }
+}
+
+/// Deterministic on every machine: SplitMix64 of the id, modulo the shard count.
+pub fn shard_of(image_id: i64, count: u32) -> u32 {
+    let mut z = (image_id as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z % count as u64) as u32
+}
+
+/// Counts a merge checks; kept in each shard's manifest summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IngestSummary {
+    pub shard: Option<Shard>,
+    /// Candidate images (after JSON-level checks) in the whole dataset, and in this shard.
+    pub candidates_total: u64,
+    pub candidates: u64,
+    pub records: u64,
+    /// Candidates whose image could not be used.
+    pub images_dropped: u64,
+    pub load_sizes: Vec<u32>,
+    /// Image table paths (relative to the stage directory) per load size and split.
+    pub image_tables: BTreeMap<u32, BTreeMap<String, Vec<String>>>,
+}
+
+pub struct IngestOutput {
+    pub outputs: Vec<OutputFile>,
+    pub report: QualityReport,
+    pub summary: IngestSummary,
+}
+
+/// Ingests (one shard of) the dataset into `out`.
+pub fn run(
+    config: &IngestConfig,
+    data_root: &Path,
+    out: &Path,
+    shard: Shard,
+    progress: &dyn Progress,
+) -> Result<IngestOutput> {
+    config.validate().map_err(IngestError::Config)?;
+    let catalog = catalog::build(config, data_root)?;
+    let candidates_total = catalog.candidates.len() as u64;
+    let candidates: Vec<Candidate> = catalog
+        .candidates
+        .into_iter()
+        .filter(|c| shard.owns(c.image_id))
+        .collect();
+    // Issues without an image id belong to shard 0, so that each is reported exactly once.
+    let mut issues: Vec<Issue> = catalog
+        .issues
+        .into_iter()
+        .filter(|i| i.image_id.map_or(shard.index == 0, |id| shard.owns(id)))
+        .collect();
+    fail_if_strict(config, &issues)?;
+    let mut report = catalog.report;
+
+    let mut summary = IngestSummary {
+        shard: (shard.count > 1).then_some(shard),
+        candidates_total,
+        candidates: candidates.len() as u64,
+        load_sizes: config.load_sizes.clone(),
+        ..Default::default()
+    };
+    let mut records: Vec<Record> = Vec::with_capacity(candidates.len());
+    let mut outputs = Vec::new();
+    let part = format!("part-{:05}-of-{:05}.parquet", shard.index, shard.count);
+    progress.start("decoding images", candidates.len() as u64);
+    let mut by_split: BTreeMap<&str, Vec<&Candidate>> = BTreeMap::new();
+    for c in &candidates {
+        by_split.entry(c.split.as_str()).or_default().push(c);
+    }
+    for (split, list) in by_split {
+        let mut writers = Vec::new();
+        for &size in &config.load_sizes {
+            let rel = format!("images/{size}/{split}/{part}");
+            writers.push((
+                rel.clone(),
+                ImageTableWriter::create(&out.join(&rel), size)?,
+            ));
+            summary
+                .image_tables
+                .entry(size)
+                .or_default()
+                .entry(split.to_string())
+                .or_default()
+                .push(rel);
+        }
+        for chunk in list.chunks(config.row_group_size) {
+            let decoded: Vec<_> = chunk
+                .par_iter()
+                .map(|c| images::load(&data_root.join(&c.file_name), &config.load_sizes))
+                .collect();
+            let mut ids = Vec::with_capacity(chunk.len());
+            let mut kept = Vec::with_capacity(chunk.len());
+            for (c, result) in chunk.iter().zip(decoded) {
+                match result {
+                    Ok(d) => {
+                        note_conversions(c, &d, &mut issues);
+                        ids.push(c.image_id);
+                        records.push(Record {
+                            image_id: c.image_id,
+                            split: c.split.clone(),
+                            file_name: c.file_name.clone(),
+                            width: d.width as i32,
+                            height: d.height as i32,
+                            captions: c.captions.clone(),
+                            dialogue: c.dialogue.clone(),
+                        });
+                        kept.push(d.png);
+                    }
+                    Err((reason, detail)) => {
+                        summary.images_dropped += 1;
+                        issues.push(Issue::new(
+                            &c.listed_in,
+                            &c.file_name,
+                            "file_name",
+                            Some(c.image_id),
+                            reason,
+                            detail,
+                        ));
+                    }
+                }
+            }
+            for (k, (_, writer)) in writers.iter_mut().enumerate() {
+                let pngs: Vec<&[u8]> = kept.iter().map(|p| p[k].as_slice()).collect();
+                writer.write_group(&ids, &pngs)?;
+            }
+            progress.advance(chunk.len() as u64);
+        }
+        for (rel, writer) in writers {
+            let rows = writer.finish()?;
+            outputs.push(OutputFile::describe(out, &rel, Some(rows))?);
+        }
+    }
+    progress.finish();
+    fail_if_strict(config, &issues)?;
+    summary.records = records.len() as u64;
+
+    for r in &records {
+        report
+            .splits
+            .entry(r.split.clone())
+            .or_default()
+            .records_out += 1;
+    }
+    for split in report.splits.values_mut() {
+        split.dropped = split.images_in.saturating_sub(split.records_out);
+    }
+    count_file_use(&mut report, &records, &candidates);
+    issues.sort_by(|a, b| (&a.file, a.image_id, &a.record).cmp(&(&b.file, b.image_id, &b.record)));
+    report.count_issues(&issues);
+    outputs.extend(write_tables(out, &records, &issues, &report)?);
+    Ok(IngestOutput {
+        outputs,
+        report,
+        summary,
+    })
+}
+
+fn note_conversions(c: &Candidate, d: &images::Decoded, issues: &mut Vec<Issue>) {
+    for &reason in &d.conversions {
+        issues.push(Issue::new(
+            &c.listed_in,
+            &c.file_name,
+            "file_name",
+            Some(c.image_id),
+            reason,
+            "converted to 8-bit RGB",
+        ));
+    }
+    if let Some((w, h)) = c.json_size
+        && (w, h) != (d.width as i64, d.height as i64)
+    {
+        issues.push(Issue::new(
+            &c.listed_in,
+            &c.file_name,
+            "width/height",
+            Some(c.image_id),
+            Reason::SizeMismatch,
+            format!(
+                "JSON says {w}x{h}, the image is {}x{}; kept the image's size",
+                d.width, d.height
+            ),
+        ));
+    }
+}
+
+fn count_file_use(report: &mut QualityReport, records: &[Record], candidates: &[Candidate]) {
+    let kept: HashSet<(&str, i64)> = records
+        .iter()
+        .map(|r| (r.split.as_str(), r.image_id))
+        .collect();
+    for c in candidates
+        .iter()
+        .filter(|c| kept.contains(&(c.split.as_str(), c.image_id)))
+    {
+        if let Some(f) = report.files.get_mut(&c.listed_in) {
+            // A COCO record is its image entry plus its captions.
+            f.records_used += if f.kind == "coco-captions" {
+                1 + c.captions.len() as u64
+            } else {
+                1
+            };
+        }
+        if let Some(d) = &c.dialogue {
+            let file = report.files.iter_mut().find(|(name, f)| {
+                f.kind == format!("visdial-{}", d.source) && **name != c.listed_in
+            });
+            if let Some((_, f)) = file {
+                f.records_used += 1;
+            }
+        }
+    }
+}
+
+fn fail_if_strict(config: &IngestConfig, issues: &[Issue]) -> Result<()> {
+    let dropped: Vec<&Issue> = issues
+        .iter()
+        .filter(|i| i.reason.action() != Action::Converted)
+        .collect();
+    if config.strict && !dropped.is_empty() {
+        return Err(IngestError::Strict {
+            count: dropped.len(),
+            first: dropped[0].to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn write_tables(
+    out: &Path,
+    records: &[Record],
+    issues: &[Issue],
+    report: &QualityReport,
+) -> Result<Vec<OutputFile>> {
+    tables::write_records(&out.join(RECORDS_FILE), records)?;
+    tables::write_issues(&out.join(ISSUES_FILE), issues)?;
+    let json = serde_json::to_vec_pretty(report)
+        .map_err(|e| IngestError::contract(out.join(QUALITY_FILE), e.to_string()))?;
+    write_atomic(out.join(QUALITY_FILE), &json)?;
+    Ok(vec![
+        OutputFile::describe(out, RECORDS_FILE, Some(records.len() as u64))?,
+        OutputFile::describe(out, ISSUES_FILE, Some(issues.len() as u64))?,
+        OutputFile::describe(out, QUALITY_FILE, None)?,
+    ])
+}
+
+/// Joins `count` finished shards under `stage_dir/shards/` into one dataset in `stage_dir`.
+///
+/// Checks: every shard finished (has a manifest) with the same config and inputs, every shard's
+/// outputs still hash as recorded, every record sits in the shard its id hashes to, no
+/// (split, image id) appears twice, and the shards' candidates add up to the dataset's total.
+/// Image tables are not copied: the merged manifest lists the shards' files.
+pub fn merge(stage_dir: &Path, count: u32) -> Result<IngestOutput> {
+    let mut merged_records = Vec::new();
+    let mut merged_issues = Vec::new();
+    let mut report = QualityReport::default();
+    let mut summary = IngestSummary::default();
+    let mut first_key = None;
+    let mut image_outputs = Vec::new();
+    let mut seen: HashSet<(String, i64)> = HashSet::new();
+    for index in 0..count {
+        let shard = Shard { index, count };
+        let dir: PathBuf = stage_dir.join(shard.dir_name());
+        let manifest = Manifest::load_if_present(&dir)?.ok_or_else(|| {
+            IngestError::contract(&dir, format!("shard {index}/{count} has not finished (no manifest.json): run ingest --shard {index}/{count}"))
+        })?;
+        manifest.verify_hashes(&dir)?;
+        let key = (
+            manifest.key.config_digest.clone(),
+            manifest.key.inputs_digest.clone(),
+        );
+        match &first_key {
+            None => first_key = Some(key),
+            Some(k) if *k != key => {
+                return Err(IngestError::contract(
+                    &dir,
+                    "this shard was ingested with another config or other input files than shard 0",
+                ));
+            }
+            Some(_) => {}
+        }
+        let s: IngestSummary = serde_json::from_value(manifest.summary.clone())
+            .map_err(|e| IngestError::contract(Manifest::path_in(&dir), format!("summary: {e}")))?;
+        if s.shard != Some(shard) {
+            return Err(IngestError::contract(
+                &dir,
+                format!("manifest says shard {:?}", s.shard),
+            ));
+        }
+        if index == 0 {
+            summary.candidates_total = s.candidates_total;
+            summary.load_sizes = s.load_sizes.clone();
+        } else if s.candidates_total != summary.candidates_total {
+            return Err(IngestError::contract(
+                &dir,
+                format!(
+                    "shard sees {} candidate images, shard 0 saw {}",
+                    s.candidates_total, summary.candidates_total
+                ),
+            ));
+        }
+        if s.records + s.images_dropped != s.candidates {
+            return Err(IngestError::contract(
+                &dir,
+                format!(
+                    "{} records + {} dropped images != {} candidates",
+                    s.records, s.images_dropped, s.candidates
+                ),
+            ));
+        }
+        summary.candidates += s.candidates;
+        summary.records += s.records;
+        summary.images_dropped += s.images_dropped;
+        let records = tables::read_records(&dir.join(RECORDS_FILE))?;
+        if records.len() as u64 != s.records {
+            return Err(IngestError::contract(
+                dir.join(RECORDS_FILE),
+                "row count differs from the manifest",
+            ));
+        }
+        for r in &records {
+            if !shard.owns(r.image_id) {
+                return Err(IngestError::contract(
+                    dir.join(RECORDS_FILE),
+                    format!("image {} does not belong to shard {index}", r.image_id),
+                ));
+            }
+            if !seen.insert((r.split.clone(), r.image_id)) {
+                return Err(IngestError::contract(
+                    dir.join(RECORDS_FILE),
+                    format!("image {} ({}) appears in two shards", r.image_id, r.split),
+                ));
+            }
+        }
+        for (size, splits) in &s.image_tables {
+            for (split, paths) in splits {
+                for p in paths {
+                    let rel = format!("{}/{p}", shard.dir_name());
+                    let out = manifest
+                        .outputs
+                        .iter()
+                        .find(|o| o.path == *p)
+                        .ok_or_else(|| {
+                            IngestError::contract(&dir, format!("{p} is not in the shard manifest"))
+                        })?;
+                    if out.rows != Some(s.records_in(&records, split)) {
+                        return Err(IngestError::contract(
+                            dir.join(p),
+                            "image rows differ from the split's records",
+                        ));
+                    }
+                    image_outputs.push(OutputFile {
+                        path: rel.clone(),
+                        ..out.clone()
+                    });
+                    summary
+                        .image_tables
+                        .entry(*size)
+                        .or_default()
+                        .entry(split.clone())
+                        .or_default()
+                        .push(rel);
+                }
+            }
+        }
+        merged_records.extend(records);
+        merged_issues.extend(tables::read_issues(&dir.join(ISSUES_FILE))?);
+        let shard_report: QualityReport = serde_json::from_slice(
+            &std::fs::read(dir.join(QUALITY_FILE))
+                .map_err(|e| IngestError::io(dir.join(QUALITY_FILE), e))?,
+        )
+        .map_err(|e| IngestError::contract(dir.join(QUALITY_FILE), e.to_string()))?;
+        report.merge(&shard_report);
+    }
+    if summary.candidates != summary.candidates_total {
+        return Err(IngestError::contract(
+            stage_dir,
+            format!(
+                "shards hold {} candidate images in all, the dataset has {}",
+                summary.candidates, summary.candidates_total
+            ),
+        ));
+    }
+    merged_records.sort_by(|a, b| (&a.split, a.image_id).cmp(&(&b.split, b.image_id)));
+    let mut outputs = image_outputs;
+    outputs.extend(write_tables(
+        stage_dir,
+        &merged_records,
+        &merged_issues,
+        &report,
+    )?);
+    Ok(IngestOutput {
+        outputs,
+        report,
+        summary,
+    })
+}
+
+impl IngestSummary {
+    fn records_in(&self, records: &[Record], split: &str) -> u64 {
+        records.iter().filter(|r| r.split == split).count() as u64
+    }
+}

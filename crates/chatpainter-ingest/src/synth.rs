@@ -1,0 +1,512 @@
+//! A synthetic dataset in the real COCO-2014 + VisDial v1.0 file formats, deterministic from a seed.
+//!
+//! Each image is a few flat shapes on a background. The captions name only the kinds of shape
+//! ("a circle and triangles"); the dialogue reveals what the captions do not: how many shapes, their
+//! colours, where they are, their size and the background. A model conditioned on the dialogue can
+//! therefore do measurably better than one conditioned on the caption alone, which is the point of
+//! ChatPainter. The ground truth of every scene is written to `attributes.json` for later scoring.
+//!
+//! Layout (the same as the real downloads, see the README):
+//! `annotations/captions_{train,val}2014.json`, `{train,val}2014/COCO_{train,val}2014_%012d.jpg`,
+//! `visdial/visdial_1.0_train.json` (dialogues for both COCO splits, as v1.0 ships them),
+//! `visdial/visdial_1.0_val.json` + `VisualDialog_val2018/` (standalone images, no COCO captions).
+
+use crate::error::{IngestError, Result};
+use chatpainter_artifacts::{AtomicFile, OutputFile};
+use image::codecs::jpeg::JpegEncoder;
+use image::{Rgb, RgbImage};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthConfig {
+    /// Images in COCO train2014 (→ split `train`).
+    #[serde(default = "d_train")]
+    pub train_images: usize,
+    /// Images in COCO val2014 (→ split `test`).
+    #[serde(default = "d_test")]
+    pub test_images: usize,
+    /// Standalone VisDial v1.0 val images (Flickr-like: dialogue caption only).
+    #[serde(default = "d_visdial_val")]
+    pub visdial_val_images: usize,
+    /// Nominal image size; each image varies by up to ±20 % in each direction, like COCO's.
+    #[serde(default = "d_width")]
+    pub width: u32,
+    #[serde(default = "d_height")]
+    pub height: u32,
+    #[serde(default = "d_rounds")]
+    pub rounds: usize,
+    #[serde(default = "d_quality")]
+    pub jpeg_quality: u8,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn d_train() -> usize {
+    48
+}
+fn d_test() -> usize {
+    16
+}
+fn d_visdial_val() -> usize {
+    4
+}
+fn d_width() -> u32 {
+    160
+}
+fn d_height() -> u32 {
+    120
+}
+fn d_rounds() -> usize {
+    10
+}
+fn d_quality() -> u8 {
+    92
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        Self {
+            train_images: d_train(),
+            test_images: d_test(),
+            visdial_val_images: d_visdial_val(),
+            width: d_width(),
+            height: d_height(),
+            rounds: d_rounds(),
+            jpeg_quality: d_quality(),
+            seed: 0,
+        }
+    }
+}
+
+/// SplitMix64: tiny, and the same sequence on every platform and compiler version.
+#[derive(Clone)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+const SHAPES: [&str; 3] = ["circle", "square", "triangle"];
+const COLOURS: [(&str, [u8; 3]); 7] = [
+    ("red", [220, 30, 30]),
+    ("green", [30, 170, 50]),
+    ("blue", [30, 60, 220]),
+    ("yellow", [240, 220, 30]),
+    ("purple", [140, 40, 170]),
+    ("orange", [250, 140, 20]),
+    ("white", [245, 245, 245]),
+];
+const BACKGROUNDS: [(&str, [u8; 3]); 4] = [
+    ("a blue sky", [120, 170, 235]),
+    ("green grass", [70, 140, 60]),
+    ("a sandy beach", [220, 200, 150]),
+    ("a dark night", [25, 25, 45]),
+];
+const COLUMNS: [&str; 3] = ["left", "middle", "right"];
+
+/// Ground truth of one object in a scene.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Object {
+    pub shape: String,
+    pub colour: String,
+    /// `left`, `middle` or `right`.
+    pub position: String,
+    pub large: bool,
+}
+
+/// Ground truth of one image, written to `attributes.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scene {
+    pub image_id: i64,
+    pub split: String,
+    pub file_name: String,
+    pub width: u32,
+    pub height: u32,
+    pub background: String,
+    pub objects: Vec<Object>,
+}
+
+fn number(n: usize) -> &'static str {
+    ["zero", "one", "two", "three", "four"][n.min(4)]
+}
+
+impl Scene {
+    fn random(
+        rng: &mut SplitMix,
+        image_id: i64,
+        split: &str,
+        file_name: String,
+        cfg: &SynthConfig,
+    ) -> Self {
+        let jitter = |rng: &mut SplitMix, v: u32| {
+            ((v as f32) * (0.8 + 0.4 * rng.unit())).round().max(16.0) as u32
+        };
+        let (width, height) = (jitter(rng, cfg.width), jitter(rng, cfg.height));
+        let background = rng.below(BACKGROUNDS.len());
+        let count = 1 + rng.below(3);
+        let mut columns = vec![0usize, 1, 2];
+        let objects = (0..count)
+            .map(|_| {
+                let column = columns.remove(rng.below(columns.len()));
+                let colour = loop {
+                    let c = rng.below(COLOURS.len());
+                    // Keep shapes visible: no white on the beach, nothing dark on the night.
+                    if !(background == 2 && c == 6) {
+                        break c;
+                    }
+                };
+                Object {
+                    shape: rng.pick(&SHAPES).to_string(),
+                    colour: COLOURS[colour].0.to_string(),
+                    position: COLUMNS[column].to_string(),
+                    large: rng.below(2) == 1,
+                }
+            })
+            .collect();
+        Self {
+            image_id,
+            split: split.to_string(),
+            file_name,
+            width,
+            height,
+            background: BACKGROUNDS[background].0.to_string(),
+            objects,
+        }
+    }
+
+    /// The kinds of shape present, e.g. "a circle and triangles": no counts beyond
+    /// singular/plural, no colours, no positions.
+    fn shape_phrase(&self) -> String {
+        let mut kinds: Vec<(&str, usize)> = Vec::new();
+        for o in &self.objects {
+            match kinds.iter_mut().find(|(s, _)| *s == o.shape) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((&o.shape, 1)),
+            }
+        }
+        let words: Vec<String> = kinds
+            .iter()
+            .map(|(s, n)| {
+                if *n == 1 {
+                    format!("a {s}")
+                } else {
+                    format!("{s}s")
+                }
+            })
+            .collect();
+        match words.len() {
+            1 => words[0].clone(),
+            _ => format!(
+                "{} and {}",
+                words[..words.len() - 1].join(", "),
+                words[words.len() - 1]
+            ),
+        }
+    }
+
+    fn captions(&self, rng: &mut SplitMix) -> Vec<String> {
+        let s = self.shape_phrase();
+        let all = [
+            format!("A simple drawing of {s}."),
+            format!("a picture with {s} in it"),
+            format!("An image showing {s}. "),
+            format!("Some flat shapes: {s}.\n"),
+            format!("  a cartoon of {s}"),
+            format!("There is {s} in this picture."),
+            format!("A computer drawing that shows {s}."),
+        ];
+        // COCO has 5 captions per image, sometimes 6 or 7.
+        let n = [5, 5, 5, 6, 7][rng.below(5)];
+        let start = rng.below(all.len());
+        (0..n)
+            .map(|i| all[(start + i) % all.len()].clone())
+            .collect()
+    }
+
+    /// Question/answer rounds (questions without `?`, as VisDial stores them).
+    fn dialogue(&self, rng: &mut SplitMix, rounds: usize) -> Vec<(String, String)> {
+        let n = self.objects.len();
+        let mut qa = vec![
+            (
+                "how many shapes are there".to_string(),
+                if n == 1 {
+                    "just one".to_string()
+                } else {
+                    number(n).to_string()
+                },
+            ),
+            (
+                "what is the background".to_string(),
+                format!("it is {}", self.background),
+            ),
+        ];
+        for o in &self.objects {
+            let the = format!("the {} on the {}", o.shape, o.position);
+            qa.push((format!("what color is {the}"), o.colour.clone()));
+            qa.push((
+                format!("where is the {} {}", o.colour, o.shape),
+                format!("on the {}", o.position),
+            ));
+            qa.push((
+                format!("is {the} big"),
+                if o.large {
+                    "yes, it is large".into()
+                } else {
+                    "no, it is small".into()
+                },
+            ));
+        }
+        let fillers = [
+            ("is this a photo", "no, it looks like a drawing"),
+            ("are there any people", "no people"),
+            ("are the shapes overlapping", "no"),
+            ("is there any text", "no text"),
+            ("can you see any animals", "no"),
+            ("is it colorful", "yes"),
+        ];
+        let mut f = rng.below(fillers.len());
+        while qa.len() < rounds {
+            let (q, a) = fillers[f % fillers.len()];
+            qa.push((q.to_string(), a.to_string()));
+            f += 1;
+        }
+        qa.truncate(rounds);
+        qa
+    }
+
+    fn render(&self, seed: u64) -> RgbImage {
+        let (w, h) = (self.width, self.height);
+        let bg = BACKGROUNDS
+            .iter()
+            .find(|b| b.0 == self.background)
+            .map_or([128; 3], |b| b.1);
+        let mut rng = SplitMix::new(seed);
+        let mut img = RgbImage::from_fn(w, h, |_, y| {
+            let shade = 1.0 - 0.25 * (y as f32 / h as f32);
+            Rgb(bg.map(|c| (c as f32 * shade) as u8))
+        });
+        for p in img.pixels_mut() {
+            let noise = rng.below(9) as i16 - 4;
+            *p = Rgb(p.0.map(|c| (c as i16 + noise).clamp(0, 255) as u8));
+        }
+        for o in &self.objects {
+            let colour = COLOURS
+                .iter()
+                .find(|c| c.0 == o.colour)
+                .map_or([0; 3], |c| c.1);
+            let column = COLUMNS.iter().position(|c| *c == o.position).unwrap_or(1) as f32;
+            let cx = (column + 0.5) * w as f32 / 3.0;
+            let cy = h as f32 * (0.35 + 0.3 * rng.unit());
+            let r = (w.min(h) as f32) * if o.large { 0.16 } else { 0.09 };
+            for y in 0..h {
+                for x in 0..w {
+                    let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+                    let inside = match o.shape.as_str() {
+                        "circle" => dx * dx + dy * dy <= r * r,
+                        "square" => dx.abs() <= r * 0.9 && dy.abs() <= r * 0.9,
+                        _ => dy <= r * 0.8 && dy >= -r && dx.abs() <= (dy + r) * 0.6,
+                    };
+                    if inside {
+                        img.put_pixel(x, y, Rgb(colour));
+                    }
+                }
+            }
+        }
+        img
+    }
+}
+
+/// Writes the dataset into `out`; returns the output files (relative paths, hashed).
+pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<OutputFile>> {
+    let mut rng = SplitMix::new(cfg.seed ^ 0x5EED_C0C0);
+    let mut scenes = Vec::new();
+    let mut files = Vec::new();
+    // Ids like COCO's: sparse, and disjoint between train and val.
+    for i in 0..cfg.train_images {
+        let id = 9 + 7 * i as i64;
+        let name = format!("COCO_train2014_{id:012}.jpg");
+        scenes.push((Scene::random(&mut rng, id, "train", name, cfg), "train2014"));
+    }
+    for i in 0..cfg.test_images {
+        let id = 42 + 7 * i as i64;
+        let name = format!("COCO_val2014_{id:012}.jpg");
+        scenes.push((Scene::random(&mut rng, id, "test", name, cfg), "val2014"));
+    }
+    for i in 0..cfg.visdial_val_images {
+        let id = 185_000 + i as i64;
+        let name = format!("VisualDialog_val2018_{id:012}.jpg");
+        scenes.push((
+            Scene::random(&mut rng, id, "visdial-val", name, cfg),
+            "VisualDialog_val2018",
+        ));
+    }
+    let texts: Vec<(Vec<String>, Vec<(String, String)>)> = scenes
+        .iter()
+        .map(|(s, _)| (s.captions(&mut rng), s.dialogue(&mut rng, cfg.rounds)))
+        .collect();
+
+    // Images, in parallel.
+    let written: Vec<Result<String>> = scenes
+        .par_iter()
+        .map(|(scene, dir)| {
+            let rel = format!("{dir}/{}", scene.file_name);
+            let img = scene.render(
+                cfg.seed
+                    .wrapping_mul(31)
+                    .wrapping_add(scene.image_id as u64),
+            );
+            let mut file = AtomicFile::create(out.join(&rel))?;
+            JpegEncoder::new_with_quality(&mut file, cfg.jpeg_quality)
+                .encode_image(&img)
+                .map_err(|source| IngestError::Image {
+                    path: out.join(&rel),
+                    source,
+                })?;
+            file.commit()?;
+            Ok(rel)
+        })
+        .collect();
+    for rel in written {
+        files.push(rel?);
+    }
+
+    // COCO captions files.
+    let mut caption_id = 1;
+    for (split, coco) in [("train", "train2014"), ("test", "val2014")] {
+        let mut images = Vec::new();
+        let mut annotations = Vec::new();
+        for ((scene, _), (captions, _)) in scenes
+            .iter()
+            .zip(&texts)
+            .filter(|((s, _), _)| s.split == split)
+        {
+            images.push(json!({
+                "license": 1, "file_name": scene.file_name, "coco_url": "", "height": scene.height,
+                "width": scene.width, "date_captured": "2013-11-14 11:18:45", "flickr_url": "", "id": scene.image_id
+            }));
+            for c in captions {
+                annotations
+                    .push(json!({"image_id": scene.image_id, "id": caption_id, "caption": c}));
+                caption_id += 1;
+            }
+        }
+        let doc = json!({
+            "info": {"description": "chatpainter synthetic COCO-2014-shaped data", "version": "1.0", "year": 2014},
+            "licenses": [{"url": "", "id": 1, "name": "synthetic"}],
+            "images": images,
+            "annotations": annotations,
+        });
+        let rel = format!("annotations/captions_{coco}.json");
+        write_json(&out.join(&rel), &doc)?;
+        files.push(rel);
+    }
+
+    // VisDial v1.0 train (both COCO splits) and val (standalone).
+    for (name, splits, vd_split) in [
+        (
+            "visdial/visdial_1.0_train.json",
+            &["train", "test"][..],
+            "train",
+        ),
+        ("visdial/visdial_1.0_val.json", &["visdial-val"][..], "val"),
+    ] {
+        let chosen: Vec<usize> = (0..scenes.len())
+            .filter(|&i| splits.contains(&scenes[i].0.split.as_str()))
+            .collect();
+        let doc = visdial_doc(&chosen, &scenes, &texts, vd_split, &mut rng);
+        write_json(&out.join(name), &doc)?;
+        files.push(name.to_string());
+    }
+
+    let attributes: Vec<&Scene> = scenes.iter().map(|(s, _)| s).collect();
+    write_json(
+        &out.join("attributes.json"),
+        &serde_json::to_value(attributes).unwrap_or_default(),
+    )?;
+    files.push("attributes.json".into());
+    files.sort();
+    files
+        .iter()
+        .map(|f| Ok(OutputFile::describe(out, f, None)?))
+        .collect()
+}
+
+fn visdial_doc(
+    chosen: &[usize],
+    scenes: &[(Scene, &str)],
+    texts: &[(Vec<String>, Vec<(String, String)>)],
+    split: &str,
+    rng: &mut SplitMix,
+) -> serde_json::Value {
+    let mut questions: Vec<String> = Vec::new();
+    let mut answers: Vec<String> = Vec::new();
+    let mut q_index: HashMap<String, usize> = HashMap::new();
+    let mut a_index: HashMap<String, usize> = HashMap::new();
+    let intern = |pool: &mut Vec<String>, index: &mut HashMap<String, usize>, s: &str| -> usize {
+        *index.entry(s.to_string()).or_insert_with(|| {
+            pool.push(s.to_string());
+            pool.len() - 1
+        })
+    };
+    let mut dialogs = Vec::new();
+    for &i in chosen {
+        let (captions, rounds) = &texts[i];
+        let mut dialog = Vec::new();
+        for (q, a) in rounds {
+            let question = intern(&mut questions, &mut q_index, q);
+            let answer = intern(&mut answers, &mut a_index, a);
+            dialog.push((question, answer));
+        }
+        dialogs.push((scenes[i].0.image_id, captions[0].trim().to_string(), dialog));
+    }
+    // 100 answer options per round, the right one among them (as VisDial ships them).
+    let pool = answers.len();
+    let dialogs: Vec<serde_json::Value> = dialogs
+        .into_iter()
+        .map(|(image_id, caption, dialog)| {
+            let rounds: Vec<serde_json::Value> = dialog
+                .into_iter()
+                .map(|(question, answer)| {
+                    let gt_index = rng.below(100);
+                    let options: Vec<usize> =
+                        (0..100).map(|k| if k == gt_index { answer } else { rng.below(pool) }).collect();
+                    json!({"question": question, "answer": answer, "answer_options": options, "gt_index": gt_index})
+                })
+                .collect();
+            json!({"image_id": image_id, "caption": caption, "dialog": rounds})
+        })
+        .collect();
+    json!({"version": "1.0", "split": split, "data": {"questions": questions, "answers": answers, "dialogs": dialogs}})
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let mut file = AtomicFile::create(path)?;
+    serde_json::to_writer(&mut file, value).map_err(|e| IngestError::io(path, e.into()))?;
+    file.flush().map_err(|e| IngestError::io(path, e))?;
+    file.commit()?;
+    Ok(())
+}

@@ -1,0 +1,601 @@
+//! End-to-end tests of ingestion on synthetic data in the real file formats, including every
+//! bad-input case of the issue: each asserts the quarantine reason or the error message.
+
+use chatpainter_artifacts::NoProgress;
+use chatpainter_ingest::pipeline::{self, Shard};
+use chatpainter_ingest::quality::{Issue, Reason};
+use chatpainter_ingest::synth::{self, SynthConfig};
+use chatpainter_ingest::tables::{self, Record};
+use chatpainter_ingest::{CocoSource, IngestConfig, VisdialSource, images};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    out: PathBuf,
+}
+
+fn fixture(train: usize, test: usize, visdial_val: usize) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = SynthConfig {
+        train_images: train,
+        test_images: test,
+        visdial_val_images: visdial_val,
+        width: 64,
+        height: 48,
+        seed: 7,
+        ..Default::default()
+    };
+    synth::generate(&cfg, &data).unwrap();
+    let out = tmp.path().join("out");
+    Fixture {
+        _tmp: tmp,
+        data,
+        out,
+    }
+}
+
+fn config() -> IngestConfig {
+    IngestConfig {
+        data_root: String::new(),
+        coco: vec![
+            CocoSource {
+                captions: "annotations/captions_train2014.json".into(),
+                images: "train2014".into(),
+                split: "train".into(),
+            },
+            CocoSource {
+                captions: "annotations/captions_val2014.json".into(),
+                images: "val2014".into(),
+                split: "test".into(),
+            },
+        ],
+        visdial: vec![
+            VisdialSource {
+                file: "visdial/visdial_1.0_train.json".into(),
+                images: None,
+                split: None,
+                file_pattern: None,
+            },
+            VisdialSource {
+                file: "visdial/visdial_1.0_val.json".into(),
+                images: Some("VisualDialog_val2018".into()),
+                split: None,
+                file_pattern: None,
+            },
+        ],
+        load_sizes: vec![16, 24],
+        require_dialog: true,
+        strict: false,
+        row_group_size: 4,
+    }
+}
+
+fn run(f: &Fixture, cfg: &IngestConfig) -> chatpainter_ingest::Result<(Vec<Record>, Vec<Issue>)> {
+    pipeline::run(cfg, &f.data, &f.out, Shard::WHOLE, &NoProgress)?;
+    Ok((
+        tables::read_records(&f.out.join("records.parquet"))?,
+        tables::read_issues(&f.out.join("issues.parquet"))?,
+    ))
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn write_json(path: &Path, v: &Value) {
+    std::fs::write(path, serde_json::to_vec(v).unwrap()).unwrap();
+}
+
+fn edit(f: &Fixture, rel: &str, change: impl FnOnce(&mut Value)) {
+    let path = f.data.join(rel);
+    let mut v = read_json(&path);
+    change(&mut v);
+    write_json(&path, &v);
+}
+
+const TRAIN: &str = "annotations/captions_train2014.json";
+const VISDIAL: &str = "visdial/visdial_1.0_train.json";
+
+fn image_id(v: &Value, i: usize) -> i64 {
+    v["images"][i]["id"].as_i64().unwrap()
+}
+
+fn reasons_for(issues: &[Issue], id: i64) -> Vec<Reason> {
+    issues
+        .iter()
+        .filter(|i| i.image_id == Some(id))
+        .map(|i| i.reason)
+        .collect()
+}
+
+#[test]
+fn parquet_texts_equal_the_json() {
+    let f = fixture(6, 3, 2);
+    let (records, issues) = run(&f, &config()).unwrap();
+    assert!(issues.is_empty(), "{issues:?}");
+    assert_eq!(records.len(), 11);
+
+    // Captions per image, normalised, in annotation order.
+    let mut expected: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for file in [TRAIN, "annotations/captions_val2014.json"] {
+        for a in read_json(&f.data.join(file))["annotations"]
+            .as_array()
+            .unwrap()
+        {
+            let c = a["caption"]
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            expected
+                .entry(a["image_id"].as_i64().unwrap())
+                .or_default()
+                .push(c);
+        }
+    }
+    // Dialogues per image, with the question mark restored.
+    let vd = read_json(&f.data.join(VISDIAL));
+    let (qs, ans) = (&vd["data"]["questions"], &vd["data"]["answers"]);
+    let mut dialogs: BTreeMap<i64, Vec<(String, String)>> = BTreeMap::new();
+    for d in vd["data"]["dialogs"].as_array().unwrap() {
+        let turns = d["dialog"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let q = qs[r["question"].as_u64().unwrap() as usize]
+                    .as_str()
+                    .unwrap();
+                let a = ans[r["answer"].as_u64().unwrap() as usize]
+                    .as_str()
+                    .unwrap();
+                (format!("{q}?"), a.to_string())
+            })
+            .collect();
+        dialogs.insert(d["image_id"].as_i64().unwrap(), turns);
+    }
+    let mut coco_records = 0;
+    for r in &records {
+        let d = r.dialogue.as_ref().expect("every record has a dialogue");
+        let turns: Vec<(String, String)> = d
+            .turns
+            .iter()
+            .map(|t| (t.question.clone(), t.answer.clone().unwrap()))
+            .collect();
+        if r.split == "visdial-val" {
+            assert_eq!(r.captions, vec![d.caption.clone()]);
+            assert_eq!(d.source, "1.0/val");
+            assert!(
+                r.file_name
+                    .starts_with("VisualDialog_val2018/VisualDialog_val2018_")
+            );
+            continue;
+        }
+        coco_records += 1;
+        assert_eq!(
+            r.captions, expected[&r.image_id],
+            "captions of {}",
+            r.image_id
+        );
+        assert!((5..=7).contains(&r.captions.len()));
+        assert_eq!(turns, dialogs[&r.image_id], "dialogue of {}", r.image_id);
+        assert_eq!(d.turns.len(), 10);
+        assert_eq!(d.source, "1.0/train");
+        assert_eq!(
+            r.split,
+            if r.file_name.starts_with("train2014/") {
+                "train"
+            } else {
+                "test"
+            }
+        );
+    }
+    assert_eq!(coco_records, 9);
+
+    // Image tables: one per size and split, ids in record order, decodable 8-bit RGB squares.
+    for size in [16u32, 24] {
+        let path = f
+            .out
+            .join(format!("images/{size}/train/part-00000-of-00001.parquet"));
+        let ids = tables::read_image_ids(&path, size).unwrap();
+        let train: Vec<i64> = records
+            .iter()
+            .filter(|r| r.split == "train")
+            .map(|r| r.image_id)
+            .collect();
+        assert_eq!(ids, train);
+        // Row groups of 4: the second group holds the 5th and 6th image only.
+        let group = tables::read_image_group(&path, 1).unwrap();
+        assert_eq!(
+            group.iter().map(|g| g.0).collect::<Vec<_>>(),
+            train[4..].to_vec()
+        );
+        let rgb = images::decode_png(&group[0].1).unwrap();
+        assert_eq!(rgb.dimensions(), (size, size));
+    }
+}
+
+#[test]
+fn quarantines_every_bad_record_with_its_reason() {
+    let f = fixture(12, 2, 0);
+    let coco = read_json(&f.data.join(TRAIN));
+    let ids: Vec<i64> = (0..12).map(|i| image_id(&coco, i)).collect();
+    let missing = ids[0];
+    let garbage = ids[1];
+    let truncated = ids[2];
+    let escapes = ids[3];
+    let absolute = ids[4];
+    let bad_index = ids[5];
+    let no_dialog = ids[6];
+    let no_captions = ids[7];
+    let duplicate = ids[8];
+    let orphan_dialog = 999_999;
+
+    let name = |id: i64| {
+        f.data
+            .join(format!("train2014/COCO_train2014_{id:012}.jpg"))
+    };
+    std::fs::remove_file(name(missing)).unwrap();
+    std::fs::write(name(garbage), b"\xFF\xD8\xFF\xE0 this is not really a jpeg").unwrap();
+    let bytes = std::fs::read(name(truncated)).unwrap();
+    std::fs::write(name(truncated), &bytes[..bytes.len() * 6 / 10]).unwrap();
+    // A perfectly good image outside the root: it must never be opened.
+    std::fs::copy(name(ids[9]), f.data.join("outside.jpg")).unwrap();
+
+    edit(&f, TRAIN, |v| {
+        let images = v["images"].as_array_mut().unwrap();
+        images[3]["file_name"] = "../outside.jpg".into();
+        images[4]["file_name"] = f
+            .data
+            .join("outside.jpg")
+            .to_string_lossy()
+            .into_owned()
+            .into();
+        let dup = images[8].clone();
+        images.push(dup);
+        let annotations = v["annotations"].as_array_mut().unwrap();
+        annotations.retain(|a| a["image_id"].as_i64() != Some(no_captions));
+        annotations.push(serde_json::json!({"image_id": 4242, "id": 1, "caption": "orphan"}));
+        annotations.push(serde_json::json!({"image_id": ids[10], "id": 2, "caption": " \n "}));
+    });
+    edit(&f, VISDIAL, |v| {
+        let dialogs = v["data"]["dialogs"].as_array_mut().unwrap();
+        dialogs.retain(|d| d["image_id"].as_i64() != Some(no_dialog));
+        for d in dialogs.iter_mut() {
+            if d["image_id"].as_i64() == Some(bad_index) {
+                d["dialog"][3]["answer"] = 10_000_000.into();
+            }
+        }
+        let mut extra = dialogs[0].clone();
+        extra["image_id"] = orphan_dialog.into();
+        dialogs.push(extra);
+    });
+
+    let (records, issues) = run(&f, &config()).unwrap();
+    let kept: BTreeSet<i64> = records.iter().map(|r| r.image_id).collect();
+    let expect = [
+        (missing, Reason::ImageMissing),
+        (garbage, Reason::ImageUndecodable),
+        (truncated, Reason::ImageUndecodable),
+        (escapes, Reason::PathEscapesRoot),
+        (absolute, Reason::PathEscapesRoot),
+        (bad_index, Reason::DialogIndexOutOfRange),
+        (no_dialog, Reason::CaptionsWithoutDialog),
+        (no_captions, Reason::NoCaptions),
+        (duplicate, Reason::DuplicateImageId),
+        (orphan_dialog, Reason::DialogWithoutCaptions),
+        (4242, Reason::CaptionForUnknownImage),
+        (ids[10], Reason::EmptyCaption),
+    ];
+    for (id, reason) in expect {
+        assert!(
+            reasons_for(&issues, id).contains(&reason),
+            "image {id}: expected {reason:?}, got {:?}",
+            reasons_for(&issues, id)
+        );
+    }
+    // The bad-index dialogue is dropped, so its image has no dialogue either.
+    assert!(reasons_for(&issues, bad_index).contains(&Reason::CaptionsWithoutDialog));
+    // Both entries of the duplicated id are reported.
+    assert_eq!(
+        reasons_for(&issues, duplicate)
+            .iter()
+            .filter(|r| **r == Reason::DuplicateImageId)
+            .count(),
+        2
+    );
+    for id in &ids[..9] {
+        assert!(!kept.contains(id), "image {id} should have been dropped");
+    }
+    // The image with one empty caption keeps its other captions; the clean ones are all there.
+    assert!(kept.contains(&ids[10]) && kept.contains(&ids[11]) && kept.contains(&ids[9]));
+    // Messages name the file, the record and the field.
+    let bad = issues
+        .iter()
+        .find(|i| i.reason == Reason::DialogIndexOutOfRange)
+        .unwrap();
+    assert_eq!(bad.file, VISDIAL);
+    assert!(
+        bad.record.ends_with(".dialog[3]") && bad.field == "answer",
+        "{bad}"
+    );
+    assert!(bad.detail.contains("10000000"), "{bad}");
+    let truncated_issue = issues
+        .iter()
+        .find(|i| i.image_id == Some(truncated))
+        .unwrap();
+    assert!(
+        truncated_issue.detail.contains("truncated"),
+        "{truncated_issue}"
+    );
+
+    // The quality report counts them.
+    let report: chatpainter_ingest::quality::QualityReport =
+        serde_json::from_slice(&std::fs::read(f.out.join("quality.json")).unwrap()).unwrap();
+    assert_eq!(report.reasons["path-escapes-root"], 2);
+    assert_eq!(report.splits["train"].images_in, 13);
+    assert_eq!(
+        report.splits["train"].records_out,
+        records.iter().filter(|r| r.split == "train").count() as u64
+    );
+
+    // Strict mode turns the same input into an error.
+    let mut strict = config();
+    strict.strict = true;
+    let err = run(&f, &strict).unwrap_err().to_string();
+    assert!(err.contains("strict mode"), "{err}");
+}
+
+#[test]
+fn odd_but_valid_images_come_out_as_8bit_rgb() {
+    let f = fixture(5, 1, 0);
+    let coco = read_json(&f.data.join(TRAIN));
+    let path = |i: usize| {
+        f.data.join(format!(
+            "train2014/{}",
+            coco["images"][i]["file_name"].as_str().unwrap()
+        ))
+    };
+    let originals: Vec<image::RgbImage> = (0..4)
+        .map(|i| image::open(path(i)).unwrap().to_rgb8())
+        .collect();
+    // Grayscale JPEG.
+    image::DynamicImage::ImageRgb8(originals[0].clone())
+        .to_luma8()
+        .save_with_format(path(0), image::ImageFormat::Jpeg)
+        .unwrap();
+    // CMYK JPEG.
+    let rgb = &originals[1];
+    let cmyk: Vec<u8> = rgb
+        .pixels()
+        .flat_map(|p| [255 - p[0], 255 - p[1], 255 - p[2], 0])
+        .collect();
+    jpeg_encoder::Encoder::new_file(path(1), 90)
+        .unwrap()
+        .encode(
+            &cmyk,
+            rgb.width() as u16,
+            rgb.height() as u16,
+            jpeg_encoder::ColorType::Cmyk,
+        )
+        .unwrap();
+    // 16-bit RGB PNG under a .jpg name.
+    let rgb = &originals[2];
+    let sixteen = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_fn(
+        rgb.width(),
+        rgb.height(),
+        |x, y| image::Rgb(rgb.get_pixel(x, y).0.map(|c| c as u16 * 257)),
+    );
+    sixteen
+        .save_with_format(path(2), image::ImageFormat::Png)
+        .unwrap();
+    // RGBA PNG under a .jpg name.
+    image::DynamicImage::ImageRgb8(originals[3].clone())
+        .to_rgba8()
+        .save_with_format(path(3), image::ImageFormat::Png)
+        .unwrap();
+
+    let (records, issues) = run(&f, &config()).unwrap();
+    assert_eq!(
+        records.iter().filter(|r| r.split == "train").count(),
+        5,
+        "{issues:?}"
+    );
+    let id = |i: usize| image_id(&coco, i);
+    assert_eq!(reasons_for(&issues, id(0)), vec![Reason::Grayscale]);
+    assert_eq!(reasons_for(&issues, id(1)), vec![Reason::Cmyk]);
+    assert_eq!(
+        reasons_for(&issues, id(2)),
+        vec![Reason::PngNamedJpeg, Reason::SixteenBit]
+    );
+    assert_eq!(
+        reasons_for(&issues, id(3)),
+        vec![Reason::PngNamedJpeg, Reason::Alpha]
+    );
+
+    // The CMYK and 16-bit images decode to the same colours as the original (within JPEG error).
+    let table = f.out.join("images/24/train/part-00000-of-00001.parquet");
+    let mut stored = BTreeMap::new();
+    for g in 0..2 {
+        for (i, png) in tables::read_image_group(&table, g).unwrap() {
+            stored.insert(i, images::decode_png(&png).unwrap());
+        }
+    }
+    for k in [1, 2] {
+        let reference = images::squash(&originals[k], 24);
+        let img = &stored[&id(k)];
+        let diff: f64 = img
+            .as_raw()
+            .iter()
+            .zip(reference.as_raw())
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .sum::<f64>()
+            / img.as_raw().len() as f64;
+        assert!(diff < 6.0, "image {k}: mean abs difference {diff}");
+    }
+    // The grayscale one has equal channels.
+    assert!(
+        stored[&id(0)]
+            .pixels()
+            .all(|p| p[0] == p[1] && p[1] == p[2])
+    );
+}
+
+#[test]
+fn whole_file_problems_are_errors_naming_file_and_position() {
+    let f = fixture(2, 1, 0);
+    let path = f.data.join(TRAIN);
+    std::fs::write(
+        &path,
+        "{\"images\": [\n  {\"id\": 1, \"file_name\": \"a.jpg\"},\n  oops\n]}",
+    )
+    .unwrap();
+    let err = run(&f, &config()).unwrap_err().to_string();
+    assert!(
+        err.contains("captions_train2014.json") && err.contains("line 3"),
+        "{err}"
+    );
+
+    std::fs::write(&path, "{\"pictures\": []}").unwrap();
+    let err = run(&f, &config()).unwrap_err().to_string();
+    assert!(
+        err.contains("captions_train2014.json") && err.contains("missing field `images`"),
+        "{err}"
+    );
+
+    std::fs::write(&path, "[1, 2, 3]").unwrap();
+    let err = run(&f, &config()).unwrap_err().to_string();
+    assert!(
+        err.contains("captions_train2014.json") && err.contains("line 1"),
+        "{err}"
+    );
+
+    let f = fixture(2, 1, 0);
+    std::fs::write(
+        f.data.join(VISDIAL),
+        "{\"version\": \"1.0\", \"split\": \"train\", \"data\": {\"questions\": [\"q\"]",
+    )
+    .unwrap();
+    let err = run(&f, &config()).unwrap_err().to_string();
+    assert!(
+        err.contains("visdial_1.0_train.json") && err.contains("line 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn visdial_priority_and_test_rounds_without_answer() {
+    let f = fixture(3, 1, 0);
+    // A v0.9-style file that covers one image too: listed first, it wins over v1.0.
+    let v1 = read_json(&f.data.join(VISDIAL));
+    let mut v09 = v1.clone();
+    v09["version"] = "0.9".into();
+    let first = v09["data"]["dialogs"][0]["image_id"].as_i64().unwrap();
+    v09["data"]["dialogs"].as_array_mut().unwrap().truncate(1);
+    // Last round without an answer, as in v1.0 test.
+    v09["data"]["dialogs"][0]["dialog"][9]
+        .as_object_mut()
+        .unwrap()
+        .remove("answer");
+    write_json(&f.data.join("visdial/visdial_0.9_train.json"), &v09);
+    let mut cfg = config();
+    cfg.visdial.insert(
+        0,
+        VisdialSource {
+            file: "visdial/visdial_0.9_train.json".into(),
+            images: None,
+            split: None,
+            file_pattern: None,
+        },
+    );
+    let (records, issues) = run(&f, &cfg).unwrap();
+    let r = records.iter().find(|r| r.image_id == first).unwrap();
+    let d = r.dialogue.as_ref().unwrap();
+    assert_eq!(d.source, "0.9/train");
+    assert_eq!(d.turns[9].answer, None);
+    assert_eq!(reasons_for(&issues, first), vec![Reason::DialogSuperseded]);
+}
+
+#[test]
+fn shards_merge_to_the_unsharded_dataset() {
+    let f = fixture(10, 4, 2);
+    let cfg = config();
+    let (whole, _) = run(&f, &cfg).unwrap();
+    let merged_dir = f.out.with_file_name("sharded");
+    let n = 3;
+    for index in 0..n {
+        let shard = Shard { index, count: n };
+        let dir = merged_dir.join(shard.dir_name());
+        let out = pipeline::run(&cfg, &f.data, &dir, shard, &NoProgress).unwrap();
+        let mut m = chatpainter_artifacts::Manifest::new("ingest", Default::default(), out.outputs);
+        m.summary = serde_json::to_value(&out.summary).unwrap();
+        // A merge before every shard has finished is refused.
+        if index == 0 {
+            let err = pipeline::merge(&merged_dir, n)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("shard 0/3 has not finished"), "{err}");
+        }
+        m.save(&dir).unwrap();
+    }
+    let merged = pipeline::merge(&merged_dir, n).unwrap();
+    assert_eq!(merged.summary.records, whole.len() as u64);
+    let records = tables::read_records(&merged_dir.join("records.parquet")).unwrap();
+    assert_eq!(records, whole);
+    // Every record's image is in exactly one of the shards' tables for its split.
+    for (split, parts) in &merged.summary.image_tables[&16] {
+        let mut ids: Vec<i64> = parts
+            .iter()
+            .flat_map(|p| tables::read_image_ids(&merged_dir.join(p), 16).unwrap())
+            .collect();
+        ids.sort_unstable();
+        let mut expected: Vec<i64> = whole
+            .iter()
+            .filter(|r| &r.split == split)
+            .map(|r| r.image_id)
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(ids, expected, "split {split}");
+    }
+
+    // A shard whose files were tampered with is caught.
+    let shard1 = merged_dir
+        .join(Shard { index: 1, count: n }.dir_name())
+        .join("records.parquet");
+    let mut bytes = std::fs::read(&shard1).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(&shard1, bytes).unwrap();
+    let err = pipeline::merge(&merged_dir, n)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("content hash"), "{err}");
+}
+
+#[test]
+fn shard_assignment_is_a_partition() {
+    let n = 7;
+    let mut counts = vec![0; n as usize];
+    for id in 0..7000 {
+        let owners: Vec<u32> = (0..n)
+            .filter(|&i| Shard { index: i, count: n }.owns(id))
+            .collect();
+        assert_eq!(owners.len(), 1);
+        counts[owners[0] as usize] += 1;
+    }
+    assert!(
+        counts.iter().all(|&c| (800..1200).contains(&c)),
+        "{counts:?}"
+    );
+    assert_eq!(
+        pipeline::shard_of(123_456, 8),
+        pipeline::shard_of(123_456, 8)
+    );
+}

@@ -1,0 +1,186 @@
+//! One configuration for the whole model family and the named presets (model.md §0): every width
+//! is a value here, so the smoke pipeline builds tiny networks from the same code.
+
+use burn::config::Config;
+
+use crate::NnError;
+use crate::ca::CaNetConfig;
+use crate::dialogue::DialogueEncoderConfig;
+use crate::stage1::{Stage1DConfig, Stage1GConfig};
+use crate::stage2::{Stage2DConfig, Stage2GConfig};
+
+/// Names accepted by [`StackGanConfig::preset`].
+pub const PRESET_NAMES: [&str; 7] = [
+    "stackgan-pytorch-coco",
+    "stackgan",
+    "chatpainter-nonrecurrent",
+    "chatpainter-recurrent",
+    "smoke",
+    "smoke-nonrecurrent",
+    "smoke-recurrent",
+];
+
+/// KL weight λ of the reference code (TRAIN.COEFF.KL).
+pub const KL_COEFF: f64 = 2.0;
+
+/// Skip-Thought combine-skip width (one vector per dialogue or per turn).
+pub const SKIP_THOUGHT_DIM: usize = 4800;
+
+/// What the dialogue adds to the CA input (model.md §10).
+#[derive(Config, Debug, PartialEq)]
+pub enum DialogueVariant {
+    /// Caption only (`stackgan`): no dialogue input.
+    CaptionOnly,
+    /// One vector for the whole dialogue string, concatenated to the caption embedding.
+    NonRecurrent {
+        /// Width of the dialogue vector.
+        dim: usize,
+    },
+    /// One vector per turn through a BiLSTM; the 2·hidden summary is concatenated.
+    Recurrent {
+        /// Width of one turn vector.
+        turn_dim: usize,
+        /// LSTM hidden size per direction.
+        hidden: usize,
+    },
+}
+
+impl DialogueVariant {
+    /// Width of the dialogue part of the CA input.
+    pub fn dialogue_dim(&self) -> usize {
+        match self {
+            Self::CaptionOnly => 0,
+            Self::NonRecurrent { dim } => *dim,
+            Self::Recurrent { hidden, .. } => 2 * hidden,
+        }
+    }
+
+    /// The paper's non-recurrent variant: one 4800-d Skip-Thought vector.
+    pub fn paper_nonrecurrent() -> Self {
+        Self::NonRecurrent {
+            dim: SKIP_THOUGHT_DIM,
+        }
+    }
+
+    /// The paper's recurrent variant: 4800-d turn vectors, BiLSTM hidden 1024.
+    pub fn paper_recurrent() -> Self {
+        Self::Recurrent {
+            turn_dim: SKIP_THOUGHT_DIM,
+            hidden: 1024,
+        }
+    }
+}
+
+/// Hyper-parameters of every network of one model (both stages, the CA and the dialogue RNN).
+#[derive(Config, Debug)]
+pub struct StackGanConfig {
+    /// Noise width Nz (Z_DIM).
+    pub z_dim: usize,
+    /// Caption embedding width (TEXT.DIMENSION).
+    pub caption_dim: usize,
+    /// Dialogue conditioning.
+    pub dialogue: DialogueVariant,
+    /// CA output width Nc (GAN.CONDITION_DIM).
+    pub cond_dim: usize,
+    /// GAN.GF_DIM (Stage-I base 8·gf_dim, Stage-II base gf_dim).
+    pub gf_dim: usize,
+    /// GAN.DF_DIM.
+    pub df_dim: usize,
+    /// GAN.R_NUM, Stage-II residual blocks.
+    pub r_num: usize,
+    /// Frozen Stage-I inside Stage-II: train-mode BatchNorm (reference) or eval mode.
+    #[config(default = true)]
+    pub stage1_bn_batch_stats: bool,
+}
+
+impl StackGanConfig {
+    /// The reference code's COCO configuration (coco_s1.yml / coco_s2.yml).
+    pub fn stackgan_pytorch_coco() -> Self {
+        Self::new(100, 1024, DialogueVariant::CaptionOnly, 128, 192, 96, 2)
+    }
+
+    /// The ChatPainter paper's sizes ("same as StackGAN": gf 128, df 64, 4 residual blocks) with
+    /// the given dialogue variant; `CaptionOnly` is the `stackgan` baseline.
+    pub fn chatpainter(dialogue: DialogueVariant) -> Self {
+        Self::new(100, 1024, dialogue, 128, 128, 64, 4)
+    }
+
+    /// Tiny networks for CI with the given dialogue variant (caption 64, Nc 16, gf 8, df 8, one
+    /// residual block). [`Self::smoke_nonrecurrent`] and [`Self::smoke_recurrent`] give small
+    /// dialogue widths.
+    pub fn smoke(dialogue: DialogueVariant) -> Self {
+        Self::new(100, 64, dialogue, 16, 8, 8, 1)
+    }
+
+    /// Smoke dialogue variant: one 64-d dialogue vector.
+    pub fn smoke_nonrecurrent() -> DialogueVariant {
+        DialogueVariant::NonRecurrent { dim: 64 }
+    }
+
+    /// Smoke dialogue variant: 64-d turn vectors, BiLSTM hidden 16.
+    pub fn smoke_recurrent() -> DialogueVariant {
+        DialogueVariant::Recurrent {
+            turn_dim: 64,
+            hidden: 16,
+        }
+    }
+
+    /// Looks up one of [`PRESET_NAMES`].
+    ///
+    /// # Errors
+    /// [`NnError::UnknownPreset`] for any other name.
+    pub fn preset(name: &str) -> Result<Self, NnError> {
+        Ok(match name {
+            "stackgan-pytorch-coco" => Self::stackgan_pytorch_coco(),
+            "stackgan" => Self::chatpainter(DialogueVariant::CaptionOnly),
+            "chatpainter-nonrecurrent" => Self::chatpainter(DialogueVariant::paper_nonrecurrent()),
+            "chatpainter-recurrent" => Self::chatpainter(DialogueVariant::paper_recurrent()),
+            "smoke" => Self::smoke(DialogueVariant::CaptionOnly),
+            "smoke-nonrecurrent" => Self::smoke(Self::smoke_nonrecurrent()),
+            "smoke-recurrent" => Self::smoke(Self::smoke_recurrent()),
+            other => {
+                return Err(NnError::UnknownPreset {
+                    name: other.to_owned(),
+                    known: PRESET_NAMES.join(", "),
+                });
+            }
+        })
+    }
+
+    /// CA input width: caption_dim + dialogue_dim.
+    pub fn text_dim(&self) -> usize {
+        self.caption_dim + self.dialogue.dialogue_dim()
+    }
+
+    /// The CA of either stage.
+    pub fn ca(&self) -> CaNetConfig {
+        CaNetConfig::new(self.text_dim(), self.cond_dim)
+    }
+
+    pub fn stage1_g(&self) -> Stage1GConfig {
+        Stage1GConfig::new(self.text_dim(), self.cond_dim, self.z_dim, self.gf_dim)
+    }
+
+    pub fn stage1_d(&self) -> Stage1DConfig {
+        Stage1DConfig::new(self.df_dim, self.cond_dim)
+    }
+
+    pub fn stage2_g(&self) -> Stage2GConfig {
+        Stage2GConfig::new(self.stage1_g(), self.gf_dim, self.r_num)
+            .with_stage1_bn_batch_stats(self.stage1_bn_batch_stats)
+    }
+
+    pub fn stage2_d(&self) -> Stage2DConfig {
+        Stage2DConfig::new(self.df_dim, self.cond_dim)
+    }
+
+    /// The BiLSTM of the recurrent variant; `None` otherwise.
+    pub fn dialogue_encoder(&self) -> Option<DialogueEncoderConfig> {
+        match &self.dialogue {
+            DialogueVariant::Recurrent { turn_dim, hidden } => {
+                Some(DialogueEncoderConfig::new(*turn_dim).with_hidden(*hidden))
+            }
+            _ => None,
+        }
+    }
+}
