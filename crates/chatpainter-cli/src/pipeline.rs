@@ -2,8 +2,10 @@
 //! `--set table.key=value` overrides applied before parsing.
 
 use anyhow::{Context, Result, bail};
+use chatpainter_embed::stage::EmbedConfig;
 use chatpainter_ingest::IngestConfig;
 use chatpainter_ingest::synth::SynthConfig;
+use chatpainter_train::Stage1TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -15,6 +17,10 @@ pub struct Pipeline {
     pub synth: Option<SynthConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest: Option<IngestConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed: Option<EmbedConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage1: Option<Stage1TrainConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! The real `chatpainter` binary on small generated data: skip / stale / force, a run killed
 //! mid-stage and rerun, sharded ingestion merged, bad pipeline keys.
+#![allow(clippy::unwrap_used)] // tests may panic on fixture setup
 
 use chatpainter_ingest::tables;
 use std::path::{Path, PathBuf};

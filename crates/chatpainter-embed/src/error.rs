@@ -82,6 +82,29 @@ pub enum EmbedError {
     #[error("fetching the model failed: {0}")]
     Fetch(String),
 
+    /// A Skip-Thought model folder lacks files (all missing ones are listed).
+    #[error(
+        "Skip-Thought files missing in {dir}: {missing:?}; expected {expected:?} (convert the pickled word tables as the `skipthought` module docs show)"
+    )]
+    SkipThoughtFilesMissing {
+        dir: PathBuf,
+        missing: Vec<String>,
+        expected: Vec<String>,
+    },
+
+    /// A `.npy` array (a file or a member of an `.npz` archive) is not plain float32 or is
+    /// malformed.
+    #[error("{path}: array `{name}`: {message}")]
+    Npy {
+        path: PathBuf,
+        name: String,
+        message: String,
+    },
+
+    /// A pickle file could not be decoded or does not hold what was expected.
+    #[error("{path}: {message}")]
+    Pickle { path: PathBuf, message: String },
+
     /// A file-system operation failed.
     #[error("{path}: {source}")]
     Io {

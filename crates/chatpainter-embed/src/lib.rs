@@ -19,19 +19,26 @@
 //! - **Truncation**: an encoder with a token limit cuts longer texts (keeping the beginning)
 //!   and reports each one in [`EmbeddingBatch::truncated`]; it never fails on length.
 
+pub mod cache;
+pub mod charcnn;
 mod error;
 pub mod fetch;
 pub mod hashing;
 pub mod minilm;
+pub mod skipthought;
+pub mod stage;
+pub mod table;
 pub mod text;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use charcnn::{CharCnnRnnEmbeddings, import_char_cnn_rnn, import_char_cnn_rnn_dir};
 pub use error::EmbedError;
 pub use fetch::{MINILM_DIR_NAME, MINILM_SAFETENSORS_SHA256, default_models_dir, fetch_minilm};
 pub use hashing::HashingEncoder;
 pub use minilm::{BertConfig, BertModel, MiniLmConfig, MiniLmEncoder};
+pub use skipthought::{SkipThoughtConfig, SkipThoughtEncoder, SkipThoughtVariant};
 pub use text::{NORMALIZATION_VERSION, dialogue_text, normalize_whitespace, turn_text};
 
 /// What produced a set of embeddings; stored with cached vectors and compared on reuse.

@@ -340,6 +340,9 @@ impl Scene {
     }
 }
 
+/// The captions and the (question, answer) rounds of one scene.
+type SceneTexts = (Vec<String>, Vec<(String, String)>);
+
 /// Writes the dataset into `out`; returns the output files (relative paths, hashed).
 pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<OutputFile>> {
     let mut rng = SplitMix::new(cfg.seed ^ 0x5EED_C0C0);
@@ -364,7 +367,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<OutputFile>> {
             "VisualDialog_val2018",
         ));
     }
-    let texts: Vec<(Vec<String>, Vec<(String, String)>)> = scenes
+    let texts: Vec<SceneTexts> = scenes
         .iter()
         .map(|(s, _)| (s.captions(&mut rng), s.dialogue(&mut rng, cfg.rounds)))
         .collect();
@@ -458,7 +461,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<OutputFile>> {
 fn visdial_doc(
     chosen: &[usize],
     scenes: &[(Scene, &str)],
-    texts: &[(Vec<String>, Vec<(String, String)>)],
+    texts: &[SceneTexts],
     split: &str,
     rng: &mut SplitMix,
 ) -> serde_json::Value {

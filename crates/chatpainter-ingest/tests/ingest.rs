@@ -1,5 +1,6 @@
 //! End-to-end tests of ingestion on synthetic data in the real file formats, including every
 //! bad-input case of the issue: each asserts the quarantine reason or the error message.
+#![allow(clippy::unwrap_used)] // tests may panic on fixture setup
 
 use chatpainter_artifacts::NoProgress;
 use chatpainter_ingest::pipeline::{self, Shard};

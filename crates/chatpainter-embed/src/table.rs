@@ -1,0 +1,424 @@
+//! `embeddings.parquet`: the vectors of every image of an ingested dataset, keyed by
+//! (split, image_id), as the training stages read them.
+//!
+//! | column | type |
+//! |---|---|
+//! | image_id | int64 |
+//! | split | utf8 |
+//! | captions | list<fixed_size_list<float32, caption_dim>> — one per caption, in `records.parquet` order |
+//! | dialogue | fixed_size_list<float32, dialogue_dim> (nullable) — the whole dialogue as one string |
+//! | turns | list<fixed_size_list<float32, dialogue_dim>> — one per turn present |
+//! | n_turns | int32 |
+//!
+//! File metadata: `chatpainter.schema_version`, `chatpainter.caption_encoder` and
+//! `chatpainter.dialogue_encoder` (the [`EncoderIdentity`] JSON of each).
+
+use crate::{EmbedError, EncoderIdentity};
+use arrow::array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Int32Array, Int64Array, ListArray,
+    RecordBatch, StringArray,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use chatpainter_artifacts::{AtomicFile, SCHEMA_VERSION};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::properties::WriterProperties;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The vectors of one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageEmbeddings {
+    pub image_id: i64,
+    pub split: String,
+    /// One vector per caption, in the order of the record's captions.
+    pub captions: Vec<Vec<f32>>,
+    /// The whole dialogue (non-recurrent variant); `None` when the image has no dialogue.
+    pub dialogue: Option<Vec<f32>>,
+    /// One vector per turn present (recurrent variant).
+    pub turns: Vec<Vec<f32>>,
+}
+
+/// A whole embeddings file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingTable {
+    pub caption_encoder: EncoderIdentity,
+    pub dialogue_encoder: EncoderIdentity,
+    pub rows: Vec<ImageEmbeddings>,
+}
+
+impl EmbeddingTable {
+    pub fn caption_dim(&self) -> usize {
+        self.caption_encoder.dim
+    }
+    pub fn dialogue_dim(&self) -> usize {
+        self.dialogue_encoder.dim
+    }
+}
+
+fn vector_type(dim: usize) -> DataType {
+    DataType::FixedSizeList(
+        Arc::new(Field::new_list_field(DataType::Float32, false)),
+        dim as i32,
+    )
+}
+
+pub fn schema(caption_dim: usize, dialogue_dim: usize) -> Schema {
+    Schema::new(vec![
+        Field::new("image_id", DataType::Int64, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new(
+            "captions",
+            DataType::List(Arc::new(Field::new_list_field(
+                vector_type(caption_dim),
+                false,
+            ))),
+            false,
+        ),
+        Field::new("dialogue", vector_type(dialogue_dim), true),
+        Field::new(
+            "turns",
+            DataType::List(Arc::new(Field::new_list_field(
+                vector_type(dialogue_dim),
+                false,
+            ))),
+            false,
+        ),
+        Field::new("n_turns", DataType::Int32, false),
+    ])
+}
+
+fn contract(path: &Path, message: impl Into<String>) -> EmbedError {
+    EmbedError::Config(format!("{}: {}", path.display(), message.into()))
+}
+
+fn vectors(
+    values: Vec<f32>,
+    dim: usize,
+    nulls: Option<NullBuffer>,
+) -> Result<FixedSizeListArray, EmbedError> {
+    FixedSizeListArray::try_new(
+        Arc::new(Field::new_list_field(DataType::Float32, false)),
+        dim as i32,
+        Arc::new(Float32Array::from(values)),
+        nulls,
+    )
+    .map_err(|e| EmbedError::Config(format!("embedding table: {e}")))
+}
+
+/// Checks every vector's width, naming the image and the column on a mismatch.
+fn check_dims(table: &EmbeddingTable) -> Result<(), EmbedError> {
+    let (dc, dd) = (table.caption_dim(), table.dialogue_dim());
+    for r in &table.rows {
+        let bad = r
+            .captions
+            .iter()
+            .find(|v| v.len() != dc)
+            .map(|v| ("captions", dc, v.len()))
+            .or_else(|| {
+                r.dialogue
+                    .as_ref()
+                    .filter(|v| v.len() != dd)
+                    .map(|v| ("dialogue", dd, v.len()))
+            })
+            .or_else(|| {
+                r.turns
+                    .iter()
+                    .find(|v| v.len() != dd)
+                    .map(|v| ("turns", dd, v.len()))
+            });
+        if let Some((col, want, got)) = bad {
+            return Err(EmbedError::Config(format!(
+                "image {} ({}): {col} vector has {got} values, expected {want}",
+                r.image_id, r.split
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn batch(
+    table: &EmbeddingTable,
+    rows: &[ImageEmbeddings],
+    schema: &SchemaRef,
+) -> Result<RecordBatch, EmbedError> {
+    let (dc, dd) = (table.caption_dim(), table.dialogue_dim());
+    let caption_values: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| r.captions.iter().flatten().copied())
+        .collect();
+    let captions = ListArray::try_new(
+        Arc::new(Field::new_list_field(vector_type(dc), false)),
+        OffsetBuffer::from_lengths(rows.iter().map(|r| r.captions.len())),
+        Arc::new(vectors(caption_values, dc, None)?),
+        None,
+    )
+    .map_err(|e| EmbedError::Config(e.to_string()))?;
+    let dialogue_values: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| r.dialogue.clone().unwrap_or_else(|| vec![0.0; dd]))
+        .collect();
+    let dialogue = vectors(
+        dialogue_values,
+        dd,
+        Some(NullBuffer::from(
+            rows.iter()
+                .map(|r| r.dialogue.is_some())
+                .collect::<Vec<_>>(),
+        )),
+    )?;
+    let turn_values: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| r.turns.iter().flatten().copied())
+        .collect();
+    let turns = ListArray::try_new(
+        Arc::new(Field::new_list_field(vector_type(dd), false)),
+        OffsetBuffer::from_lengths(rows.iter().map(|r| r.turns.len())),
+        Arc::new(vectors(turn_values, dd, None)?),
+        None,
+    )
+    .map_err(|e| EmbedError::Config(e.to_string()))?;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(rows.iter().map(|r| r.image_id).collect::<Int64Array>()),
+        Arc::new(
+            rows.iter()
+                .map(|r| Some(r.split.as_str()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(captions),
+        Arc::new(dialogue),
+        Arc::new(turns),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.turns.len() as i32)
+                .collect::<Int32Array>(),
+        ),
+    ];
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| EmbedError::Config(e.to_string()))
+}
+
+/// Writes the table atomically (1,024 images per row group).
+pub fn write(path: &Path, table: &EmbeddingTable) -> Result<(), EmbedError> {
+    check_dims(table)?;
+    let json = |id: &EncoderIdentity| serde_json::to_string(id).unwrap_or_default();
+    let schema: SchemaRef = Arc::new(
+        schema(table.caption_dim(), table.dialogue_dim()).with_metadata(HashMap::from([
+            ("chatpainter.table".to_string(), "embeddings".to_string()),
+            (
+                "chatpainter.schema_version".to_string(),
+                SCHEMA_VERSION.to_string(),
+            ),
+            (
+                "chatpainter.caption_encoder".to_string(),
+                json(&table.caption_encoder),
+            ),
+            (
+                "chatpainter.dialogue_encoder".to_string(),
+                json(&table.dialogue_encoder),
+            ),
+        ])),
+    );
+    let io = |e: parquet::errors::ParquetError| contract(path, e.to_string());
+    let file = AtomicFile::create(path).map_err(|e| contract(path, e.to_string()))?;
+    let mut writer = ArrowWriter::try_new(
+        file,
+        schema.clone(),
+        Some(WriterProperties::builder().build()),
+    )
+    .map_err(io)?;
+    for chunk in table.rows.chunks(1024) {
+        writer.write(&batch(table, chunk, &schema)?).map_err(io)?;
+    }
+    writer
+        .into_inner()
+        .map_err(io)?
+        .commit()
+        .map_err(|e| contract(path, e.to_string()))
+}
+
+fn list_of_vectors(
+    list: &ListArray,
+    i: usize,
+    path: &Path,
+    column: &str,
+) -> Result<Vec<Vec<f32>>, EmbedError> {
+    let inner = list.value(i);
+    let fixed = inner
+        .as_any()
+        .downcast_ref::<FixedSizeListArray>()
+        .ok_or_else(|| {
+            contract(
+                path,
+                format!("column `{column}`: not a list of fixed-size lists"),
+            )
+        })?;
+    (0..fixed.len())
+        .map(|k| vector(fixed, k, path, column))
+        .collect()
+}
+
+fn vector(
+    fixed: &FixedSizeListArray,
+    k: usize,
+    path: &Path,
+    column: &str,
+) -> Result<Vec<f32>, EmbedError> {
+    let v = fixed.value(k);
+    let floats = v
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .ok_or_else(|| contract(path, format!("column `{column}`: values are not float32")))?;
+    Ok(floats.values().to_vec())
+}
+
+/// Reads the whole table, checking the schema version and the encoders recorded in it.
+pub fn read(path: &Path) -> Result<EmbeddingTable, EmbedError> {
+    let file = std::fs::File::open(path).map_err(|source| EmbedError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| contract(path, e.to_string()))?;
+    let meta = builder.schema().metadata().clone();
+    if meta.get("chatpainter.schema_version") != Some(&SCHEMA_VERSION.to_string()) {
+        return Err(contract(
+            path,
+            format!(
+                "schema version {:?}, expected {SCHEMA_VERSION}",
+                meta.get("chatpainter.schema_version")
+            ),
+        ));
+    }
+    let identity = |key: &str| -> Result<EncoderIdentity, EmbedError> {
+        let json = meta
+            .get(key)
+            .ok_or_else(|| contract(path, format!("metadata `{key}` is missing")))?;
+        serde_json::from_str(json).map_err(|e| contract(path, format!("metadata `{key}`: {e}")))
+    };
+    let (caption_encoder, dialogue_encoder) = (
+        identity("chatpainter.caption_encoder")?,
+        identity("chatpainter.dialogue_encoder")?,
+    );
+    let expected = schema(caption_encoder.dim, dialogue_encoder.dim);
+    for field in expected.fields() {
+        match builder.schema().field_with_name(field.name()) {
+            Ok(f) if f.data_type() == field.data_type() => {}
+            Ok(f) => {
+                return Err(contract(
+                    path,
+                    format!(
+                        "column `{}`: expected {}, found {}",
+                        field.name(),
+                        field.data_type(),
+                        f.data_type()
+                    ),
+                ));
+            }
+            Err(_) => {
+                return Err(contract(
+                    path,
+                    format!("column `{}` is missing", field.name()),
+                ));
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for batch in builder.build().map_err(|e| contract(path, e.to_string()))? {
+        let batch = batch.map_err(|e| contract(path, e.to_string()))?;
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| contract(path, format!("column `{name}` is missing")))
+        };
+        let ids = col("image_id")?
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| contract(path, "image_id"))?;
+        let splits = col("split")?
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| contract(path, "split"))?;
+        let captions = col("captions")?
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .ok_or_else(|| contract(path, "captions"))?;
+        let dialogue = col("dialogue")?
+            .as_any()
+            .downcast_ref::<FixedSizeListArray>()
+            .ok_or_else(|| contract(path, "dialogue"))?;
+        let turns = col("turns")?
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .ok_or_else(|| contract(path, "turns"))?;
+        for i in 0..batch.num_rows() {
+            rows.push(ImageEmbeddings {
+                image_id: ids.value(i),
+                split: splits.value(i).to_string(),
+                captions: list_of_vectors(captions, i, path, "captions")?,
+                dialogue: if dialogue.is_valid(i) {
+                    Some(vector(dialogue, i, path, "dialogue")?)
+                } else {
+                    None
+                },
+                turns: list_of_vectors(turns, i, path, "turns")?,
+            });
+        }
+    }
+    Ok(EmbeddingTable {
+        caption_encoder,
+        dialogue_encoder,
+        rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(name: &str, dim: usize) -> EncoderIdentity {
+        EncoderIdentity {
+            name: name.into(),
+            weights_sha256: None,
+            dim,
+            normalization: "v".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.parquet");
+        let table = EmbeddingTable {
+            caption_encoder: identity("c", 3),
+            dialogue_encoder: identity("d", 2),
+            rows: vec![
+                ImageEmbeddings {
+                    image_id: 9,
+                    split: "train".into(),
+                    captions: vec![vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]],
+                    dialogue: Some(vec![0.5, 0.25]),
+                    turns: vec![vec![1.0, 0.0], vec![0.0, 1.0]],
+                },
+                ImageEmbeddings {
+                    image_id: 16,
+                    split: "test".into(),
+                    captions: vec![vec![0.0; 3]],
+                    dialogue: None,
+                    turns: vec![],
+                },
+            ],
+        };
+        write(&path, &table).unwrap();
+        assert_eq!(read(&path).unwrap(), table);
+
+        let mut bad = table.clone();
+        bad.rows[1].captions[0].push(1.0);
+        let err = write(&path, &bad).unwrap_err().to_string();
+        assert!(
+            err.contains("image 16") && err.contains("captions vector has 4 values, expected 3"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,399 @@
+//! The Stage-I training configuration (`[stage1]` table of a pipeline file): the variant, the
+//! network widths (a preset plus overrides), the schedule and every interval. Parsed with
+//! `deny_unknown_fields`; [`Stage1TrainConfig::validate`] checks values, and
+//! [`Stage1TrainConfig::network`] resolves the widths against the embedding widths of the data.
+
+use chatpainter_nn::{DialogueVariant, StackGanConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// Which conditioning the generator gets (model.md §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    /// Caption only (the StackGAN baseline).
+    Stackgan,
+    /// Caption ⊕ one whole-dialogue vector.
+    ChatpainterNonrecurrent,
+    /// Caption ⊕ BiLSTM summary of the per-turn vectors (the BiLSTM trains with G).
+    ChatpainterRecurrent,
+}
+
+impl Variant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stackgan => "stackgan",
+            Self::ChatpainterNonrecurrent => "chatpainter-nonrecurrent",
+            Self::ChatpainterRecurrent => "chatpainter-recurrent",
+        }
+    }
+}
+
+/// Where the training runs. Only the flex CPU backend is built today; the enum leaves room for
+/// libtorch devices behind a cargo feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainDevice {
+    /// Burn's flex CPU backend.
+    #[default]
+    #[serde(alias = "flex")]
+    Cpu,
+}
+
+/// Network widths: a named preset, then single-key overrides. The caption and dialogue widths
+/// are not here: they come from the embedding table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// `chatpainter` (paper: gf 128, df 64, Nc 128, BiLSTM 1024), `stackgan-pytorch-coco`
+    /// (gf 192, df 96) or `smoke` (gf 8, df 8, Nc 16, BiLSTM 16).
+    pub preset: String,
+    pub z_dim: Option<usize>,
+    pub cond_dim: Option<usize>,
+    pub gf_dim: Option<usize>,
+    pub df_dim: Option<usize>,
+    /// BiLSTM hidden size per direction (recurrent variant only).
+    pub rnn_hidden: Option<usize>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            preset: "chatpainter".into(),
+            z_dim: None,
+            cond_dim: None,
+            gf_dim: None,
+            df_dim: None,
+            rnn_hidden: None,
+        }
+    }
+}
+
+/// Adam settings (PyTorch defaults except β1, as the reference).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamSettings {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for AdamSettings {
+    fn default() -> Self {
+        Self {
+            beta1: 0.5,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// Everything Stage-I training needs besides the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage1TrainConfig {
+    pub variant: Variant,
+    #[serde(default)]
+    pub network: NetworkConfig,
+    /// Global batch size (drop_last; at least 2 for the wrong pairs).
+    pub batch_size: usize,
+    /// Run length in epochs; with `max_steps` too, whichever ends first.
+    #[serde(default)]
+    pub epochs: Option<u64>,
+    /// Run length in optimiser steps (one D + one G update each).
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    #[serde(default = "default_lr")]
+    pub lr_g: f64,
+    #[serde(default = "default_lr")]
+    pub lr_d: f64,
+    /// Halve both learning rates every this many epochs (0 = never).
+    #[serde(default)]
+    pub lr_decay_epochs: u64,
+    /// KL weight λ.
+    #[serde(default = "default_kl")]
+    pub kl_coeff: f64,
+    #[serde(default)]
+    pub adam: AdamSettings,
+    #[serde(default)]
+    pub seed: u64,
+    /// Checkpoint every this many steps (0 = only at the end and on stop).
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// Write a sample sheet every this many steps (0 = never).
+    #[serde(default)]
+    pub sample_every: u64,
+    /// Emit a tracing `info` line every this many steps (metrics go to the file every step).
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// How many checkpoints to keep.
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+    /// Conditions (and real images) on a sample sheet.
+    #[serde(default = "default_sample_count")]
+    pub sample_count: usize,
+    #[serde(default)]
+    pub device: TrainDevice,
+}
+
+fn default_lr() -> f64 {
+    2e-4
+}
+fn default_kl() -> f64 {
+    chatpainter_nn::KL_COEFF
+}
+fn default_log_every() -> u64 {
+    100
+}
+fn default_keep() -> usize {
+    2
+}
+fn default_sample_count() -> usize {
+    8
+}
+
+/// The network sizes a run actually used (written into every checkpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolvedNetwork {
+    pub z_dim: usize,
+    pub caption_dim: usize,
+    /// Whole-dialogue vector width (non-recurrent) or per-turn width (recurrent); 0 otherwise.
+    pub dialogue_dim: usize,
+    pub rnn_hidden: usize,
+    pub cond_dim: usize,
+    pub gf_dim: usize,
+    pub df_dim: usize,
+}
+
+impl ResolvedNetwork {
+    /// The `chatpainter-nn` configuration of these sizes (Stage-II fields at their preset values).
+    pub fn stackgan(&self, variant: Variant) -> StackGanConfig {
+        let dialogue = match variant {
+            Variant::Stackgan => DialogueVariant::CaptionOnly,
+            Variant::ChatpainterNonrecurrent => DialogueVariant::NonRecurrent {
+                dim: self.dialogue_dim,
+            },
+            Variant::ChatpainterRecurrent => DialogueVariant::Recurrent {
+                turn_dim: self.dialogue_dim,
+                hidden: self.rnn_hidden,
+            },
+        };
+        StackGanConfig::new(
+            self.z_dim,
+            self.caption_dim,
+            dialogue,
+            self.cond_dim,
+            self.gf_dim,
+            self.df_dim,
+            1,
+        )
+    }
+}
+
+impl Stage1TrainConfig {
+    /// A small configuration for tests and the smoke pipeline.
+    pub fn smoke(variant: Variant) -> Self {
+        Self {
+            variant,
+            network: NetworkConfig {
+                preset: "smoke".into(),
+                ..NetworkConfig::default()
+            },
+            batch_size: 4,
+            epochs: None,
+            max_steps: Some(4),
+            lr_g: default_lr(),
+            lr_d: default_lr(),
+            lr_decay_epochs: 0,
+            kl_coeff: default_kl(),
+            adam: AdamSettings::default(),
+            seed: 0,
+            checkpoint_every: 0,
+            sample_every: 0,
+            log_every: default_log_every(),
+            keep_checkpoints: default_keep(),
+            sample_count: 4,
+            device: TrainDevice::Cpu,
+        }
+    }
+
+    /// Checks the values that serde cannot.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] naming the key.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |key: &str, msg: String| Err(TrainError::Config(format!("{key}: {msg}")));
+        if self.batch_size < 2 {
+            return bad(
+                "batch_size",
+                format!(
+                    "{} is too small; the wrong pairs need at least 2",
+                    self.batch_size
+                ),
+            );
+        }
+        if self.epochs.is_none() && self.max_steps.is_none() {
+            return bad("epochs", "set `epochs` or `max_steps`".into());
+        }
+        for (key, lr) in [("lr_g", self.lr_g), ("lr_d", self.lr_d)] {
+            if !(lr.is_finite() && lr >= 0.0) {
+                return bad(key, format!("{lr} is not a finite rate ≥ 0"));
+            }
+        }
+        if !self.kl_coeff.is_finite() {
+            return bad("kl_coeff", format!("{} is not finite", self.kl_coeff));
+        }
+        let a = self.adam;
+        if !(a.beta1 >= 0.0 && a.beta1 < 1.0 && a.beta2 >= 0.0 && a.beta2 < 1.0 && a.eps > 0.0) {
+            return bad("adam", format!("{a:?}: betas must be in [0, 1), eps > 0"));
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("keep_checkpoints", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Resolves the widths: preset, then overrides, then the data's embedding widths.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] for an unknown preset or a zero width.
+    pub fn network(
+        &self,
+        caption_dim: usize,
+        dialogue_dim: usize,
+    ) -> Result<ResolvedNetwork, TrainError> {
+        let (z, c, gf, df, h) = match self.network.preset.as_str() {
+            "chatpainter" => (100, 128, 128, 64, 1024),
+            "stackgan-pytorch-coco" => (100, 128, 192, 96, 1024),
+            "smoke" => (100, 16, 8, 8, 16),
+            other => {
+                return Err(TrainError::Config(format!(
+                    "network.preset: unknown `{other}` (known: chatpainter, stackgan-pytorch-coco, smoke)"
+                )));
+            }
+        };
+        let n = &self.network;
+        let dialogue_dim = match self.variant {
+            Variant::Stackgan => 0,
+            _ => dialogue_dim,
+        };
+        let r = ResolvedNetwork {
+            z_dim: n.z_dim.unwrap_or(z),
+            caption_dim,
+            dialogue_dim,
+            rnn_hidden: match self.variant {
+                Variant::ChatpainterRecurrent => n.rnn_hidden.unwrap_or(h),
+                _ => 0,
+            },
+            cond_dim: n.cond_dim.unwrap_or(c),
+            gf_dim: n.gf_dim.unwrap_or(gf),
+            df_dim: n.df_dim.unwrap_or(df),
+        };
+        if r.z_dim == 0 || r.cond_dim == 0 || r.df_dim == 0 || r.caption_dim == 0 {
+            return Err(TrainError::Config(format!("zero width in {r:?}")));
+        }
+        if r.gf_dim == 0 || !r.gf_dim.is_multiple_of(2) {
+            return Err(TrainError::Config(format!(
+                "network.gf_dim: {} must be a positive even number",
+                r.gf_dim
+            )));
+        }
+        if self.variant != Variant::Stackgan && r.dialogue_dim == 0 {
+            return Err(TrainError::Config(format!(
+                "variant {} needs dialogue embeddings, the data has none",
+                self.variant.name()
+            )));
+        }
+        if self.variant == Variant::ChatpainterRecurrent && r.rnn_hidden == 0 {
+            return Err(TrainError::Config("network.rnn_hidden: must be > 0".into()));
+        }
+        Ok(r)
+    }
+
+    /// The config with the keys that may change between a run and its resumption (run length,
+    /// intervals, retention) set to fixed values, for comparing a resume request to a checkpoint.
+    pub fn resume_key(&self) -> Self {
+        Self {
+            epochs: None,
+            max_steps: None,
+            checkpoint_every: 0,
+            sample_every: 0,
+            log_every: 0,
+            keep_checkpoints: 0,
+            ..self.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_defaults_and_refuses_unknown_keys() {
+        let json = r#"{"variant":"chatpainter-recurrent","batch_size":8,"max_steps":3,
+            "network":{"preset":"smoke","gf_dim":4}}"#;
+        let c: Stage1TrainConfig = serde_json::from_str(json).expect("parse");
+        assert_eq!(c.adam, AdamSettings::default());
+        assert_eq!(c.lr_g, 2e-4);
+        assert_eq!(c.device, TrainDevice::Cpu);
+        c.validate().expect("valid");
+        let r = c.network(64, 32).expect("resolve");
+        assert_eq!(
+            (r.gf_dim, r.cond_dim, r.rnn_hidden, r.dialogue_dim),
+            (4, 16, 16, 32)
+        );
+        let bad = r#"{"variant":"stackgan","batch_size":8,"max_steps":3,"lr":1}"#;
+        assert!(serde_json::from_str::<Stage1TrainConfig>(bad).is_err());
+        let dev: Stage1TrainConfig = serde_json::from_str(
+            r#"{"variant":"stackgan","batch_size":8,"epochs":1,"device":"flex"}"#,
+        )
+        .expect("alias");
+        assert_eq!(dev.device, TrainDevice::Cpu);
+    }
+
+    #[test]
+    fn parses_a_pipeline_toml_table() {
+        let text = r#"
+            variant = "chatpainter-nonrecurrent"
+            batch_size = 384
+            epochs = 800
+            lr_decay_epochs = 50
+            checkpoint_every = 1000
+            sample_every = 500
+            device = "cpu"
+            [network]
+            preset = "chatpainter"
+            [adam]
+            beta1 = 0.5
+            beta2 = 0.999
+            eps = 1e-8
+        "#;
+        let c: Stage1TrainConfig = toml::from_str(text).expect("toml");
+        c.validate().expect("valid");
+        let r = c.network(1024, 4800).expect("resolve");
+        assert_eq!(
+            (r.gf_dim, r.df_dim, r.cond_dim, r.dialogue_dim),
+            (128, 64, 128, 4800)
+        );
+        let cfg = r.stackgan(c.variant);
+        assert_eq!(cfg.text_dim(), 5824);
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = Stage1TrainConfig::smoke(Variant::Stackgan);
+        c.batch_size = 1;
+        assert!(matches!(c.validate(), Err(TrainError::Config(m)) if m.starts_with("batch_size")));
+        let mut c = Stage1TrainConfig::smoke(Variant::Stackgan);
+        c.lr_d = f64::NAN;
+        assert!(matches!(c.validate(), Err(TrainError::Config(m)) if m.starts_with("lr_d")));
+        let c = Stage1TrainConfig::smoke(Variant::ChatpainterNonrecurrent);
+        assert!(c.network(64, 0).is_err());
+        let mut c = Stage1TrainConfig::smoke(Variant::Stackgan);
+        c.network.preset = "huge".into();
+        assert!(c.network(64, 0).is_err());
+    }
+}

@@ -1,0 +1,497 @@
+//! The Stage-I data: images decoded once into memory at the load size (76×76), every caption
+//! vector and the image's dialogue vectors; and the per-batch augmentation of the reference
+//! loader (model.md §7): a random 64×64 crop (corner uniform in `[0, 12]`), a horizontal flip with
+//! p = 0.5, the `[-1, 1]` mapping, and one caption drawn uniformly per image per load.
+//!
+//! The random choices are drawn sequentially from the caller's [`Xoshiro256`] (so they are
+//! reproducible and checkpointable); only the pixel work runs in parallel (rayon).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use chatpainter_artifacts::manifest::Manifest;
+use chatpainter_ingest::IngestSummary;
+use rayon::prelude::*;
+
+use crate::TrainError;
+use crate::config::Variant;
+use crate::rng::Xoshiro256;
+
+/// Side of the stored Stage-I images (`imsize · 76/64`).
+pub const LOAD_SIZE: usize = 76;
+/// Side of the training crop.
+pub const CROP_SIZE: usize = 64;
+
+/// One training image with its text vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage1Item {
+    pub image_id: i64,
+    /// RGB, row-major, `LOAD_SIZE × LOAD_SIZE × 3` bytes.
+    pub image: Vec<u8>,
+    /// One vector per caption (at least one).
+    pub captions: Vec<Vec<f32>>,
+    /// The whole-dialogue vector (non-recurrent variant).
+    pub dialogue: Option<Vec<f32>>,
+    /// One vector per present turn (recurrent variant).
+    pub turns: Vec<Vec<f32>>,
+}
+
+/// The whole training set, in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage1Data {
+    pub items: Vec<Stage1Item>,
+    pub caption_dim: usize,
+    /// Width of the whole-dialogue vectors (0 if none).
+    pub dialogue_dim: usize,
+    /// Width of the per-turn vectors (0 if none).
+    pub turn_dim: usize,
+}
+
+impl Stage1Data {
+    /// Checks sizes and widths and records them.
+    ///
+    /// # Errors
+    /// [`TrainError::Data`] naming the image whose image size or vector width is off.
+    pub fn new(items: Vec<Stage1Item>) -> Result<Self, TrainError> {
+        let first = items
+            .first()
+            .ok_or_else(|| TrainError::Data("the training set is empty".into()))?;
+        let caption_dim = first.captions.first().map_or(0, Vec::len);
+        let dialogue_dim = items
+            .iter()
+            .find_map(|i| i.dialogue.as_ref().map(Vec::len))
+            .unwrap_or(0);
+        let turn_dim = items
+            .iter()
+            .find_map(|i| i.turns.first().map(Vec::len))
+            .unwrap_or(0);
+        let data = Self {
+            items,
+            caption_dim,
+            dialogue_dim,
+            turn_dim,
+        };
+        data.validate()?;
+        Ok(data)
+    }
+
+    /// Checks every image against the recorded sizes (the fields are public, so
+    /// [`crate::train_stage1`] checks again before training).
+    ///
+    /// # Errors
+    /// [`TrainError::Data`] naming the image whose image size or vector width is off.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if self.items.is_empty() {
+            return Err(TrainError::Data("the training set is empty".into()));
+        }
+        if self.caption_dim == 0 {
+            return Err(TrainError::Data("caption vectors have width 0".into()));
+        }
+        for it in &self.items {
+            let id = it.image_id;
+            if it.image.len() != LOAD_SIZE * LOAD_SIZE * 3 {
+                return Err(TrainError::Data(format!(
+                    "image {id}: {} bytes, expected {LOAD_SIZE}×{LOAD_SIZE}×3",
+                    it.image.len()
+                )));
+            }
+            if it.captions.is_empty() {
+                return Err(TrainError::Data(format!("image {id}: no caption vectors")));
+            }
+            let widths = it
+                .captions
+                .iter()
+                .map(|c| (c.len(), self.caption_dim, "caption"));
+            let dia = it
+                .dialogue
+                .iter()
+                .map(|d| (d.len(), self.dialogue_dim, "dialogue"));
+            let turns = it.turns.iter().map(|t| (t.len(), self.turn_dim, "turn"));
+            for (found, want, what) in widths.chain(dia).chain(turns) {
+                if found != want {
+                    return Err(TrainError::Data(format!(
+                        "image {id}: {what} vector of width {found}, expected {want}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Width of the dialogue input the variant uses (whole vector or per-turn vector).
+    pub fn dialogue_width(&self, variant: Variant) -> usize {
+        match variant {
+            Variant::Stackgan => 0,
+            Variant::ChatpainterNonrecurrent => self.dialogue_dim,
+            Variant::ChatpainterRecurrent => self.turn_dim,
+        }
+    }
+
+    /// Most turns of any image (the padded length of a recurrent batch).
+    pub fn max_turns(&self) -> usize {
+        self.items.iter().map(|i| i.turns.len()).max().unwrap_or(0)
+    }
+
+    /// Checks that every image has the dialogue input the variant needs.
+    ///
+    /// # Errors
+    /// [`TrainError::Data`] naming the first image without it.
+    pub fn check_variant(&self, variant: Variant) -> Result<(), TrainError> {
+        let missing = self.items.iter().find(|i| match variant {
+            Variant::Stackgan => false,
+            Variant::ChatpainterNonrecurrent => i.dialogue.is_none(),
+            Variant::ChatpainterRecurrent => i.turns.is_empty(),
+        });
+        match missing {
+            Some(i) => Err(TrainError::Data(format!(
+                "image {}: no dialogue {} for variant {}",
+                i.image_id,
+                if variant == Variant::ChatpainterRecurrent {
+                    "turn vectors"
+                } else {
+                    "vector"
+                },
+                variant.name()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Loads split `split` from an ingest stage directory (`records.parquet`, the 76-px image
+    /// tables named in its manifest) and an embed stage directory (`embeddings.parquet`). Images
+    /// are kept in image-id order. Records without embeddings or without a picture are left out
+    /// (and counted in a warning); the result must not be empty.
+    ///
+    /// # Errors
+    /// Any read or decode failure, naming the file; [`TrainError::Data`] for a contract breach.
+    pub fn load(ingest_dir: &Path, embed_dir: &Path, split: &str) -> Result<Self, TrainError> {
+        let manifest = Manifest::load(ingest_dir)?;
+        let summary: IngestSummary =
+            serde_json::from_value(manifest.summary.clone()).map_err(|e| {
+                TrainError::Data(format!(
+                    "{}: ingest manifest summary: {e}",
+                    Manifest::path_in(ingest_dir).display()
+                ))
+            })?;
+        let tables = summary
+            .image_tables
+            .get(&(LOAD_SIZE as u32))
+            .and_then(|by_split| by_split.get(split))
+            .ok_or_else(|| {
+                TrainError::Data(format!(
+                    "{}: no {LOAD_SIZE}-px image tables for split `{split}`",
+                    Manifest::path_in(ingest_dir).display()
+                ))
+            })?;
+        let records =
+            chatpainter_ingest::tables::read_records(&ingest_dir.join("records.parquet"))?;
+        let wanted: HashSet<i64> = records
+            .iter()
+            .filter(|r| r.split == split)
+            .map(|r| r.image_id)
+            .collect();
+        let emb = chatpainter_embed::table::read(&embed_dir.join("embeddings.parquet"))?;
+        let mut embeddings: BTreeMap<i64, chatpainter_embed::table::ImageEmbeddings> = emb
+            .rows
+            .into_iter()
+            .filter(|r| wanted.contains(&r.image_id))
+            .map(|r| (r.image_id, r))
+            .collect();
+        let mut pixels: HashMap<i64, Vec<u8>> = HashMap::new();
+        for rel in tables {
+            let path = ingest_dir.join(rel);
+            for (id, img) in read_table(&path, &embeddings)? {
+                pixels.insert(id, img);
+            }
+        }
+        let (mut no_picture, mut items) = (0usize, Vec::new());
+        for (id, e) in std::mem::take(&mut embeddings) {
+            match pixels.remove(&id) {
+                Some(image) => items.push(Stage1Item {
+                    image_id: id,
+                    image,
+                    captions: e.captions,
+                    dialogue: e.dialogue,
+                    turns: e.turns,
+                }),
+                None => no_picture += 1,
+            }
+        }
+        let no_embedding = wanted.len().saturating_sub(items.len() + no_picture);
+        if no_picture + no_embedding > 0 {
+            tracing::warn!(
+                split,
+                no_picture,
+                no_embedding,
+                kept = items.len(),
+                "records left out of Stage-I training"
+            );
+        }
+        Self::new(items)
+    }
+}
+
+/// Decodes the wanted images of one image table (all row groups, decoded in parallel).
+fn read_table<T>(
+    path: &PathBuf,
+    wanted: &BTreeMap<i64, T>,
+) -> Result<Vec<(i64, Vec<u8>)>, TrainError>
+where
+    T: Sync,
+{
+    let file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file)
+        .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+    let groups = parquet::file::reader::FileReader::metadata(&reader).num_row_groups();
+    let mut out = Vec::new();
+    for g in 0..groups {
+        let rows = chatpainter_ingest::tables::read_image_group(path, g)?;
+        let decoded: Result<Vec<_>, TrainError> = rows
+            .into_par_iter()
+            .filter(|(id, _)| wanted.contains_key(id))
+            .map(|(id, png)| {
+                let img = chatpainter_ingest::images::decode_png(&png).map_err(|e| {
+                    TrainError::Data(format!("{}: image {id}: {e}", path.display()))
+                })?;
+                if img.width() as usize != LOAD_SIZE || img.height() as usize != LOAD_SIZE {
+                    return Err(TrainError::Data(format!(
+                        "{}: image {id} is {}×{}, expected {LOAD_SIZE}×{LOAD_SIZE}",
+                        path.display(),
+                        img.width(),
+                        img.height()
+                    )));
+                }
+                Ok((id, img.into_raw()))
+            })
+            .collect();
+        out.extend(decoded?);
+    }
+    Ok(out)
+}
+
+/// The random choices for one image of one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Augment {
+    pub x0: usize,
+    pub y0: usize,
+    pub flip: bool,
+    pub caption: usize,
+}
+
+impl Augment {
+    /// Draws crop corner, flip and caption (in that order) for an image with `n_captions`.
+    pub fn draw(rng: &mut Xoshiro256, n_captions: usize) -> Self {
+        let span = (LOAD_SIZE - CROP_SIZE + 1) as u64;
+        let x0 = rng.below(span) as usize;
+        let y0 = rng.below(span) as usize;
+        let flip = rng.coin();
+        let caption = rng.below(n_captions.max(1) as u64) as usize;
+        Self {
+            x0,
+            y0,
+            flip,
+            caption,
+        }
+    }
+
+    /// The centre crop, no flip, first caption (sample sheets).
+    pub fn center() -> Self {
+        let c = (LOAD_SIZE - CROP_SIZE) / 2;
+        Self {
+            x0: c,
+            y0: c,
+            flip: false,
+            caption: 0,
+        }
+    }
+}
+
+/// Crops, flips and maps one stored image to `[-1, 1]`, CHW.
+pub fn crop_flip(image: &[u8], a: Augment) -> Vec<f32> {
+    let mut out = vec![0f32; 3 * CROP_SIZE * CROP_SIZE];
+    for y in 0..CROP_SIZE {
+        for x in 0..CROP_SIZE {
+            let sx = if a.flip { CROP_SIZE - 1 - x } else { x } + a.x0;
+            let src = ((a.y0 + y) * LOAD_SIZE + sx) * 3;
+            for c in 0..3 {
+                // ToTensor then Normalize(0.5, 0.5): v/255·2 − 1.
+                out[(c * CROP_SIZE + y) * CROP_SIZE + x] = f32::from(image[src + c]) / 127.5 - 1.0;
+            }
+        }
+    }
+    out
+}
+
+/// A batch on the host, ready to become tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostBatch {
+    pub size: usize,
+    /// `[B, 3, 64, 64]` in `[-1, 1]`.
+    pub images: Vec<f32>,
+    /// `[B, caption_dim]`
+    pub captions: Vec<f32>,
+    /// Non-recurrent: `[B, dialogue_dim]`; recurrent: `[B, max_turns, turn_dim]` zero-padded.
+    pub dialogue: Vec<f32>,
+    /// Recurrent: present turns per sample.
+    pub lengths: Vec<usize>,
+}
+
+/// Builds the batch of `indices` with the given augmentations (pixels in parallel).
+pub fn assemble(
+    data: &Stage1Data,
+    variant: Variant,
+    indices: &[usize],
+    augs: &[Augment],
+) -> HostBatch {
+    let items: Vec<&Stage1Item> = indices.iter().map(|&i| &data.items[i]).collect();
+    let images: Vec<f32> = items
+        .par_iter()
+        .zip(augs.par_iter())
+        .flat_map_iter(|(it, a)| crop_flip(&it.image, *a))
+        .collect();
+    let captions: Vec<f32> = items
+        .iter()
+        .zip(augs)
+        .flat_map(|(it, a)| {
+            let k = a.caption.min(it.captions.len() - 1);
+            it.captions[k].iter().copied()
+        })
+        .collect();
+    let (dialogue, lengths) = match variant {
+        Variant::Stackgan => (Vec::new(), Vec::new()),
+        Variant::ChatpainterNonrecurrent => (
+            items
+                .iter()
+                .flat_map(|it| {
+                    it.dialogue
+                        .iter()
+                        .flatten()
+                        .copied()
+                        .chain(std::iter::repeat(0.0))
+                        .take(data.dialogue_dim)
+                })
+                .collect(),
+            Vec::new(),
+        ),
+        Variant::ChatpainterRecurrent => {
+            let t = data.max_turns();
+            let mut v = vec![0f32; items.len() * t * data.turn_dim];
+            for (b, it) in items.iter().enumerate() {
+                for (s, turn) in it.turns.iter().enumerate() {
+                    let at = (b * t + s) * data.turn_dim;
+                    v[at..at + turn.len()].copy_from_slice(turn);
+                }
+            }
+            (v, items.iter().map(|it| it.turns.len()).collect())
+        }
+    };
+    HostBatch {
+        size: items.len(),
+        images,
+        captions,
+        dialogue,
+        lengths,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: i64, pixel: impl Fn(usize, usize, usize) -> u8) -> Stage1Item {
+        let mut image = vec![0u8; LOAD_SIZE * LOAD_SIZE * 3];
+        for y in 0..LOAD_SIZE {
+            for x in 0..LOAD_SIZE {
+                for c in 0..3 {
+                    image[(y * LOAD_SIZE + x) * 3 + c] = pixel(x, y, c);
+                }
+            }
+        }
+        Stage1Item {
+            image_id: id,
+            image,
+            captions: vec![vec![1.0; 4], vec![2.0; 4]],
+            dialogue: Some(vec![3.0; 2]),
+            turns: vec![vec![4.0; 3]; (id as usize % 3) + 1],
+        }
+    }
+
+    #[test]
+    fn crop_flip_and_range() {
+        let it = item(0, |x, y, c| (x + y + c) as u8);
+        let a = Augment {
+            x0: 5,
+            y0: 7,
+            flip: false,
+            caption: 0,
+        };
+        let v = crop_flip(&it.image, a);
+        // Channel 1, row 2, column 3 comes from (x=8, y=9).
+        let want = f32::from((8 + 9 + 1) as u8) / 127.5 - 1.0;
+        assert_eq!(v[(CROP_SIZE + 2) * CROP_SIZE + 3], want);
+        let f = crop_flip(&it.image, Augment { flip: true, ..a });
+        assert_eq!(f[(CROP_SIZE + 2) * CROP_SIZE + (CROP_SIZE - 1 - 3)], want);
+        let white = item(1, |_, _, _| 255);
+        let black = item(2, |_, _, _| 0);
+        assert!(crop_flip(&white.image, a).iter().all(|v| *v == 1.0));
+        assert!(crop_flip(&black.image, a).iter().all(|v| *v == -1.0));
+    }
+
+    #[test]
+    fn augment_draws_cover_the_ranges() {
+        let mut rng = Xoshiro256::new(3, 0);
+        let draws: Vec<Augment> = (0..2000).map(|_| Augment::draw(&mut rng, 5)).collect();
+        assert!(
+            draws
+                .iter()
+                .all(|a| a.x0 <= 12 && a.y0 <= 12 && a.caption < 5)
+        );
+        assert!(draws.iter().any(|a| a.x0 == 0) && draws.iter().any(|a| a.x0 == 12));
+        let flips = draws.iter().filter(|a| a.flip).count();
+        assert!((800..1200).contains(&flips), "{flips}");
+    }
+
+    #[test]
+    fn batches_pad_turns_and_pick_captions() {
+        let data = Stage1Data::new((0..3).map(|i| item(i, |_, _, _| 9)).collect()).expect("data");
+        assert_eq!(
+            (data.caption_dim, data.dialogue_dim, data.turn_dim),
+            (4, 2, 3)
+        );
+        let augs = [
+            Augment {
+                caption: 1,
+                ..Augment::center()
+            },
+            Augment::center(),
+        ];
+        let b = assemble(&data, Variant::ChatpainterRecurrent, &[2, 0], &augs);
+        assert_eq!(b.images.len(), 2 * 3 * 64 * 64);
+        assert_eq!(&b.captions[..4], &[2.0; 4]);
+        assert_eq!(&b.captions[4..], &[1.0; 4]);
+        assert_eq!(b.lengths, vec![3, 1]);
+        assert_eq!(b.dialogue.len(), 2 * 3 * 3);
+        assert_eq!(&b.dialogue[9..12], &[4.0; 3]);
+        assert!(b.dialogue[12..].iter().all(|v| *v == 0.0));
+        let nb = assemble(&data, Variant::ChatpainterNonrecurrent, &[1], &augs[..1]);
+        assert_eq!(nb.dialogue, vec![3.0; 2]);
+    }
+
+    #[test]
+    fn bad_items_are_refused_with_the_image_id() {
+        let mut it = item(42, |_, _, _| 0);
+        it.captions[1].pop();
+        let err = Stage1Data::new(vec![it]).expect_err("width mismatch");
+        assert!(err.to_string().contains("image 42"), "{err}");
+        let mut it = item(43, |_, _, _| 0);
+        it.image.truncate(10);
+        assert!(Stage1Data::new(vec![it]).is_err());
+        assert!(Stage1Data::new(vec![]).is_err());
+        let mut it = item(44, |_, _, _| 0);
+        it.turns.clear();
+        it.dialogue = None;
+        let d = Stage1Data::new(vec![it]).expect("no dialogue is fine for stackgan");
+        assert!(d.check_variant(Variant::Stackgan).is_ok());
+        assert!(d.check_variant(Variant::ChatpainterRecurrent).is_err());
+    }
+}

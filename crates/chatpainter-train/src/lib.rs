@@ -1,0 +1,100 @@
+//! Stage-I training of StackGAN / ChatPainter (issue 4 §2, §4, §5): a library the CLI's
+//! `train stage1` calls through [`train_stage1`].
+//!
+//! - [`config`]: [`Stage1TrainConfig`] (variant, widths, schedule, intervals, device).
+//! - [`data`]: the in-memory training set read from the ingest and embed artifacts, and the
+//!   reference augmentation (76→64 random crop, flip, `[-1, 1]`, one caption per load).
+//! - [`trainer`]: the GAN loop exactly as model.md §4–§5, checkpoints and exact resume, the stop
+//!   flag, the NaN/Inf guard.
+//! - [`checkpoint`]: the on-disk checkpoint layout (atomic directory per step, newest N kept).
+//! - [`metrics`]: `metrics.jsonl` and sample sheets. [`export`]: safetensors with reference names.
+//! - [`rng`]: the seeded, checkpointable generators behind every random choice.
+//!
+//! The stage directory (`out_dir` of [`train_stage1`]):
+//!
+//! ```text
+//! config.json                     resolved config + network sizes + steps per epoch (ResolvedConfig)
+//! metrics.jsonl                   one StepMetrics JSON object per optimiser step
+//! samples/step-000000100.png      real 64×64 crops | generated, at fixed noise and conditions
+//! checkpoints/step-000000100/     g.bpk d.bpk opt_g.bpk opt_d.bpk state.json (newest N kept)
+//! stage1_g.safetensors            reference PyTorch names (STAGE1_G state_dict), end of run
+//! stage1_d.safetensors            reference names (STAGE1_D)
+//! stage1_dialogue_rnn.safetensors recurrent variant: the BiLSTM (`lstm.weight_ih_l0`, …)
+//! ```
+//!
+//! Decisions: sample sheets run G in inference mode (BatchNorm running statistics) on a copy, so
+//! sampling never changes the training state; the non-finite guard checks every loss every step
+//! and every weight before each checkpoint (a weight going NaN shows in the next step's losses).
+//!
+//! Determinism: all training randomness (order, crops, flips, captions, noise, CA eps) comes from
+//! [`rng::Xoshiro256`] streams stored in checkpoints; the device RNG only initialises the
+//! networks. On the flex CPU backend a resumed run ends bit-identical to an uninterrupted one
+//! (tested). Data-parallel training (issue 4 §3) is not implemented yet.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod export;
+pub mod metrics;
+pub mod model;
+pub mod rng;
+pub mod trainer;
+
+use std::path::PathBuf;
+
+pub use config::{
+    AdamSettings, NetworkConfig, ResolvedNetwork, Stage1TrainConfig, TrainDevice, Variant,
+};
+pub use data::{Stage1Data, Stage1Item};
+pub use metrics::StepMetrics;
+pub use model::Stage1Generator;
+pub use trainer::{TrainSummary, load_checkpoint_networks, train_stage1};
+
+/// Errors of Stage-I training. User/config, data, IO/runtime and internal errors are apart.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A bad configuration value (the message starts with the key).
+    #[error("stage1 config: {0}")]
+    Config(String),
+    /// The data breaks a contract (names the image or file).
+    #[error("stage1 data: {0}")]
+    Data(String),
+    /// A loss or weight stopped being finite.
+    #[error("step {step}: {what} is {value}; stopping (the last good checkpoint is kept)")]
+    NonFinite { step: u64, what: String, value: f64 },
+    /// A checkpoint exists whose configuration differs from the requested one.
+    #[error("{checkpoint}: cannot resume: {detail}", checkpoint = .checkpoint.display())]
+    ResumeMismatch { checkpoint: PathBuf, detail: String },
+    /// An unreadable checkpoint file.
+    #[error("{path}: {message}", path = .path.display())]
+    Checkpoint { path: PathBuf, message: String },
+    /// A Burn record (weights or optimiser state) could not be written or read.
+    #[error("{path}: record: {message}", path = .path.display())]
+    Record { path: PathBuf, message: String },
+    #[error("{path}: {source}", path = .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Artifact(#[from] chatpainter_artifacts::ArtifactError),
+    #[error(transparent)]
+    Ingest(#[from] chatpainter_ingest::IngestError),
+    #[error(transparent)]
+    Embed(#[from] chatpainter_embed::EmbedError),
+    #[error("network: {0}")]
+    Nn(#[from] chatpainter_nn::NnError),
+    /// A bug in this crate.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl TrainError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Observability: one JSON object per optimiser step appended to `metrics.jsonl`, and sample
+//! sheets (`samples/step-000000042.png`: a grid of real 64×64 crops next to what G makes of the
+//! same conditions, at fixed noise).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::data::CROP_SIZE;
+
+/// File name of the per-step metrics in the stage directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// Sub-directory of the sample sheets.
+pub const SAMPLES_DIR: &str = "samples";
+
+/// One line of `metrics.jsonl`. Losses are the reference's logged terms (model.md §4/§5):
+/// `d_loss = d_real + (d_fake + d_wrong)/2`, `g_loss = g_adv + kl_coeff·kl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// 1-based: the number of optimiser steps done including this one.
+    pub step: u64,
+    pub epoch: u64,
+    pub d_loss: f64,
+    pub d_real: f64,
+    pub d_wrong: f64,
+    pub d_fake: f64,
+    pub g_loss: f64,
+    pub g_adv: f64,
+    pub kl: f64,
+    pub lr_g: f64,
+    pub lr_d: f64,
+    pub step_ms: f64,
+    pub images_per_s: f64,
+}
+
+/// Appends metric lines, flushing each.
+pub struct MetricsWriter {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsWriter {
+    /// Opens `stage_dir/metrics.jsonl` for appending after dropping every line of a step later
+    /// than `keep_until` (those steps will be trained again after a resume).
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] naming the file.
+    pub fn open(stage_dir: &Path, keep_until: u64) -> Result<Self, TrainError> {
+        let path = stage_dir.join(METRICS_FILE);
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= keep_until)
+                })
+                .flat_map(|l| [l, "\n"])
+                .collect();
+            if kept.len() != text.len() {
+                chatpainter_artifacts::write_atomic(&path, kept.as_bytes())?;
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        Ok(Self { path, file })
+    }
+
+    /// Appends one line.
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] naming the file.
+    pub fn append(&mut self, m: &StepMetrics) -> Result<(), TrainError> {
+        let mut line = serde_json::to_string(m)
+            .map_err(|e| TrainError::Internal(format!("serialising metrics: {e}")))?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.flush())
+            .map_err(|e| TrainError::io(&self.path, e))
+    }
+}
+
+/// Reads a metrics file back.
+///
+/// # Errors
+/// [`TrainError::Io`] or [`TrainError::Data`] naming the file and line.
+pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| TrainError::Data(format!("{}: line {}: {e}", path.display(), i + 1)))
+        })
+        .collect()
+}
+
+/// Gap between tiles, in pixels.
+const GAP: usize = 2;
+/// Pairs (real, fake) per row of a sheet.
+const PAIRS_PER_ROW: usize = 4;
+
+/// Encodes a sample sheet as PNG: pairs `[real | fake]`, four pairs per row, on a grey ground.
+/// `real` and `fake` hold `n` CHW 64×64 images in `[-1, 1]`.
+///
+/// # Errors
+/// [`TrainError::Internal`] on an encoder failure or mismatched lengths.
+pub fn sample_sheet_png(real: &[f32], fake: &[f32], n: usize) -> Result<Vec<u8>, TrainError> {
+    let px = 3 * CROP_SIZE * CROP_SIZE;
+    if real.len() != n * px || fake.len() != n * px || n == 0 {
+        return Err(TrainError::Internal(format!(
+            "sample sheet: {n} images but {} real and {} fake values",
+            real.len(),
+            fake.len()
+        )));
+    }
+    let cols = PAIRS_PER_ROW.min(n) * 2;
+    let rows = n.div_ceil(PAIRS_PER_ROW);
+    let tile = CROP_SIZE + GAP;
+    let (w, h) = (cols * tile + GAP, rows * tile + GAP);
+    let mut img = image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb([128, 128, 128]));
+    for k in 0..n {
+        for (which, src) in [(0, real), (1, fake)] {
+            let col = (k % PAIRS_PER_ROW) * 2 + which;
+            let (ox, oy) = (GAP + col * tile, GAP + (k / PAIRS_PER_ROW) * tile);
+            let chw = &src[k * px..(k + 1) * px];
+            for y in 0..CROP_SIZE {
+                for x in 0..CROP_SIZE {
+                    let mut rgb = [0u8; 3];
+                    for (c, v) in rgb.iter_mut().enumerate() {
+                        let f = chw[(c * CROP_SIZE + y) * CROP_SIZE + x];
+                        // (x + 1)·127.5, as the reference's PNG output.
+                        *v = ((f + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
+                    }
+                    img.put_pixel((ox + x) as u32, (oy + y) as u32, image::Rgb(rgb));
+                }
+            }
+        }
+    }
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| TrainError::Internal(format!("PNG encoding: {e}")))?;
+    Ok(out.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sheet_places_real_left_of_fake() {
+        let px = 3 * CROP_SIZE * CROP_SIZE;
+        let real = vec![1.0f32; 5 * px];
+        let fake = vec![-1.0f32; 5 * px];
+        let png = sample_sheet_png(&real, &fake, 5).expect("png");
+        let img = image::load_from_memory(&png).expect("decode").to_rgb8();
+        let tile = CROP_SIZE + GAP;
+        assert_eq!(
+            img.dimensions(),
+            ((8 * tile + GAP) as u32, (2 * tile + GAP) as u32)
+        );
+        assert_eq!(img.get_pixel(GAP as u32, GAP as u32).0, [255, 255, 255]);
+        assert_eq!(img.get_pixel((GAP + tile) as u32, GAP as u32).0, [0, 0, 0]);
+        assert!(sample_sheet_png(&real, &fake, 4).is_err());
+    }
+
+    #[test]
+    fn reopening_drops_steps_after_the_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = |step| StepMetrics {
+            step,
+            epoch: 0,
+            d_loss: 1.0,
+            d_real: 0.5,
+            d_wrong: 0.5,
+            d_fake: 0.5,
+            g_loss: 1.0,
+            g_adv: 1.0,
+            kl: 0.0,
+            lr_g: 2e-4,
+            lr_d: 2e-4,
+            step_ms: 1.0,
+            images_per_s: 1.0,
+        };
+        let mut w = MetricsWriter::open(dir.path(), 0).expect("open");
+        for s in 1..=5 {
+            w.append(&m(s)).expect("append");
+        }
+        drop(w);
+        let mut w = MetricsWriter::open(dir.path(), 3).expect("reopen");
+        w.append(&m(4)).expect("append");
+        let steps: Vec<u64> = read_metrics(&dir.path().join(METRICS_FILE))
+            .expect("read")
+            .iter()
+            .map(|m| m.step)
+            .collect();
+        assert_eq!(steps, vec![1, 2, 3, 4]);
+    }
+}
