@@ -23,11 +23,21 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
             ][..],
         ),
         (
+            "chatpainter-train",
+            &[
+                "chatpainter-artifacts",
+                "chatpainter-ingest",
+                "chatpainter-embed",
+                "chatpainter-nn",
+            ][..],
+        ),
+        (
             "chatpainter-cli",
             &[
                 "chatpainter-artifacts",
                 "chatpainter-ingest",
                 "chatpainter-embed",
+                "chatpainter-train",
                 "chatpainter-nn",
                 "chatpainter-eval",
             ][..],
