@@ -6,11 +6,11 @@
 //! embeddings) and [`TextEncoder::encode_batch`], which returns an [`EmbeddingBatch`] — a
 //! row-major matrix plus the list of texts that had to be truncated.
 //!
-//! Two encoders live here:
-//! - [`HashingEncoder`]: needs no files, deterministic on every machine; the default for smoke
-//!   runs and CI (`data.md` §4.4).
-//! - [`MiniLmEncoder`]: the pretrained all-MiniLM-L6-v2 sentence encoder in Burn (`data.md`
-//!   §4.3); its files come from [`fetch_minilm`] (`cargo xtask fetch-models`).
+//! Encoders here: [`HashingEncoder`] (no files, deterministic; smoke runs and CI, `data.md`
+//! §4.4), [`MiniLmEncoder`] (pretrained all-MiniLM-L6-v2 in Burn, `data.md` §4.3, files from
+//! [`fetch_minilm`] / `cargo xtask fetch-models`) and [`SkipThoughtEncoder`] (uni/bi/combine-skip,
+//! `data.md` §4.1, files the user brings). [`charcnn`] imports StackGAN's precomputed
+//! char-CNN-RNN caption vectors. [`cache`], [`table`] and [`stage`] make the embed stage.
 //!
 //! Shared policies, identical for every encoder:
 //! - **Whitespace**: each text goes through [`text::normalize_whitespace`] first.

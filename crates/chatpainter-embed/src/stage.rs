@@ -25,6 +25,17 @@ pub enum EncoderSpec {
         #[serde(default = "default_max_tokens")]
         max_tokens: usize,
     },
+    /// Skip-Thought (the paper's dialogue encoder): `model_dir` holds `dictionary.txt`, the
+    /// word tables and `uni_skip.npz` / `bi_skip.npz` (see the `skipthought` module docs).
+    Skipthought {
+        model_dir: String,
+        #[serde(default = "default_skipthought_variant")]
+        variant: crate::SkipThoughtVariant,
+    },
+}
+
+fn default_skipthought_variant() -> crate::SkipThoughtVariant {
+    crate::SkipThoughtVariant::Combine
 }
 
 fn default_max_tokens() -> usize {
@@ -46,6 +57,9 @@ impl EncoderSpec {
                 cfg.max_tokens = *max_tokens;
                 Box::new(MiniLmEncoder::load(&cfg)?)
             }
+            Self::Skipthought { model_dir, variant } => Box::new(crate::SkipThoughtEncoder::load(
+                &crate::SkipThoughtConfig::new(model_dir, *variant),
+            )?),
         })
     }
 }
@@ -449,6 +463,26 @@ mod tests {
         std::fs::remove_file(parts.last().unwrap()).unwrap();
         let again = build(&c, &enc, &records, &cache, &out, &NoProgress).unwrap();
         assert_eq!((again.captions.encoded, again.captions.reused), (2, 10));
+    }
+
+    #[test]
+    fn skipthought_spec_parses_and_names_missing_files() {
+        let spec: EncoderSpec = serde_json::from_value(
+            serde_json::json!({"kind": "skipthought", "model_dir": "/no/such/dir"}),
+        )
+        .unwrap();
+        assert_eq!(
+            spec,
+            EncoderSpec::Skipthought {
+                model_dir: "/no/such/dir".into(),
+                variant: crate::SkipThoughtVariant::Combine
+            }
+        );
+        let err = spec.load().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("/no/such/dir") && err.contains("dictionary.txt"),
+            "{err}"
+        );
     }
 
     #[test]
