@@ -11,6 +11,7 @@ pub mod atomic;
 pub mod digest;
 pub mod manifest;
 pub mod progress;
+pub mod rng;
 pub mod run;
 pub mod stage;
 
@@ -18,6 +19,7 @@ pub use atomic::{AtomicFile, write_atomic};
 pub use digest::{Sha256Writer, sha256_bytes, sha256_file};
 pub use manifest::{Freshness, Manifest, OutputFile, StageKey};
 pub use progress::{NoProgress, Progress};
+pub use rng::SplitMix;
 pub use run::RunDir;
 pub use stage::{Outcome, StageOutput, run_stage};
 

@@ -312,14 +312,10 @@ pub fn verify(
         );
     }
     // A seeded partial Fisher-Yates: the same sample on every machine.
-    let mut state = seed;
+    let mut rng = chatpainter_artifacts::SplitMix::new(seed);
     let n = n.min(pool.len());
     for i in 0..n {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        let j = i + ((z ^ (z >> 31)) % (pool.len() - i) as u64) as usize;
+        let j = i + rng.below(pool.len() - i);
         pool.swap(i, j);
     }
     let mut report = VerifyReport {

@@ -60,11 +60,7 @@ impl std::str::FromStr for Shard {
 
 /// Deterministic on every machine: SplitMix64 of the id, modulo the shard count.
 pub fn shard_of(image_id: i64, count: u32) -> u32 {
-    let mut z = (image_id as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z % count as u64) as u32
+    (chatpainter_artifacts::SplitMix::new(image_id as u64).next_u64() % count as u64) as u32
 }
 
 /// Counts a merge checks; kept in each shard's manifest summary.

@@ -12,7 +12,7 @@
 //! `visdial/visdial_1.0_val.json` + `VisualDialog_val2018/` (standalone images, no COCO captions).
 
 use crate::error::{IngestError, Result};
-use chatpainter_artifacts::{AtomicFile, OutputFile};
+use chatpainter_artifacts::{AtomicFile, OutputFile, SplitMix};
 use image::codecs::jpeg::JpegEncoder;
 use image::{Rgb, RgbImage};
 use rayon::prelude::*;
@@ -84,30 +84,8 @@ impl Default for SynthConfig {
     }
 }
 
-/// SplitMix64: tiny, and the same sequence on every platform and compiler version.
-#[derive(Clone)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
+fn pick<'a, T>(rng: &mut SplitMix, items: &'a [T]) -> &'a T {
+    &items[rng.below(items.len())]
 }
 
 const SHAPES: [&str; 3] = ["circle", "square", "triangle"];
@@ -180,7 +158,7 @@ impl Scene {
                     }
                 };
                 Object {
-                    shape: rng.pick(&SHAPES).to_string(),
+                    shape: pick(rng, &SHAPES).to_string(),
                     colour: COLOURS[colour].0.to_string(),
                     position: COLUMNS[column].to_string(),
                     large: rng.below(2) == 1,
