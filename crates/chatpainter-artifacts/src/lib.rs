@@ -8,6 +8,7 @@
 //! skipped. No Burn and no Polars here: every crate can depend on this one.
 
 pub mod atomic;
+pub mod bench;
 pub mod digest;
 pub mod manifest;
 pub mod progress;
@@ -16,6 +17,7 @@ pub mod run;
 pub mod stage;
 
 pub use atomic::{AtomicFile, write_atomic};
+pub use bench::BenchRow;
 pub use digest::{Sha256Writer, sha256_bytes, sha256_file};
 pub use manifest::{Freshness, Manifest, OutputFile, StageKey};
 pub use progress::{NoProgress, Progress};

@@ -2,6 +2,7 @@
 //! pipeline file and writing `<run>/<stage>/` under the artifact contract (skip when current,
 //! `--force` to redo, manifest written last).
 
+pub mod bench;
 pub mod pipeline;
 pub mod ui;
 
@@ -90,6 +91,11 @@ pub enum Command {
         #[arg(long)]
         run: PathBuf,
     },
+    /// A stage benchmark; prints one JSON row per figure (`cargo xtask bench` tabulates them).
+    Bench {
+        /// embed, stage1, stage2 or eval.
+        what: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +127,12 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Verify { run } => verify(&run),
+        Command::Bench { what } => {
+            for row in bench::run(&what)? {
+                println!("{}", serde_json::to_string(&row)?);
+            }
+            Ok(())
+        }
     }
 }
 
