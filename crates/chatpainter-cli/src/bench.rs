@@ -8,6 +8,16 @@ use chatpainter_artifacts::BenchRow;
 /// Runs one benchmark by name.
 pub fn run(what: &str) -> Result<Vec<BenchRow>> {
     match what {
+        "embed" => Ok(chatpainter_embed::bench::run(
+            &chatpainter_embed::bench::BenchOptions::default(),
+        )?),
+        // Stage-I step time per device (flex; LibTorch CPU in `tch` builds; or the devices in
+        // $CHATPAINTER_BENCH_DEVICES), measured by the train crate.
+        "stage1" => {
+            let devices = chatpainter_train::gpu_check::bench_devices()?;
+            Ok(chatpainter_train::gpu_check::bench_rows(&devices)?)
+        }
+        "eval" => crate::eval_cmd::bench(chatpainter_train::TrainDevice::Cpu),
         other => bail!("bench {other}: unknown benchmark"),
     }
 }

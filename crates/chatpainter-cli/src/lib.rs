@@ -3,7 +3,11 @@
 //! `--force` to redo, manifest written last).
 
 pub mod bench;
+pub mod gpu_check;
+pub mod eval_cmd;
+pub mod generate_cmd;
 pub mod pipeline;
+pub mod report_cmd;
 pub mod ui;
 
 use anyhow::{Context, Result, bail};
@@ -91,6 +95,17 @@ pub enum Command {
         #[arg(long)]
         run: PathBuf,
     },
+    /// Generate the split's conditions with a trained run, score IS and FID into <run>/eval.
+    Eval(StageArgs),
+    /// Inception Score and FID of a folder of images, in the eval stage's metrics.json shape.
+    EvalFolder(eval_cmd::EvalFolderArgs),
+    /// A picture (or a per-turn strip) from a new caption and dialogue with a trained run.
+    Generate(generate_cmd::GenerateArgs),
+    /// The run as one self-contained HTML page, <run>/report/index.html (stages not run say so).
+    Report(StageArgs),
+    /// Train a few Stage-I steps on a device with random inputs of the real shapes: finite
+    /// losses, one step's losses equal to flex's, step time; writes results.json + summary.txt.
+    GpuCheck(gpu_check::GpuCheckArgs),
     /// A stage benchmark; prints one JSON row per figure (`cargo xtask bench` tabulates them).
     Bench {
         /// embed, stage1, stage2 or eval.
@@ -102,6 +117,8 @@ pub enum Command {
 pub enum TrainStage {
     /// StackGAN Stage-I (64x64) with the configured dialogue conditioning, into <run>/stage1.
     Stage1(StageArgs),
+    /// Stage-II (256x256) on the frozen Stage-I run named by `stage2.stage1`, into <run>/stage2.
+    Stage2(StageArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -116,7 +133,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Embed { stage, verify } => embed_stage(&stage, verify),
         Command::Train {
             stage: TrainStage::Stage1(args),
-        } => stage1(&args),
+        } => train_stage(&args, "stage1"),
+        Command::Train {
+            stage: TrainStage::Stage2(args),
+        } => train_stage(&args, "stage2"),
         Command::FetchModels { dest } => {
             let dest = dest.unwrap_or_else(chatpainter_embed::default_models_dir);
             let dir = chatpainter_embed::fetch_minilm(&dest)?;
@@ -127,6 +147,11 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Verify { run } => verify(&run),
+        Command::Report(args) => report_cmd::report(&args),
+        Command::Eval(args) => eval_cmd::eval_stage(&args),
+        Command::EvalFolder(args) => eval_cmd::eval_folder(&args),
+        Command::Generate(args) => generate_cmd::generate_cmd(&args),
+        Command::GpuCheck(args) => gpu_check::run(&args),
         Command::Bench { what } => {
             for row in bench::run(&what)? {
                 println!("{}", serde_json::to_string(&row)?);
@@ -342,7 +367,8 @@ fn embed_stage(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
     let dir = run.create_stage("embed")?;
     ui::init_logging(Some(&dir.join("log.txt")))?;
     let upstream = upstream_of(&run, &["run:ingest"])?;
-    let encoders = Encoders::load(&cfg)?;
+    // Encoder paths resolve like every pipeline path (`run:` inside the run).
+    let encoders = Encoders::load_with(&cfg, &|p: &str| run.resolve(p))?;
     // The encoders' identities (weights hashes included) are part of the key: new weights,
     // new embeddings.
     let key = StageKey {
@@ -378,7 +404,8 @@ fn embed_stage(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
             chatpainter_artifacts::write_atomic(dir.join("report.json"), &json)?;
             Ok(StageOutput {
                 outputs: vec![
-                    OutputFile::describe(dir, "embeddings.parquet", Some(records.len() as u64))?,
+                    // Quarantined images (char-CNN-RNN captions) are not in the table.
+                    OutputFile::describe(dir, "embeddings.parquet", Some(report.images as u64))?,
                     OutputFile::describe(dir, "report.json", None)?,
                 ],
                 summary: serde_json::json!({
@@ -393,8 +420,8 @@ fn embed_stage(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
     report_outcome("embed", &dir, &outcome);
     if let Some(n) = verify_n {
         let records = chatpainter_ingest::tables::read_records(&records_path)?;
-        let table = chatpainter_embed::table::read(&dir.join("embeddings.parquet"))?;
-        let v = embed::verify(&encoders, &records, &table, n, 0)?;
+        // Streams the table: only the sampled vectors are kept.
+        let v = embed::verify_file(&encoders, &records, &dir.join("embeddings.parquet"), n, 0)?;
         println!(
             "embed verify: {} texts re-encoded, max |difference| {:.2e} (worst: {:?})",
             v.checked, v.max_abs_diff, v.worst_text
@@ -409,28 +436,64 @@ fn embed_stage(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-fn stage1(args: &StageArgs) -> Result<()> {
+/// `train stage1` / `train stage2`: one stage runner for both (the train crate shares the loop).
+fn train_stage(args: &StageArgs, stage: &str) -> Result<()> {
     use chatpainter_artifacts::Freshness;
+    use chatpainter_train::Geometry;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let (pipeline, run) = load(args)?;
-    let cfg = pipeline
-        .stage1
+    let table = if stage == "stage1" {
+        &pipeline.stage1
+    } else {
+        &pipeline.stage2
+    };
+    let cfg = table
         .clone()
-        .with_context(|| format!("{}: no [stage1] table", args.pipeline.display()))?;
-    let dir = run.create_stage("stage1")?;
+        .with_context(|| format!("{}: no [{stage}] table", args.pipeline.display()))?;
+    let stage1_path = cfg.stage1.clone().unwrap_or_else(|| "run:stage1".into());
+    if stage == "stage1" && cfg.stage1.is_some() {
+        bail!(
+            "{}: stage1.stage1 is a Stage-II key (the Stage-I run to build on)",
+            args.pipeline.display()
+        );
+    }
+    let dir = run.create_stage(stage)?;
     ui::init_logging(Some(&dir.join("log.txt")))?;
+    let mut inputs = vec!["run:ingest", "run:embed"];
+    if stage == "stage2" {
+        inputs.push(&stage1_path);
+    }
+    let mut upstream = upstream_of(&run, &inputs)?;
+    let stage1_dir = run.resolve(&stage1_path);
+    if stage == "stage2" && !stage1_path.starts_with("run:") {
+        // A Stage-I run outside this run directory: its manifest still pins it.
+        let digest = Manifest::digest_on_disk(&stage1_dir).with_context(|| {
+            format!(
+                "stage2.stage1 = {stage1_path:?}: {} is not a finished Stage-I stage",
+                stage1_dir.display()
+            )
+        })?;
+        upstream.insert("stage1".into(), digest);
+    }
     let key = StageKey {
         config_digest: sha256_json(&cfg),
         inputs_digest: String::new(),
-        upstream: upstream_of(&run, &["run:ingest", "run:embed"])?,
+        upstream,
     };
-    // Checkpoints of a run whose config or inputs changed must not be resumed; those of a run
-    // that was merely interrupted (no manifest yet) must be.
+    // Checkpoints are kept when the run can continue from them: interrupted (no manifest yet) or
+    // changed only in run length, intervals or devices. They go with --force, new upstream
+    // artifacts, or a change to anything that shapes the training.
     let fresh = chatpainter_artifacts::manifest::freshness(&dir, &key)?;
     let checkpoints = dir.join("checkpoints");
-    if (args.force || matches!(fresh, Freshness::Stale(_))) && checkpoints.exists() {
-        std::fs::remove_dir_all(&checkpoints).with_context(|| checkpoints.display().to_string())?;
+    if checkpoints.exists() && (args.force || matches!(fresh, Freshness::Stale(_))) {
+        let keep = !args.force && resumable(&dir, &key, &cfg)?;
+        if keep {
+            println!("{stage}: configuration changed only in run length/intervals/devices: resuming from the checkpoints");
+        } else {
+            std::fs::remove_dir_all(&checkpoints)
+                .with_context(|| checkpoints.display().to_string())?;
+        }
     }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -439,24 +502,37 @@ fn stage1(args: &StageArgs) -> Result<()> {
     let bar = ui::Bar::new();
     let outcome = run_stage(
         &dir,
-        "stage1",
+        stage,
         &key,
         args.force,
         &toml::to_string(&cfg)?,
         |dir| -> Result<StageOutput> {
-            let data = chatpainter_train::Stage1Data::load(
+            let geometry = if stage == "stage1" {
+                Geometry::STAGE1
+            } else {
+                Geometry::STAGE2
+            };
+            let data = chatpainter_train::TrainData::load(
                 &run.stage("ingest"),
                 &run.stage("embed"),
                 "train",
+                geometry,
             )?;
-            let summary = chatpainter_train::train_stage1(&cfg, &data, dir, &bar, &stop)?;
+            let summary = if stage == "stage1" {
+                chatpainter_train::train_stage1(&cfg, &data, dir, &bar, &stop)?
+            } else {
+                chatpainter_train::train_stage2(&cfg, &data, &stage1_dir, dir, &bar, &stop)?
+            };
             if summary.stopped {
                 bail!(
-                    "stage1: interrupted; checkpoint at step {} written, rerun the same command to resume",
+                    "{stage}: interrupted; checkpoint at step {} written, rerun the same command to resume",
                     summary.steps
                 );
             }
-            println!("stage1: {} steps, {} epochs", summary.steps, summary.epoch);
+            println!("{stage}: {} steps, {} epochs", summary.steps, summary.epoch);
+            if let Some(mib) = ui::peak_rss_mib() {
+                println!("{stage}: peak RSS {mib:.1} MiB (batch {})", cfg.batch_size);
+            }
             Ok(StageOutput {
                 outputs: summary.outputs(dir)?,
                 summary: serde_json::to_value(&summary)?,
@@ -464,8 +540,26 @@ fn stage1(args: &StageArgs) -> Result<()> {
             })
         },
     )?;
-    report_outcome("stage1", &dir, &outcome);
+    report_outcome(stage, &dir, &outcome);
     Ok(())
+}
+
+/// Whether a stale training stage's checkpoints fit the new request: same upstream artifacts and
+/// the newest checkpoint's configuration equal to `cfg` up to [`TrainConfig::resume_key`].
+fn resumable(
+    dir: &Path,
+    key: &StageKey,
+    cfg: &chatpainter_train::TrainConfig,
+) -> Result<bool> {
+    let same_upstream = match Manifest::load_if_present(dir)? {
+        Some(old) => old.key.upstream == key.upstream,
+        None => true,
+    };
+    let Some(latest) = chatpainter_train::checkpoint::latest(dir)? else {
+        return Ok(false);
+    };
+    let state = chatpainter_train::checkpoint::read_state(&latest)?;
+    Ok(same_upstream && state.config.resume_key() == cfg.resume_key())
 }
 
 fn verify(run: &Path) -> Result<()> {

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use chatpainter_embed::stage::EmbedConfig;
 use chatpainter_ingest::IngestConfig;
 use chatpainter_ingest::synth::SynthConfig;
-use chatpainter_train::Stage1TrainConfig;
+use chatpainter_train::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -20,7 +20,13 @@ pub struct Pipeline {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embed: Option<EmbedConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stage1: Option<Stage1TrainConfig>,
+    pub stage1: Option<TrainConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage2: Option<TrainConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<chatpainter_eval::stage::EvalConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<chatpainter_report::ReportConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -232,3 +232,435 @@ fn sharded_ingest_merges_to_the_whole() {
     );
     assert!(ok(cli(&e, &["ingest-merge", "--shards", "2"])).contains("up to date"));
 }
+
+/// The smoke pipeline up to Stage-I, then `report`: one page with what exists and the rest
+/// listed as not run; a second call is skipped, a changed `[report]` key redoes it.
+#[test]
+fn report_on_the_smoke_pipeline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = Env {
+        pipeline: PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../pipelines/smoke.toml"
+        )),
+        run: tmp.path().join("run"),
+        _tmp: tmp,
+    };
+    let msg = err(cli(&e, &["report"]));
+    assert!(msg.contains("no such run directory"), "{msg}");
+    for stage in ["synth", "ingest", "embed"] {
+        ok(cli(&e, &[stage]));
+    }
+    ok(Command::new(env!("CARGO_BIN_EXE_chatpainter"))
+        .args(["train", "stage1", "--pipeline"])
+        .arg(&e.pipeline)
+        .arg("--run")
+        .arg(&e.run)
+        .env("CI", "1")
+        .output()
+        .unwrap());
+    let out = ok(cli(&e, &["report"]));
+    assert!(out.contains("report: done (no previous run)"), "{out}");
+    let html = std::fs::read_to_string(e.run.join("report/index.html")).unwrap();
+    assert!(e.run.join("report/manifest.json").exists());
+    assert!(html.contains("<title>ChatPainter smoke run</title>"));
+    assert!(html.contains("stage2: not run") && html.contains("eval: not run"));
+    assert!(html.contains("Discriminator losses") && html.contains("<svg"));
+    assert!(html.contains("src=\"data:image/png;base64,"));
+    assert!(html.contains("<h2 id=\"quality\">") && html.contains("[stage1]"));
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    assert!(ok(cli(&e, &["report"])).contains("report: up to date"));
+    let again = ok(cli(&e, &["report", "--set", "report.max_samples=1"]));
+    assert!(again.contains("stale: the stage config changed"), "{again}");
+}
+
+fn smoke_env() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    Env {
+        pipeline: PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../pipelines/smoke.toml"
+        )),
+        run: tmp.path().join("run"),
+        _tmp: tmp,
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Issue 4 §4: `train stage1` killed with SIGKILL mid-run (after a checkpoint) and rerun with
+/// the same command ends with exported weights bit-identical to an uninterrupted run of the
+/// same length in another run directory (same synth/ingest/embed outputs, copied).
+#[test]
+fn stage1_killed_with_sigkill_resumes_bit_identical() {
+    let a = smoke_env();
+    for stage in ["synth", "ingest", "embed"] {
+        ok(cli(&a, &[stage]));
+    }
+    let b = smoke_env();
+    for stage in ["synth", "ingest", "embed"] {
+        copy_tree(&a.run.join(stage), &b.run.join(stage));
+    }
+    // 48 training images at batch 8: 6 steps per epoch, so the kill lands mid-epoch and the run
+    // crosses epochs (reshuffles, LR halvings every 2 epochs) after the resume.
+    let sets = [
+        "stage1.max_steps=30",
+        "stage1.checkpoint_every=4",
+        "stage1.sample_every=0",
+    ];
+    let train = |e: &Env| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatpainter"));
+        cmd.args(["train", "stage1", "--pipeline"])
+            .arg(&e.pipeline)
+            .arg("--run")
+            .arg(&e.run)
+            .env("CI", "1");
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        cmd
+    };
+    let mut child = train(&a)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // SIGKILL once the first checkpoint is on disk.
+    let checkpoints = a.run.join("stage1/checkpoints");
+    let started = Instant::now();
+    let has_checkpoint = || {
+        std::fs::read_dir(&checkpoints).is_ok_and(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        })
+    };
+    while !has_checkpoint() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(has_checkpoint(), "no checkpoint within 60 s");
+    assert!(
+        !a.run.join("stage1/manifest.json").exists(),
+        "killed before the end: the stage must not look finished"
+    );
+    assert!(!a.run.join("stage1/stage1_g.safetensors").exists());
+    ok(train(&a).output().unwrap());
+    ok(train(&b).output().unwrap());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.run.join("stage1/manifest.json")).unwrap())
+            .unwrap();
+    let resumed = manifest["summary"]["resumed_from"].as_u64();
+    assert!(
+        resumed.is_some_and(|s| s > 0 && s < 30),
+        "the rerun must resume mid-run: {manifest}"
+    );
+    for f in [
+        "stage1_g.safetensors",
+        "stage1_d.safetensors",
+        "stage1_dialogue_rnn.safetensors",
+    ] {
+        let (x, y) = (
+            std::fs::read(a.run.join("stage1").join(f)).unwrap(),
+            std::fs::read(b.run.join("stage1").join(f)).unwrap(),
+        );
+        assert!(
+            x == y,
+            "{f}: resumed run differs from the uninterrupted one"
+        );
+    }
+}
+
+/// `gpu-check` on flex with the smoke widths: passes, writes its report; a LibTorch device in a
+/// build without `tch` is a clear error, not a panic.
+#[test]
+fn gpu_check_on_flex_writes_its_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("check");
+    let run = |device: &str| {
+        Command::new(env!("CARGO_BIN_EXE_chatpainter"))
+            .args(["gpu-check", "--device", device, "--preset", "smoke"])
+            .args(["--batch", "4", "--warmup", "1", "--steps", "2", "--out"])
+            .arg(&out)
+            .env("CI", "1")
+            .output()
+            .unwrap()
+    };
+    let stdout = ok(run("cpu"));
+    assert!(stdout.contains("gpu-check cpu: PASSED"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["losses"].as_array().unwrap().len(), 4);
+    assert!(report["timing"]["images_per_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        std::fs::read_to_string(out.join("summary.txt"))
+            .unwrap()
+            .contains("PASSED")
+    );
+    if !cfg!(feature = "tch") {
+        let msg = err(run("cuda:0"));
+        assert!(
+            msg.contains("--features tch") && !msg.contains("panicked"),
+            "{msg}"
+        );
+    }
+}
+
+// ---- eval, eval-folder, generate (issue 6 §1–2) ---------------------------------------------
+
+/// Overrides that shrink the smoke pipeline to what the eval tests need: 4 test images (so
+/// Inception runs on few pictures), 20 training steps (enough for the noise to show), 2 IS
+/// splits.
+const EVAL_SETS: [&str; 9] = [
+    "synth.train_images=16",
+    "synth.test_images=4",
+    "stage1.max_steps=20",
+    "stage1.batch_size=4",
+    "stage1.sample_every=0",
+    "stage1.checkpoint_every=0",
+    "eval.generator=run:stage1",
+    "eval.splits=2",
+    "eval.per_turn_count=1",
+];
+
+/// Runs a stage subcommand (`train stage1` included) with [`EVAL_SETS`] and `extra` overrides.
+fn eval_cli(e: &Env, stage: &[&str], extra: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatpainter"));
+    cmd.args(stage)
+        .arg("--pipeline")
+        .arg(&e.pipeline)
+        .arg("--run")
+        .arg(&e.run);
+    for s in EVAL_SETS.iter().chain(extra) {
+        cmd.args(["--set", s]);
+    }
+    cmd.env("CI", "1").output().unwrap()
+}
+
+/// synth → ingest → embed → 20 Stage-I steps of the recurrent smoke model.
+fn trained_smoke_run() -> Env {
+    let e = smoke_env();
+    for stage in [
+        &["synth"][..],
+        &["ingest"],
+        &["embed"],
+        &["train", "stage1"],
+    ] {
+        ok(eval_cli(&e, stage, &[]));
+    }
+    e
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&bytes[16..20]), be(&bytes[20..24]))
+}
+
+fn generate(e: &Env, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chatpainter"))
+        .arg("generate")
+        .arg("--run")
+        .arg(&e.run)
+        .args(args)
+        .env("CI", "1")
+        .output()
+        .unwrap()
+}
+
+/// Without a weights file the eval stage generates, writes images, a sheet and a per-turn strip,
+/// and reports both metrics unavailable with the reason and no number; `generate` is
+/// deterministic with `--seed`, `--per-turn` writes one frame per turn, and a run whose encoder
+/// changed is refused.
+#[test]
+fn eval_without_weights_and_generate_on_a_smoke_run() {
+    let e = trained_smoke_run();
+    let out = ok(eval_cli(&e, &["eval"], &[]));
+    assert!(out.contains("eval: done (no previous run)"), "{out}");
+    assert!(out.contains("unavailable"), "{out}");
+    let eval = e.run.join("eval");
+    let m = read_json(&eval.join("metrics.json"));
+    for (metric, number) in [
+        ("inception_score", "mean"),
+        ("inception_score", "std"),
+        ("fid", "value"),
+    ] {
+        assert_eq!(m[metric]["available"], false, "{m}");
+        assert!(m[metric][number].is_null(), "{m}");
+        let reason = m[metric]["reason"].as_str().unwrap();
+        assert!(reason.contains("no Inception weights file"), "{reason}");
+    }
+    let p = &m["protocol"];
+    assert_eq!(p["images"], 4);
+    assert_eq!(p["splits"], 2);
+    assert_eq!(p["generator_stage"], "stage1");
+    assert_eq!(p["split"], "test");
+    assert_eq!(p["backbone"], "torchvision");
+    assert!(p["weights_file"].is_null() && p["weights_sha256"].is_null());
+    assert!(p["step"].as_u64().unwrap() >= 2, "{p}");
+    assert!(p["checkpoint"].as_str().unwrap().contains("stage1"), "{p}");
+    let images: Vec<PathBuf> = std::fs::read_dir(eval.join("images"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .collect();
+    assert_eq!(images.len(), 4);
+    assert!(images.iter().all(|p| png_size(p) == (64, 64)));
+    // Sheet: 4 rows (sheet_count 8 > 4 images) of real | Stage-I at 128 px.
+    assert_eq!(
+        png_size(&eval.join("sheet.png")),
+        (2 * 132 + 4, 4 * 132 + 4)
+    );
+    let strips: Vec<PathBuf> = std::fs::read_dir(eval.join("per_turn"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    assert_eq!(strips.len(), 1);
+    let (w, h) = png_size(&strips[0]);
+    assert_eq!(h, 68 + 4);
+    // One 64-px frame per turn, and the sidecar lists the turns.
+    let sidecar = read_json(&strips[0].with_extension("json"));
+    let turns = sidecar["dialog"].as_array().unwrap().len() as u32;
+    assert!(turns > 1, "{sidecar}");
+    assert_eq!(w, turns * 68 + 4, "{sidecar}");
+    assert!(sidecar["caption"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(e.run.join("eval/manifest.json").exists());
+    assert!(ok(eval_cli(&e, &["eval"], &[])).contains("eval: up to date"));
+
+    // generate: deterministic with --seed, a strip with one frame per turn.
+    let dir = tempfile::tempdir().unwrap();
+    let png = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let text = [
+        "--caption",
+        "a red circle and a blue square",
+        "--turn",
+        "how many shapes? two",
+        "--turn",
+        "what colour is the background? green",
+        "--turn",
+        "is the circle big? yes",
+    ];
+    let mut a = text.to_vec();
+    a.extend(["--seed", "5", "--out"]);
+    let (pa, pb, pc) = (png("a.png"), png("b.png"), png("c.png"));
+    let said = ok(generate(&e, &[&a[..], &[pa.as_str()]].concat()));
+    assert!(said.contains("1 frame(s)"), "{said}");
+    ok(generate(&e, &[&a[..], &[pb.as_str()]].concat()));
+    assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+    assert_eq!(png_size(Path::new(&pa)), (64, 64));
+    let mut other = text.to_vec();
+    other.extend(["--seed", "6", "--out", pc.as_str()]);
+    ok(generate(&e, &other));
+    assert_ne!(std::fs::read(&pa).unwrap(), std::fs::read(&pc).unwrap());
+    let strip = png("strip.png");
+    let mut per_turn = text.to_vec();
+    per_turn.extend(["--per-turn", "--seed", "5", "--out", strip.as_str()]);
+    assert!(ok(generate(&e, &per_turn)).contains("3 frame(s)"));
+    assert_eq!(png_size(Path::new(&strip)), (3 * 68 + 4, 68 + 4));
+    // A VisDial-style file works too.
+    let dialogue = dir.path().join("d.json");
+    std::fs::write(
+        &dialogue,
+        r#"{"caption": "a red circle", "dialog": [{"question": "is it big", "answer": "yes"}]}"#,
+    )
+    .unwrap();
+    let from_file = png("file.png");
+    ok(generate(
+        &e,
+        &[
+            "--dialogue",
+            &dialogue.to_string_lossy(),
+            "--out",
+            &from_file,
+        ],
+    ));
+    let msg = err(generate(&e, &["--out", &from_file]));
+    assert!(msg.contains("no caption"), "{msg}");
+
+    // A different dialogue encoder than the run was embedded with is refused.
+    let config = e.run.join("embed/config.toml");
+    let text_cfg = std::fs::read_to_string(&config).unwrap();
+    let changed = text_cfg.replacen("dim = 64", "dim = 32", 2);
+    assert_ne!(
+        changed, text_cfg,
+        "the smoke pipeline's embed widths changed"
+    );
+    std::fs::write(&config, changed).unwrap();
+    let msg = err(generate(
+        &e,
+        &a[..a.len() - 1]
+            .iter()
+            .copied()
+            .chain(["--out", pc.as_str()])
+            .collect::<Vec<_>>(),
+    ));
+    assert!(
+        msg.contains("differs from the one this run was trained with"),
+        "{msg}"
+    );
+}
+
+/// With a (random-weights) Inception file in torchvision naming, the stage computes finite IS
+/// and FID and stamps the weights hash; `eval-folder` on the stage's own images and reference
+/// statistics gives the same numbers.
+#[test]
+fn eval_with_weights_computes_metrics_and_eval_folder_agrees() {
+    let e = trained_smoke_run();
+    let weights = e.run.join("inception_tv_random.safetensors");
+    let model =
+        chatpainter_eval::InceptionConfig::new(chatpainter_eval::Backbone::TorchvisionImagenet)
+            .init(&chatpainter_train::TrainDevice::Cpu.devices().1);
+    chatpainter_eval::weights::save_pytorch_named_safetensors(&model, &weights).unwrap();
+    let set = format!("eval.weights={}", weights.display());
+    let out = ok(eval_cli(&e, &["eval"], &["eval.per_turn_count=0", &set]));
+    assert!(out.contains("Inception Score over 4 images"), "{out}");
+    let m = read_json(&e.run.join("eval/metrics.json"));
+    assert_eq!(m["inception_score"]["available"], true, "{m}");
+    let is = m["inception_score"]["mean"].as_f64().unwrap();
+    let fid = m["fid"]["value"].as_f64().unwrap();
+    assert!(is.is_finite() && is >= 1.0 - 1e-9, "{m}");
+    assert!(fid.is_finite() && fid >= -1e-6, "{m}");
+    assert!(m["inception_score"]["reason"].is_null());
+    assert_eq!(m["fid"]["reference"], "reference_stats.npz");
+    assert_eq!(m["protocol"]["weights_sha256"].as_str().unwrap().len(), 64);
+
+    let out_file = e.run.join("folder_metrics.json");
+    ok(Command::new(env!("CARGO_BIN_EXE_chatpainter"))
+        .arg("eval-folder")
+        .arg("--images")
+        .arg(e.run.join("eval/images"))
+        .arg("--weights")
+        .arg(&weights)
+        .args(["--splits", "2", "--seed", "0", "--fid-reference"])
+        .arg(e.run.join("eval/reference_stats.npz"))
+        .arg("--out")
+        .arg(&out_file)
+        .env("CI", "1")
+        .output()
+        .unwrap());
+    let f = read_json(&out_file);
+    assert_eq!(
+        f["inception_score"]["mean"], m["inception_score"]["mean"],
+        "{f}"
+    );
+    let folder_fid = f["fid"]["value"].as_f64().unwrap();
+    assert!((folder_fid - fid).abs() <= 1e-6 * fid.abs().max(1.0), "{f}");
+    assert!(f["protocol"]["generator_stage"].is_null());
+}

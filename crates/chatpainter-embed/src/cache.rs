@@ -6,13 +6,17 @@
 //! encoders (or two weight files, or two text rules) can never mix. New vectors are appended as
 //! new parts, each written atomically: a killed build keeps every finished part and resumes
 //! from there.
+//!
+//! Memory: only an index (key → part, row; ≈60 bytes a text) is held. Vectors stay on disk
+//! and are read back part by part by [`EncoderCache::gather`], so a 4800-d Skip-Thought cache
+//! of ~800k turns (≈15 GB) needs one part in memory at a time, not the whole cache.
 
 use crate::{EmbedError, EncoderIdentity, TextEncoder};
 use arrow::array::{Array, FixedSizeBinaryArray, FixedSizeListArray, Float32Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use chatpainter_artifacts::{AtomicFile, write_atomic};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,12 +29,22 @@ pub fn key_of(normalised: &str) -> Key {
     Sha256::digest(normalised.as_bytes()).into()
 }
 
-/// The vectors of one encoder, loaded into memory.
+/// Where a cached vector lives: part file number and row inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loc {
+    part: u32,
+    row: u32,
+}
+
+/// The index of one encoder's cached vectors (the vectors themselves stay in the part files).
 pub struct EncoderCache {
     dir: PathBuf,
     identity: EncoderIdentity,
-    vectors: HashMap<Key, Vec<f32>>,
-    next_part: usize,
+    parts: Vec<PathBuf>,
+    index: HashMap<Key, Loc>,
+    /// Number of the next part file: one past the highest on disk, so a gap left by a
+    /// deleted part is never overwritten.
+    next_number: usize,
 }
 
 fn err(path: &Path, message: impl std::fmt::Display) -> EmbedError {
@@ -51,23 +65,16 @@ pub struct FillStats {
 }
 
 impl EncoderCache {
-    /// Opens (or creates) the folder of `identity` under `cache_dir` and loads its parts.
+    /// Opens (or creates) the folder of `identity` under `cache_dir` and indexes its parts
+    /// (reading only their `key` columns).
     pub fn open(cache_dir: &Path, identity: &EncoderIdentity) -> Result<Self, EmbedError> {
         let dir = cache_dir.join(identity.fingerprint());
-        std::fs::create_dir_all(&dir).map_err(|source| EmbedError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&dir).map_err(|source| EmbedError::io(&dir, source))?;
         let id_path = dir.join("encoder.json");
         if id_path.exists() {
+            let bytes = std::fs::read(&id_path).map_err(|e| EmbedError::io(&id_path, e))?;
             let stored: EncoderIdentity =
-                serde_json::from_slice(&std::fs::read(&id_path).map_err(|source| {
-                    EmbedError::Io {
-                        path: id_path.clone(),
-                        source,
-                    }
-                })?)
-                .map_err(|e| err(&id_path, e))?;
+                serde_json::from_slice(&bytes).map_err(|e| err(&id_path, e))?;
             if &stored != identity {
                 return Err(err(
                     &id_path,
@@ -79,10 +86,7 @@ impl EncoderCache {
             write_atomic(&id_path, &json).map_err(|e| err(&id_path, e))?;
         }
         let mut parts: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|source| EmbedError::Io {
-                path: dir.clone(),
-                source,
-            })?
+            .map_err(|source| EmbedError::io(&dir, source))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.file_name()
@@ -91,28 +95,131 @@ impl EncoderCache {
             })
             .collect();
         parts.sort();
-        let mut vectors = HashMap::new();
-        for part in &parts {
-            read_part(part, identity.dim, &mut vectors)?;
+        let next_number = parts
+            .iter()
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                name.strip_prefix("part-")?
+                    .strip_suffix(".parquet")?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |n| n + 1);
+        let mut index = HashMap::new();
+        for (number, part) in parts.iter().enumerate() {
+            let keys = read_keys(part, identity.dim)?;
+            for (row, key) in keys.into_iter().enumerate() {
+                // A later part wins; both hold the same vector anyway (same key, same encoder).
+                index.insert(
+                    key,
+                    Loc {
+                        part: number as u32,
+                        row: row as u32,
+                    },
+                );
+            }
         }
         Ok(Self {
             dir,
             identity: identity.clone(),
-            vectors,
-            next_part: parts.len(),
+            parts,
+            index,
+            next_number,
         })
     }
 
+    /// The encoder whose vectors these are.
+    pub fn identity(&self) -> &EncoderIdentity {
+        &self.identity
+    }
+
+    /// Number of cached vectors.
     pub fn len(&self) -> usize {
-        self.vectors.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.vectors.is_empty()
+        self.index.is_empty()
     }
 
-    pub fn get(&self, normalised: &str) -> Option<&Vec<f32>> {
-        self.vectors.get(&key_of(normalised))
+    /// `true` when the vector of this key is cached.
+    pub fn contains(&self, key: &Key) -> bool {
+        self.index.contains_key(key)
+    }
+
+    /// The vector of one text, read from its part file (a whole part is decoded: for
+    /// occasional look-ups; use [`Self::gather`] for many).
+    pub fn get(&self, normalised: &str) -> Result<Option<Vec<f32>>, EmbedError> {
+        let key = key_of(normalised);
+        if !self.contains(&key) {
+            return Ok(None);
+        }
+        let mut found = None;
+        self.gather(std::slice::from_ref(&key), |_, v| {
+            found = Some(v.to_vec());
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    /// Reads the vectors of `keys` part by part (each needed part is decoded once, one at a
+    /// time) and hands each to `sink(i, vector)`, `i` being the position in `keys`; a key
+    /// listed twice is handed out twice.
+    ///
+    /// # Errors
+    /// [`EmbedError::Config`] naming the key if one is not cached; part read errors; the
+    /// sink's errors.
+    pub fn gather(
+        &self,
+        keys: &[Key],
+        mut sink: impl FnMut(usize, &[f32]) -> Result<(), EmbedError>,
+    ) -> Result<(), EmbedError> {
+        // Per part, the (row, request) pairs it must serve, sorted by row.
+        let mut wanted: Vec<Vec<(u32, usize)>> = vec![Vec::new(); self.parts.len()];
+        for (i, key) in keys.iter().enumerate() {
+            let loc = self.index.get(key).ok_or_else(|| {
+                err(
+                    &self.dir,
+                    format!("the cache has no vector for key {}", hex::encode(key)),
+                )
+            })?;
+            wanted[loc.part as usize].push((loc.row, i));
+        }
+        let dim = self.identity.dim;
+        for (part, mut rows) in wanted.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            rows.sort_unstable();
+            let path = &self.parts[part];
+            let mut next = 0;
+            let mut offset = 0usize;
+            for_each_batch(path, dim, |_, values| {
+                let n = values.len() / dim.max(1);
+                while let Some(&(row, i)) = rows.get(next) {
+                    let row = row as usize;
+                    if row >= offset + n {
+                        break;
+                    }
+                    let local = row - offset;
+                    sink(i, &values[local * dim..(local + 1) * dim])?;
+                    next += 1;
+                }
+                offset += n;
+                Ok(())
+            })?;
+            if next < rows.len() {
+                return Err(err(
+                    path,
+                    format!(
+                        "holds {offset} rows, the index expected at least {}",
+                        rows[next].0 + 1
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure every text is cached: encodes the missing ones in batches of `batch_size`
@@ -136,7 +243,7 @@ impl EncoderCache {
         }
         let mut missing: Vec<(Key, &str)> = distinct
             .iter()
-            .filter(|(k, _)| !self.vectors.contains_key(*k))
+            .filter(|(k, _)| !self.index.contains_key(*k))
             .map(|(k, t)| (*k, *t))
             .collect();
         // Deterministic order, and similar lengths together for the encoder's batching.
@@ -158,21 +265,21 @@ impl EncoderCache {
                 let out = encoder.encode_batch(&strs)?;
                 stats.truncated += out.truncated_count();
                 keys.extend(batch.iter().map(|(k, _)| *k));
-                values.extend_from_slice(&out.data);
+                values.extend(out.data);
                 progress.advance(batch.len() as u64);
             }
-            self.write_part(&keys, &values)?;
-            for (k, v) in keys.iter().zip(values.chunks(self.identity.dim)) {
-                self.vectors.insert(*k, v.to_vec());
-            }
+            self.write_part(&keys, values)?;
             stats.encoded += keys.len();
         }
         progress.finish();
         Ok(stats)
     }
 
-    fn write_part(&mut self, keys: &[Key], values: &[f32]) -> Result<(), EmbedError> {
-        let path = self.dir.join(format!("part-{:05}.parquet", self.next_part));
+    fn write_part(&mut self, keys: &[Key], values: Vec<f32>) -> Result<(), EmbedError> {
+        let number = self.parts.len();
+        let path = self
+            .dir
+            .join(format!("part-{:05}.parquet", self.next_number));
         let dim = self.identity.dim as i32;
         let schema = Arc::new(Schema::new(vec![
             Field::new("key", DataType::FixedSizeBinary(32), false),
@@ -190,7 +297,7 @@ impl EncoderCache {
         let vectors = FixedSizeListArray::try_new(
             Arc::new(Field::new_list_field(DataType::Float32, false)),
             dim,
-            Arc::new(Float32Array::from(values.to_vec())),
+            Arc::new(Float32Array::from(values)),
             None,
         )
         .map_err(|e| err(&path, e))?;
@@ -205,20 +312,91 @@ impl EncoderCache {
             .map_err(|e| err(&path, e))?
             .commit()
             .map_err(|e| err(&path, e))?;
-        self.next_part += 1;
+        for (row, key) in keys.iter().enumerate() {
+            self.index.insert(
+                *key,
+                Loc {
+                    part: number as u32,
+                    row: row as u32,
+                },
+            );
+        }
+        self.parts.push(path);
+        self.next_number += 1;
         Ok(())
     }
 }
 
-fn read_part(path: &Path, dim: usize, into: &mut HashMap<Key, Vec<f32>>) -> Result<(), EmbedError> {
-    let file = std::fs::File::open(path).map_err(|source| EmbedError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| err(path, e))?
+fn open_part(
+    path: &Path,
+    dim: usize,
+) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>, EmbedError> {
+    let file = std::fs::File::open(path).map_err(|e| EmbedError::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(path, e))?;
+    let schema = builder.schema();
+    let key_ok = schema
+        .field_with_name("key")
+        .is_ok_and(|f| f.data_type() == &DataType::FixedSizeBinary(32));
+    if !key_ok {
+        return Err(err(
+            path,
+            "column `key` missing or not fixed_size_binary(32)",
+        ));
+    }
+    match schema.field_with_name("vector").map(|f| f.data_type()) {
+        Ok(DataType::FixedSizeList(inner, width))
+            if inner.data_type() == &DataType::Float32 && *width as usize == dim => {}
+        Ok(DataType::FixedSizeList(_, width)) => {
+            return Err(err(
+                path,
+                format!("vectors have {width} float32 values, the encoder {dim}"),
+            ));
+        }
+        _ => {
+            return Err(err(
+                path,
+                "column `vector` missing or not a fixed-size list of float32",
+            ));
+        }
+    }
+    Ok(builder)
+}
+
+/// The keys of one part, in row order (the vector column is not decoded).
+fn read_keys(path: &Path, dim: usize) -> Result<Vec<Key>, EmbedError> {
+    let builder = open_part(path, dim)?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["key"]);
+    let reader = builder
+        .with_projection(mask)
         .build()
         .map_err(|e| err(path, e))?;
+    let mut keys = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| err(path, e))?;
+        let column = batch
+            .column_by_name("key")
+            .and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>())
+            .ok_or_else(|| err(path, "column `key` missing or not fixed_size_binary(32)"))?;
+        for i in 0..column.len() {
+            let offset = keys.len();
+            keys.push(
+                column
+                    .value(i)
+                    .try_into()
+                    .map_err(|_| err(path, format!("row {offset}: key is not 32 bytes")))?,
+            );
+        }
+    }
+    Ok(keys)
+}
+
+/// Streams one part's record batches as (keys, row-major vector values).
+fn for_each_batch(
+    path: &Path,
+    dim: usize,
+    mut f: impl FnMut(&FixedSizeBinaryArray, &[f32]) -> Result<(), EmbedError>,
+) -> Result<(), EmbedError> {
+    let reader = open_part(path, dim)?.build().map_err(|e| err(path, e))?;
     for batch in reader {
         let batch = batch.map_err(|e| err(path, e))?;
         let keys = batch
@@ -229,27 +407,17 @@ fn read_part(path: &Path, dim: usize, into: &mut HashMap<Key, Vec<f32>>) -> Resu
             .column_by_name("vector")
             .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
             .ok_or_else(|| err(path, "column `vector` missing or not a fixed-size list"))?;
-        if vectors.value_length() as usize != dim {
-            return Err(err(
-                path,
-                format!(
-                    "vectors have {} values, the encoder {dim}",
-                    vectors.value_length()
-                ),
-            ));
-        }
         let values = vectors
             .values()
             .as_any()
             .downcast_ref::<Float32Array>()
             .ok_or_else(|| err(path, "column `vector`: values are not float32"))?;
-        for i in 0..keys.len() {
-            let key: Key = keys
-                .value(i)
-                .try_into()
-                .map_err(|_| err(path, format!("row {i}: key is not 32 bytes")))?;
-            into.insert(key, values.values()[i * dim..(i + 1) * dim].to_vec());
-        }
+        // Slicing a fixed-size list slices its child, so values start at row 0.
+        let slice = values
+            .values()
+            .get(..vectors.len() * dim)
+            .ok_or_else(|| err(path, "column `vector`: fewer values than rows × dim"))?;
+        f(keys, slice)?;
     }
     Ok(())
 }

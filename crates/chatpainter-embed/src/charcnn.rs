@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use serde_pickle::{DeOptions, Value};
 
-use crate::EmbedError;
+use crate::{EmbedError, EmbeddingBatch, EncoderIdentity, TextEncoder};
 
 /// File name of the embeddings inside a StackGAN `train/` or `test/` folder.
 pub const CHAR_CNN_EMBEDDINGS_FILE: &str = "char-CNN-RNN-embeddings.pickle";
@@ -63,6 +63,135 @@ impl CharCnnRnnEmbeddings {
     /// The per-image map alone.
     pub fn into_map(self) -> HashMap<i64, Vec<Vec<f32>>> {
         self.by_image
+    }
+}
+
+/// Name in the identity of [`CharCnnRnnSource`].
+pub const CHAR_CNN_RNN_NAME: &str = "char-CNN-RNN-stackgan-precomputed";
+
+/// A pickle file and its sha256, as recorded in the embed report and manifest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileDigest {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// StackGAN's precomputed char-CNN-RNN caption vectors as the embed stage's caption source.
+///
+/// It is a [`TextEncoder`] only so that it can stand where a caption encoder stands: its
+/// identity is the pickles' sha256 (a changed file gives a new identity, hence a rebuild), and
+/// [`TextEncoder::encode_batch`] always fails with [`EmbedError::CannotEncode`], because the
+/// vectors exist only for the captions StackGAN encoded. [`Self::load`] decodes the files
+/// (only when the stage runs, not when its identity is computed).
+#[derive(Debug, Clone)]
+pub struct CharCnnRnnSource {
+    pairs: Vec<(PathBuf, PathBuf)>,
+    files: Vec<FileDigest>,
+    identity: EncoderIdentity,
+}
+
+impl CharCnnRnnSource {
+    /// Hashes the `(embeddings, filenames)` pickle pairs (e.g. StackGAN's `train/` and `test/`)
+    /// whose vectors must be `dim` wide.
+    ///
+    /// # Errors
+    /// [`EmbedError::Config`] for no pair or `dim` 0; [`EmbedError::Io`] naming a missing or
+    /// unreadable file.
+    pub fn open(pairs: Vec<(PathBuf, PathBuf)>, dim: usize) -> Result<Self, EmbedError> {
+        if pairs.is_empty() || dim == 0 {
+            return Err(EmbedError::Config(
+                "char-cnn-rnn: needs at least one embeddings/filenames pair and dim ≥ 1".into(),
+            ));
+        }
+        let mut files = Vec::with_capacity(2 * pairs.len());
+        for (embeddings, filenames) in &pairs {
+            for path in [embeddings, filenames] {
+                files.push(FileDigest {
+                    path: path.clone(),
+                    sha256: crate::fetch::sha256_file(path)?,
+                });
+            }
+        }
+        let joined: Vec<&str> = files.iter().map(|f| f.sha256.as_str()).collect();
+        let identity = EncoderIdentity {
+            name: CHAR_CNN_RNN_NAME.into(),
+            // One digest over every file's sha256 (in config order); the files and their own
+            // hashes are listed by [`Self::files`] for the manifest.
+            weights_sha256: Some(crate::hex_sha256(joined.join(" ").as_bytes())),
+            dim,
+            normalization: "precomputed-per-image".into(),
+        };
+        Ok(Self {
+            pairs,
+            files,
+            identity,
+        })
+    }
+
+    /// Every pickle with its sha256.
+    pub fn files(&self) -> &[FileDigest] {
+        &self.files
+    }
+
+    /// Decodes every pair and merges them: image id → one vector per caption.
+    ///
+    /// # Errors
+    /// As [`import_char_cnn_rnn`]; [`EmbedError::Pickle`] when vectors are not `dim` wide or
+    /// an image id appears in two pairs (naming both files).
+    pub fn load(&self) -> Result<HashMap<i64, Vec<Vec<f32>>>, EmbedError> {
+        let mut merged: HashMap<i64, Vec<Vec<f32>>> = HashMap::new();
+        let mut origin: HashMap<i64, usize> = HashMap::new();
+        for (pair, (embeddings, filenames)) in self.pairs.iter().enumerate() {
+            let imported = import_char_cnn_rnn(embeddings, filenames)?;
+            if !imported.is_empty() && imported.dim != self.identity.dim {
+                return Err(pickle_err(
+                    embeddings,
+                    format!(
+                        "holds {}-d vectors, the config says dim = {}",
+                        imported.dim, self.identity.dim
+                    ),
+                ));
+            }
+            for (id, vectors) in imported.by_image {
+                if let Some(&first) = origin.get(&id) {
+                    return Err(pickle_err(
+                        filenames,
+                        format!(
+                            "image id {id} is also listed in {}",
+                            self.pairs[first].1.display()
+                        ),
+                    ));
+                }
+                origin.insert(id, pair);
+                merged.insert(id, vectors);
+            }
+        }
+        Ok(merged)
+    }
+}
+
+impl TextEncoder for CharCnnRnnSource {
+    fn identity(&self) -> &EncoderIdentity {
+        &self.identity
+    }
+
+    fn max_tokens(&self) -> Option<usize> {
+        None
+    }
+
+    fn encode_batch(&self, texts: &[&str]) -> Result<EmbeddingBatch, EmbedError> {
+        Err(EmbedError::CannotEncode {
+            encoder: CHAR_CNN_RNN_NAME.into(),
+            what: format!(
+                "{} text(s), e.g. {:?}",
+                texts.len(),
+                texts.first().unwrap_or(&"")
+            ),
+        })
+    }
+
+    fn precomputed(&self) -> Option<&CharCnnRnnSource> {
+        Some(self)
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Variants are grouped the way the workspace conventions ask: bad input from the caller
 //! (`EmptyText`, `Config`), bad or missing files (`WeightsNotFound`, `WeightsHashMismatch`,
-//! `Tensor*`, `Safetensors`, `ModelConfig`, `Tokenizer`), fetching (`Fetch`) and run-time
-//! failures (`Io`, `Tokenize`, `Backend`). Messages name the file, the tensor or the text index.
+//! `Tensor*`, `Safetensors`, `ModelConfig`, `Tokenizer`), fetching (`Fetch`), asking a
+//! precomputed source for new text (`CannotEncode`) and run-time failures (`Io`, `Tokenize`,
+//! `Backend`). Messages name the file, the tensor or the text index.
 
 use std::path::PathBuf;
 
@@ -104,6 +105,13 @@ pub enum EmbedError {
     /// A pickle file could not be decoded or does not hold what was expected.
     #[error("{path}: {message}")]
     Pickle { path: PathBuf, message: String },
+
+    /// The encoder holds precomputed vectors only (StackGAN's char-CNN-RNN pickles) and was
+    /// asked for the vector of a text it has never seen.
+    #[error(
+        "{encoder} cannot encode new text ({what}): its vectors were precomputed by StackGAN per image; use an encoder that runs on text (minilm, skipthought, hashing) for this"
+    )]
+    CannotEncode { encoder: String, what: String },
 
     /// A file-system operation failed.
     #[error("{path}: {source}")]

@@ -10,7 +10,9 @@
 //! §4.4), [`MiniLmEncoder`] (pretrained all-MiniLM-L6-v2 in Burn, `data.md` §4.3, files from
 //! [`fetch_minilm`] / `cargo xtask fetch-models`) and [`SkipThoughtEncoder`] (uni/bi/combine-skip,
 //! `data.md` §4.1, files the user brings). [`charcnn`] imports StackGAN's precomputed
-//! char-CNN-RNN caption vectors. [`cache`], [`table`] and [`stage`] make the embed stage.
+//! char-CNN-RNN caption vectors and serves them as a caption source ([`CharCnnRnnSource`],
+//! which cannot encode new text). [`cache`], [`table`] and [`stage`] make the embed stage;
+//! [`bench`] measures it (`chatpainter bench embed`).
 //!
 //! Shared policies, identical for every encoder:
 //! - **Whitespace**: each text goes through [`text::normalize_whitespace`] first.
@@ -19,6 +21,7 @@
 //! - **Truncation**: an encoder with a token limit cuts longer texts (keeping the beginning)
 //!   and reports each one in [`EmbeddingBatch::truncated`]; it never fails on length.
 
+pub mod bench;
 pub mod cache;
 pub mod charcnn;
 mod error;
@@ -33,7 +36,9 @@ pub mod text;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use charcnn::{CharCnnRnnEmbeddings, import_char_cnn_rnn, import_char_cnn_rnn_dir};
+pub use charcnn::{
+    CharCnnRnnEmbeddings, CharCnnRnnSource, import_char_cnn_rnn, import_char_cnn_rnn_dir,
+};
 pub use error::EmbedError;
 pub use fetch::{MINILM_DIR_NAME, MINILM_SAFETENSORS_SHA256, default_models_dir, fetch_minilm};
 pub use hashing::HashingEncoder;
@@ -132,6 +137,17 @@ pub trait TextEncoder: Send + Sync {
     /// Over-long texts are not an error: they are truncated and listed in
     /// [`EmbeddingBatch::truncated`].
     fn encode_batch(&self, texts: &[&str]) -> Result<EmbeddingBatch, EmbedError>;
+
+    /// `Some` for a source of precomputed per-image vectors (char-CNN-RNN), which the embed
+    /// stage reads by image id instead of encoding text.
+    fn precomputed(&self) -> Option<&charcnn::CharCnnRnnSource> {
+        None
+    }
+}
+
+/// sha256 of `bytes`, lower-case hex.
+pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Normalises every text and checks none is empty; shared by all encoders so the empty-text

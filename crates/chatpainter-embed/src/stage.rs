@@ -1,8 +1,29 @@
 //! The embed stage: every caption, every whole dialogue and every dialogue turn of an ingested
 //! dataset through the configured encoders, via the cache, into `embeddings.parquet`.
+//!
+//! Policies (the same for every encoder; see the crate docs for the encoder side):
+//! - **Empty texts**: an empty caption is an error naming the image (ingest should have
+//!   quarantined it); an empty turn is skipped and counted (`empty_turns_skipped`).
+//! - **Truncation**: an encoder with a token limit keeps the first `max_tokens` tokens of a
+//!   longer text (MiniLM: 128 word pieces with `[CLS]`/`[SEP]`; a whole 10-turn VisDial
+//!   dialogue is ≈90). Truncated texts are counted per kind in the report and listed in the
+//!   summary next to the limit, never silently.
+//! - **Non-ASCII** text is kept as is (whitespace collapsed only); each encoder handles it in
+//!   its own way (MiniLM's tokenizer strips accents, hashing hashes UTF-8 bytes).
+//! - **Precomputed captions** (`kind = "char-cnn-rnn"`): vectors come from StackGAN's pickles by
+//!   image id, caption `k` of the pickle being caption `k` of the record (COCO annotation
+//!   order). An image without an entry, or whose vector count differs from its caption count,
+//!   is quarantined: left out of `embeddings.parquet` and listed in the report (file, image,
+//!   field, reason). All images quarantined is an error (most likely the wrong pickle).
+//!
+//! Memory: the cache keeps an index only; the output is assembled through a scratch file
+//! (vectors written at their occurrence slot part by part, then read back in image order) and
+//! written a row group at a time, so neither cache nor table has to fit in memory;
+//! [`verify_file`] streams the table the same way.
 
-use crate::cache::{EncoderCache, FillStats};
-use crate::table::{EmbeddingTable, ImageEmbeddings};
+use crate::cache::{EncoderCache, FillStats, Key, key_of};
+use crate::charcnn::{CharCnnRnnSource, FileDigest};
+use crate::table::{ImageEmbeddings, TableWriter};
 use crate::{
     EmbedError, HashingEncoder, MiniLmConfig, MiniLmEncoder, TextEncoder, dialogue_text,
     normalize_whitespace, turn_text,
@@ -10,9 +31,29 @@ use crate::{
 use chatpainter_artifacts::Progress;
 use chatpainter_ingest::tables::Record;
 use serde::{Deserialize, Serialize};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// Which encoder, and how to load it.
+/// One path or a list of them (e.g. StackGAN's `train/` and `test/` pickles).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Paths {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Paths {
+    pub fn to_vec(&self) -> Vec<&str> {
+        match self {
+            Self::One(p) => vec![p.as_str()],
+            Self::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// Which encoder, and how to load it. Paths are resolved as every pipeline path is: `run:<rel>`
+/// inside the run directory, anything else as written (relative to the working directory,
+/// the workspace root for the CLI and xtask).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum EncoderSpec {
@@ -32,6 +73,14 @@ pub enum EncoderSpec {
         #[serde(default = "default_skipthought_variant")]
         variant: crate::SkipThoughtVariant,
     },
+    /// StackGAN's precomputed caption vectors (captions only: it cannot encode new text).
+    /// `embeddings[i]` pairs with `filenames[i]`; several pairs (train/ and test/) are merged.
+    CharCnnRnn {
+        embeddings: Paths,
+        filenames: Paths,
+        #[serde(default = "default_char_cnn_dim")]
+        dim: usize,
+    },
 }
 
 fn default_skipthought_variant() -> crate::SkipThoughtVariant {
@@ -42,8 +91,21 @@ fn default_max_tokens() -> usize {
     128
 }
 
+fn default_char_cnn_dim() -> usize {
+    1024
+}
+
 impl EncoderSpec {
+    /// Loads the encoder, paths taken as written.
     pub fn load(&self) -> Result<Box<dyn TextEncoder>, EmbedError> {
+        self.load_with(&|p: &str| PathBuf::from(p))
+    }
+
+    /// Loads the encoder, turning every configured path into a file path with `resolve`.
+    pub fn load_with(
+        &self,
+        resolve: &dyn Fn(&str) -> PathBuf,
+    ) -> Result<Box<dyn TextEncoder>, EmbedError> {
         Ok(match self {
             Self::Hashing { dim } => Box::new(HashingEncoder::new(*dim)?),
             Self::Minilm {
@@ -51,15 +113,31 @@ impl EncoderSpec {
                 max_tokens,
             } => {
                 let mut cfg = match model_dir {
-                    Some(dir) => MiniLmConfig::new(dir),
+                    Some(dir) => MiniLmConfig::new(resolve(dir)),
                     None => MiniLmConfig::from_default_dir(),
                 };
                 cfg.max_tokens = *max_tokens;
                 Box::new(MiniLmEncoder::load(&cfg)?)
             }
             Self::Skipthought { model_dir, variant } => Box::new(crate::SkipThoughtEncoder::load(
-                &crate::SkipThoughtConfig::new(model_dir, *variant),
+                &crate::SkipThoughtConfig::new(resolve(model_dir), *variant),
             )?),
+            Self::CharCnnRnn {
+                embeddings,
+                filenames,
+                dim,
+            } => {
+                let (e, f) = (embeddings.to_vec(), filenames.to_vec());
+                if e.len() != f.len() {
+                    return Err(EmbedError::Config(format!(
+                        "char-cnn-rnn: {} embeddings file(s) but {} filenames file(s); they pair up one to one",
+                        e.len(),
+                        f.len()
+                    )));
+                }
+                let pairs = e.iter().zip(&f).map(|(e, f)| (resolve(e), resolve(f)));
+                Box::new(CharCnnRnnSource::open(pairs.collect(), *dim)?)
+            }
         })
     }
 }
@@ -67,7 +145,7 @@ impl EncoderSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedConfig {
-    /// Encodes each caption.
+    /// Encodes each caption (or, `char-cnn-rnn`, looks it up in StackGAN's pickles).
     pub caption_encoder: EncoderSpec,
     /// Encodes the whole dialogue (one string) and each turn.
     pub dialogue_encoder: EncoderSpec,
@@ -92,15 +170,40 @@ fn default_part() -> usize {
     4096
 }
 
+/// An image left out of `embeddings.parquet`, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quarantined {
+    pub image_id: i64,
+    pub split: String,
+    pub file_name: String,
+    /// The record field concerned, e.g. `captions`.
+    pub field: String,
+    /// The file that could not serve it.
+    pub source: PathBuf,
+    pub reason: String,
+}
+
 /// What a build did, for the manifest and the console.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EmbedReport {
+    /// Images written to `embeddings.parquet`.
     pub images: usize,
     pub captions: FillStats,
     pub dialogues: FillStats,
     pub turns: FillStats,
     /// Turns whose text was empty (nothing to encode): left out of `turns`.
     pub empty_turns_skipped: usize,
+    /// Token limits of the caption and dialogue encoders (`None`: never truncates).
+    #[serde(default)]
+    pub caption_max_tokens: Option<usize>,
+    #[serde(default)]
+    pub dialogue_max_tokens: Option<usize>,
+    /// Precomputed caption files with their sha256 (char-CNN-RNN); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caption_files: Vec<FileDigest>,
+    /// Images left out, with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<Quarantined>,
 }
 
 impl EmbedReport {
@@ -111,14 +214,30 @@ impl EmbedReport {
                 s.distinct, s.reused, s.encoded, s.truncated
             )
         };
-        format!(
-            "embed: {} images\n{}{}{}  empty turns skipped: {}\n",
+        let limit = |n: Option<usize>| match n {
+            Some(n) => format!("first {n} tokens kept"),
+            None => "no limit".to_string(),
+        };
+        let mut out = format!(
+            "embed: {} images\n{}{}{}  empty turns skipped: {}\n  truncation: captions {}, dialogues and turns {}\n",
             self.images,
             line("captions", &self.captions),
             line("dialogues", &self.dialogues),
             line("turns", &self.turns),
-            self.empty_turns_skipped
-        )
+            self.empty_turns_skipped,
+            limit(self.caption_max_tokens),
+            limit(self.dialogue_max_tokens),
+        );
+        if !self.quarantined.is_empty() {
+            out.push_str(&format!(
+                "  quarantined: {} images (first: image {} {}: {})\n",
+                self.quarantined.len(),
+                self.quarantined[0].image_id,
+                self.quarantined[0].field,
+                self.quarantined[0].reason
+            ));
+        }
+        out
     }
 }
 
@@ -129,8 +248,14 @@ struct Texts {
     turns: Vec<String>,
 }
 
-fn texts_of(r: &Record, empty_turns: &mut usize) -> Texts {
-    let captions = r.captions.iter().map(|c| normalize_whitespace(c)).collect();
+fn texts_of(r: &Record, empty_turns: &mut usize) -> Result<Texts, EmbedError> {
+    let captions: Vec<String> = r.captions.iter().map(|c| normalize_whitespace(c)).collect();
+    if let Some(k) = captions.iter().position(String::is_empty) {
+        return Err(EmbedError::Config(format!(
+            "image {} ({}, {}): caption #{k} is empty after whitespace normalisation (ingest should have quarantined it)",
+            r.image_id, r.split, r.file_name
+        )));
+    }
     let (dialogue, turns) = match &r.dialogue {
         None => (None, Vec::new()),
         Some(d) => {
@@ -148,11 +273,11 @@ fn texts_of(r: &Record, empty_turns: &mut usize) -> Texts {
             )
         }
     };
-    Texts {
+    Ok(Texts {
         captions,
         dialogue,
         turns,
-    }
+    })
 }
 
 /// The loaded encoders of a config (one instance when both specs are equal).
@@ -162,15 +287,105 @@ pub struct Encoders {
 }
 
 impl Encoders {
+    /// Loads both encoders, paths taken as written.
     pub fn load(cfg: &EmbedConfig) -> Result<Self, EmbedError> {
-        let caption: std::sync::Arc<dyn TextEncoder> = cfg.caption_encoder.load()?.into();
+        Self::load_with(cfg, &|p: &str| PathBuf::from(p))
+    }
+
+    /// Loads both encoders, resolving configured paths with `resolve` (the CLI passes the run
+    /// directory's resolver so that `run:` paths work).
+    ///
+    /// # Errors
+    /// The encoders' load errors; [`EmbedError::CannotEncode`] for a `char-cnn-rnn` dialogue
+    /// encoder (dialogues are new text).
+    pub fn load_with(
+        cfg: &EmbedConfig,
+        resolve: &dyn Fn(&str) -> PathBuf,
+    ) -> Result<Self, EmbedError> {
+        if matches!(cfg.dialogue_encoder, EncoderSpec::CharCnnRnn { .. }) {
+            return Err(EmbedError::CannotEncode {
+                encoder: crate::charcnn::CHAR_CNN_RNN_NAME.into(),
+                what: "as `dialogue_encoder`: StackGAN has no dialogue vectors".into(),
+            });
+        }
+        let caption: std::sync::Arc<dyn TextEncoder> =
+            cfg.caption_encoder.load_with(resolve)?.into();
         let dialogue = if cfg.dialogue_encoder == cfg.caption_encoder {
             caption.clone()
         } else {
-            cfg.dialogue_encoder.load()?.into()
+            cfg.dialogue_encoder.load_with(resolve)?.into()
         };
         Ok(Self { caption, dialogue })
     }
+}
+
+/// Vectors written at arbitrary slots, read back in slot order: how the output is assembled
+/// from cache parts without holding them. Anonymous temporary file, gone when dropped.
+struct Scratch {
+    file: std::fs::File,
+    dim: usize,
+}
+
+impl Scratch {
+    fn new(dir: &Path, dim: usize) -> Result<Self, EmbedError> {
+        let file = tempfile::tempfile_in(dir).map_err(|e| EmbedError::io(dir, e))?;
+        Ok(Self { file, dim })
+    }
+
+    fn put(&mut self, slot: usize, vector: &[f32], dir: &Path) -> Result<(), EmbedError> {
+        let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.file
+            .seek(SeekFrom::Start((slot * self.dim * 4) as u64))
+            .and_then(|_| self.file.write_all(&bytes))
+            .map_err(|e| EmbedError::io(dir, e))
+    }
+
+    fn reader(mut self, dir: &Path) -> Result<ScratchReader, EmbedError> {
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| EmbedError::io(dir, e))?;
+        Ok(ScratchReader {
+            reader: BufReader::with_capacity(1 << 20, self.file),
+            dim: self.dim,
+            buf: vec![0u8; self.dim * 4],
+        })
+    }
+}
+
+struct ScratchReader {
+    reader: BufReader<std::fs::File>,
+    dim: usize,
+    buf: Vec<u8>,
+}
+
+impl ScratchReader {
+    fn next(&mut self, dir: &Path) -> Result<Vec<f32>, EmbedError> {
+        self.reader
+            .read_exact(&mut self.buf)
+            .map_err(|e| EmbedError::io(dir, e))?;
+        let mut v = Vec::with_capacity(self.dim);
+        v.extend(
+            self.buf
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
+        Ok(v)
+    }
+}
+
+/// Fills a scratch file with the vectors of `keys` (one slot per occurrence, in order),
+/// reading the cache part by part.
+fn scatter(cache: &EncoderCache, keys: &[Key], dir: &Path) -> Result<ScratchReader, EmbedError> {
+    let mut scratch = Scratch::new(dir, cache.identity().dim)?;
+    cache.gather(keys, |slot, v| scratch.put(slot, v, dir))?;
+    scratch.reader(dir)
+}
+
+/// Images per row group: about 64 MiB of vectors, between 16 and 1,024 images.
+fn rows_per_group(caption_dim: usize, dialogue_dim: usize) -> usize {
+    // A COCO image has ~5 captions; a VisDial dialogue 1 whole + 10 turns.
+    let bytes = 4 * (5 * caption_dim + 11 * dialogue_dim);
+    ((64 << 20) / bytes.max(1)).clamp(16, 1024)
 }
 
 /// Encodes what the cache lacks and writes `out` (`embeddings.parquet`).
@@ -183,35 +398,135 @@ pub fn build(
     progress: &dyn Progress,
 ) -> Result<EmbedReport, EmbedError> {
     let mut report = EmbedReport {
-        images: records.len(),
+        caption_max_tokens: encoders.caption.max_tokens(),
+        dialogue_max_tokens: encoders.dialogue.max_tokens(),
         ..Default::default()
     };
-    let texts: Vec<Texts> = records
-        .iter()
-        .map(|r| texts_of(r, &mut report.empty_turns_skipped))
-        .collect();
-    let captions: Vec<String> = texts
-        .iter()
-        .flat_map(|t| t.captions.iter().cloned())
-        .collect();
-    let dialogues: Vec<String> = texts.iter().filter_map(|t| t.dialogue.clone()).collect();
-    let turns: Vec<String> = texts.iter().flat_map(|t| t.turns.iter().cloned()).collect();
+    let mut texts = Vec::with_capacity(records.len());
+    for r in records {
+        texts.push(texts_of(r, &mut report.empty_turns_skipped)?);
+    }
 
-    let mut caption_cache = EncoderCache::open(cache_dir, encoders.caption.identity())?;
-    report.captions = caption_cache.fill(
-        encoders.caption.as_ref(),
-        &captions,
-        cfg.batch_size,
-        cfg.part_size,
-        progress,
-    )?;
-    let same = encoders.caption.identity() == encoders.dialogue.identity();
-    let mut dialogue_cache = if same {
-        None
-    } else {
-        Some(EncoderCache::open(cache_dir, encoders.dialogue.identity())?)
+    // Precomputed captions: look every image up first, so the quarantined ones are known
+    // before anything is encoded for them.
+    let precomputed = match encoders.caption.precomputed() {
+        Some(source) => {
+            report.caption_files = source.files().to_vec();
+            let vectors = source.load()?;
+            let pickle = source
+                .files()
+                .first()
+                .map(|f| f.path.clone())
+                .unwrap_or_default();
+            for (r, t) in records.iter().zip(&texts) {
+                let reason = match vectors.get(&r.image_id) {
+                    None => Some("no entry in the char-CNN-RNN filenames pickle".to_string()),
+                    Some(v) if v.len() != t.captions.len() => Some(format!(
+                        "the pickle holds {} caption vectors, the record {} captions",
+                        v.len(),
+                        t.captions.len()
+                    )),
+                    Some(_) => None,
+                };
+                if let Some(reason) = reason {
+                    report.quarantined.push(Quarantined {
+                        image_id: r.image_id,
+                        split: r.split.clone(),
+                        file_name: r.file_name.clone(),
+                        field: "captions".into(),
+                        source: pickle.clone(),
+                        reason,
+                    });
+                }
+            }
+            if !records.is_empty() && report.quarantined.len() == records.len() {
+                let q = &report.quarantined[0];
+                return Err(EmbedError::Pickle {
+                    path: pickle,
+                    message: format!(
+                        "none of the {} images can be served (first: image {} {}: {}); wrong pickle for this dataset?",
+                        records.len(),
+                        q.image_id,
+                        q.file_name,
+                        q.reason
+                    ),
+                });
+            }
+            for q in report.quarantined.iter().take(5) {
+                tracing::warn!(image_id = q.image_id, file = %q.file_name, reason = %q.reason, "quarantined");
+            }
+            Some(vectors)
+        }
+        None => None,
     };
-    let dcache = dialogue_cache.as_mut().unwrap_or(&mut caption_cache);
+    let quarantined: std::collections::HashSet<(i64, &str)> = report
+        .quarantined
+        .iter()
+        .map(|q| (q.image_id, q.split.as_str()))
+        .collect();
+    let kept: Vec<(&Record, &Texts)> = records
+        .iter()
+        .zip(&texts)
+        .filter(|(r, _)| !quarantined.contains(&(r.image_id, r.split.as_str())))
+        .collect();
+    report.images = kept.len();
+
+    // Every occurrence, in output order: these are the scratch slots.
+    let caption_keys: Vec<Key> = if precomputed.is_some() {
+        Vec::new()
+    } else {
+        kept.iter()
+            .flat_map(|(_, t)| t.captions.iter().map(|c| key_of(c)))
+            .collect()
+    };
+    let dialogue_texts: Vec<&String> = kept
+        .iter()
+        .flat_map(|(_, t)| t.dialogue.iter().chain(&t.turns))
+        .collect();
+    let dialogue_keys: Vec<Key> = dialogue_texts.iter().map(|t| key_of(t)).collect();
+
+    let mut caption_cache = if precomputed.is_none() {
+        let mut cache = EncoderCache::open(cache_dir, encoders.caption.identity())?;
+        let captions: Vec<String> = kept
+            .iter()
+            .flat_map(|(_, t)| t.captions.iter().cloned())
+            .collect();
+        report.captions = cache.fill(
+            encoders.caption.as_ref(),
+            &captions,
+            cfg.batch_size,
+            cfg.part_size,
+            progress,
+        )?;
+        Some(cache)
+    } else {
+        let n = kept.iter().map(|(_, t)| t.captions.len()).sum();
+        report.captions = FillStats {
+            distinct: n,
+            reused: n,
+            ..Default::default()
+        };
+        None
+    };
+    let same = encoders.caption.identity() == encoders.dialogue.identity();
+    let mut own_dialogue_cache = match (&caption_cache, same) {
+        (Some(_), true) => None,
+        _ => Some(EncoderCache::open(cache_dir, encoders.dialogue.identity())?),
+    };
+    let dcache = match own_dialogue_cache.as_mut() {
+        Some(c) => c,
+        None => caption_cache
+            .as_mut()
+            .ok_or_else(|| EmbedError::Config("internal: no dialogue cache".into()))?,
+    };
+    let dialogues: Vec<String> = kept
+        .iter()
+        .filter_map(|(_, t)| t.dialogue.clone())
+        .collect();
+    let turns: Vec<String> = kept
+        .iter()
+        .flat_map(|(_, t)| t.turns.iter().cloned())
+        .collect();
     report.dialogues = dcache.fill(
         encoders.dialogue.as_ref(),
         &dialogues,
@@ -226,42 +541,59 @@ pub fn build(
         cfg.part_size,
         progress,
     )?;
-    let dcache = dialogue_cache.as_ref().unwrap_or(&caption_cache);
+    drop((dialogues, turns));
 
-    let lookup = |cache: &EncoderCache, text: &str| -> Result<Vec<f32>, EmbedError> {
-        cache
-            .get(text)
-            .cloned()
-            .ok_or_else(|| EmbedError::Config(format!("cache lost the vector of {text:?}")))
+    // Assemble: cache parts → scratch slots → row groups in image order.
+    let scratch_dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dcache = own_dialogue_cache
+        .as_ref()
+        .or(caption_cache.as_ref())
+        .ok_or_else(|| EmbedError::Config("internal: no dialogue cache".into()))?;
+    let mut caption_reader = match &caption_cache {
+        Some(cache) => Some(scatter(cache, &caption_keys, scratch_dir)?),
+        None => None,
     };
-    let mut rows = Vec::with_capacity(records.len());
-    for (r, t) in records.iter().zip(&texts) {
+    let mut dialogue_reader = scatter(dcache, &dialogue_keys, scratch_dir)?;
+    let (dc, dd) = (encoders.caption.dim(), encoders.dialogue.dim());
+    let mut writer = TableWriter::create(
+        out,
+        encoders.caption.identity(),
+        encoders.dialogue.identity(),
+    )?;
+    let chunk = rows_per_group(dc, dd);
+    let mut rows = Vec::with_capacity(chunk);
+    for (r, t) in &kept {
+        let captions = match (&precomputed, caption_reader.as_mut()) {
+            (Some(map), _) => map.get(&r.image_id).cloned().unwrap_or_default(),
+            (None, Some(reader)) => (0..t.captions.len())
+                .map(|_| reader.next(scratch_dir))
+                .collect::<Result<_, _>>()?,
+            (None, None) => Vec::new(),
+        };
+        let dialogue = match t.dialogue {
+            Some(_) => Some(dialogue_reader.next(scratch_dir)?),
+            None => None,
+        };
+        let turns = (0..t.turns.len())
+            .map(|_| dialogue_reader.next(scratch_dir))
+            .collect::<Result<_, _>>()?;
         rows.push(ImageEmbeddings {
             image_id: r.image_id,
             split: r.split.clone(),
-            captions: t
-                .captions
-                .iter()
-                .map(|c| lookup(&caption_cache, c))
-                .collect::<Result<_, _>>()?,
-            dialogue: t
-                .dialogue
-                .as_deref()
-                .map(|d| lookup(dcache, d))
-                .transpose()?,
-            turns: t
-                .turns
-                .iter()
-                .map(|x| lookup(dcache, x))
-                .collect::<Result<_, _>>()?,
+            captions,
+            dialogue,
+            turns,
         });
+        if rows.len() == chunk {
+            writer.write(&rows)?;
+            rows.clear();
+        }
     }
-    let table = EmbeddingTable {
-        caption_encoder: encoders.caption.identity().clone(),
-        dialogue_encoder: encoders.dialogue.identity().clone(),
-        rows,
-    };
-    crate::table::write(out, &table)?;
+    writer.write(&rows)?;
+    writer.finish()?;
     Ok(report)
 }
 
@@ -273,42 +605,43 @@ pub struct VerifyReport {
     pub worst_text: String,
 }
 
-/// Re-encodes `n` texts drawn at random (seeded) from the dataset and compares them with the
-/// vectors in `embeddings` (the built table).
-pub fn verify(
+/// Which vector of an image a sampled text is.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Caption(usize),
+    Dialogue,
+    Turn(usize),
+}
+
+/// `n` texts drawn at random (seeded) from the dataset: (record index, slot, text).
+fn sample(
     encoders: &Encoders,
     records: &[Record],
-    table: &EmbeddingTable,
     n: usize,
     seed: u64,
-) -> Result<VerifyReport, EmbedError> {
+) -> Result<Vec<(usize, Slot, String)>, EmbedError> {
+    if encoders.caption.precomputed().is_some() {
+        return Err(EmbedError::CannotEncode {
+            encoder: crate::charcnn::CHAR_CNN_RNN_NAME.into(),
+            what: "`--verify` would re-encode captions; their vectors are copies of the pickles, whose sha256 the manifest records".into(),
+        });
+    }
     let mut empty = 0;
-    let mut pool: Vec<(bool, String, Vec<f32>)> = Vec::new();
-    for (r, row) in records.iter().zip(&table.rows) {
-        if (r.image_id, &r.split) != (row.image_id, &row.split) {
-            return Err(EmbedError::Config(format!(
-                "embeddings row for image {} does not match records",
-                row.image_id
-            )));
-        }
-        let t = texts_of(r, &mut empty);
+    let mut pool = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let t = texts_of(r, &mut empty)?;
         pool.extend(
             t.captions
                 .into_iter()
-                .zip(row.captions.iter().cloned())
-                .map(|(s, v)| (true, s, v)),
+                .enumerate()
+                .map(|(k, s)| (i, Slot::Caption(k), s)),
         );
-        pool.extend(
-            t.dialogue
-                .into_iter()
-                .zip(row.dialogue.iter().cloned())
-                .map(|(s, v)| (false, s, v)),
-        );
+        pool.extend(t.dialogue.map(|s| (i, Slot::Dialogue, s)));
         pool.extend(
             t.turns
                 .into_iter()
-                .zip(row.turns.iter().cloned())
-                .map(|(s, v)| (false, s, v)),
+                .enumerate()
+                .map(|(k, s)| (i, Slot::Turn(k), s)),
         );
     }
     // A seeded partial Fisher-Yates: the same sample on every machine.
@@ -318,30 +651,135 @@ pub fn verify(
         let j = i + rng.below(pool.len() - i);
         pool.swap(i, j);
     }
+    pool.truncate(n);
+    Ok(pool)
+}
+
+fn stored_vector(row: &ImageEmbeddings, slot: Slot) -> Option<&Vec<f32>> {
+    match slot {
+        Slot::Caption(k) => row.captions.get(k),
+        Slot::Dialogue => row.dialogue.as_ref(),
+        Slot::Turn(k) => row.turns.get(k),
+    }
+}
+
+/// Encodes the sample (one batch per encoder) and compares it with the stored vectors.
+fn compare(
+    encoders: &Encoders,
+    sampled: &[(usize, Slot, String)],
+    stored: &[Vec<f32>],
+) -> Result<VerifyReport, EmbedError> {
     let mut report = VerifyReport {
-        checked: n,
+        checked: sampled.len(),
         max_abs_diff: 0.0,
         worst_text: String::new(),
     };
-    for (is_caption, text, stored) in &pool[..n] {
-        let encoder = if *is_caption {
+    for captions in [true, false] {
+        let picked: Vec<usize> = (0..sampled.len())
+            .filter(|&i| matches!(sampled[i].1, Slot::Caption(_)) == captions)
+            .collect();
+        if picked.is_empty() {
+            continue;
+        }
+        let encoder = if captions {
             &encoders.caption
         } else {
             &encoders.dialogue
         };
-        let fresh = encoder.encode_batch(&[text.as_str()])?;
-        let diff = fresh
-            .data
-            .iter()
-            .zip(stored)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        if diff >= report.max_abs_diff {
-            report.max_abs_diff = diff;
-            report.worst_text.clone_from(text);
+        let texts: Vec<&str> = picked.iter().map(|&i| sampled[i].2.as_str()).collect();
+        let fresh = encoder.encode_batch(&texts)?;
+        for (row, &i) in fresh.rows().zip(&picked) {
+            let diff = row
+                .iter()
+                .zip(&stored[i])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            if diff >= report.max_abs_diff {
+                report.max_abs_diff = diff;
+                report.worst_text.clone_from(&sampled[i].2);
+            }
         }
     }
     Ok(report)
+}
+
+fn not_in_table(r: &Record, slot: Slot) -> EmbedError {
+    EmbedError::Config(format!(
+        "embeddings table has no {slot:?} vector for image {} ({}); rebuild the embed stage",
+        r.image_id, r.split
+    ))
+}
+
+/// Re-encodes `n` texts drawn at random (seeded) from the dataset and compares them with the
+/// vectors in `table` (the built table, in memory; see [`verify_file`] for large tables).
+///
+/// # Errors
+/// [`EmbedError::CannotEncode`] when the captions come from precomputed char-CNN-RNN files:
+/// those cannot be re-encoded (their identity is the pickles' sha256, checked by the stage
+/// key instead); a sampled text without a vector in the table.
+pub fn verify(
+    encoders: &Encoders,
+    records: &[Record],
+    table: &crate::table::EmbeddingTable,
+    n: usize,
+    seed: u64,
+) -> Result<VerifyReport, EmbedError> {
+    let sampled = sample(encoders, records, n, seed)?;
+    let rows: std::collections::HashMap<(i64, &str), &ImageEmbeddings> = table
+        .rows
+        .iter()
+        .map(|r| ((r.image_id, r.split.as_str()), r))
+        .collect();
+    let stored = sampled
+        .iter()
+        .map(|&(i, slot, _)| {
+            let r = &records[i];
+            rows.get(&(r.image_id, r.split.as_str()))
+                .and_then(|row| stored_vector(row, slot))
+                .cloned()
+                .ok_or_else(|| not_in_table(r, slot))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    compare(encoders, &sampled, &stored)
+}
+
+/// [`verify`] against `embeddings.parquet` read one row group at a time, keeping only the
+/// sampled vectors: what `chatpainter embed --verify N` runs, whatever the table's size.
+///
+/// # Errors
+/// As [`verify`], plus the table's read and contract errors.
+pub fn verify_file(
+    encoders: &Encoders,
+    records: &[Record],
+    path: &Path,
+    n: usize,
+    seed: u64,
+) -> Result<VerifyReport, EmbedError> {
+    let sampled = sample(encoders, records, n, seed)?;
+    let mut wanted: std::collections::HashMap<(i64, &str), Vec<usize>> =
+        std::collections::HashMap::new();
+    for (s, &(i, _, _)) in sampled.iter().enumerate() {
+        let r = &records[i];
+        wanted
+            .entry((r.image_id, r.split.as_str()))
+            .or_default()
+            .push(s);
+    }
+    let mut stored: Vec<Option<Vec<f32>>> = vec![None; sampled.len()];
+    crate::table::for_each_row(path, |row| {
+        if let Some(list) = wanted.get(&(row.image_id, row.split.as_str())) {
+            for &s in list {
+                stored[s] = stored_vector(&row, sampled[s].1).cloned();
+            }
+        }
+        Ok(())
+    })?;
+    let stored = stored
+        .into_iter()
+        .zip(&sampled)
+        .map(|(v, &(i, slot, _))| v.ok_or_else(|| not_in_table(&records[i], slot)))
+        .collect::<Result<Vec<_>, _>>()?;
+    compare(encoders, &sampled, &stored)
 }
 
 /// Resolves `run:` paths against the run directory.
@@ -437,6 +875,13 @@ mod tests {
         let check = verify(&enc, &records, &table, 15, 7).unwrap();
         assert_eq!(check.checked, 15);
         assert_eq!(check.max_abs_diff, 0.0);
+        // The streaming form draws the same sample and finds the same vectors.
+        assert_eq!(verify_file(&enc, &records, &out, 15, 7).unwrap(), check);
+        let mut tampered = table.clone();
+        tampered.rows[0].captions[0][0] += 0.5;
+        crate::table::write(&out, &tampered).unwrap();
+        let all = verify_file(&enc, &records, &out, 1000, 7).unwrap();
+        assert!(all.max_abs_diff >= 0.5, "{all:?}");
     }
 
     #[test]

@@ -109,9 +109,8 @@ fn vectors(
 }
 
 /// Checks every vector's width, naming the image and the column on a mismatch.
-fn check_dims(table: &EmbeddingTable) -> Result<(), EmbedError> {
-    let (dc, dd) = (table.caption_dim(), table.dialogue_dim());
-    for r in &table.rows {
+fn check_dims(rows: &[ImageEmbeddings], dc: usize, dd: usize) -> Result<(), EmbedError> {
+    for r in rows {
         let bad = r
             .captions
             .iter()
@@ -140,11 +139,10 @@ fn check_dims(table: &EmbeddingTable) -> Result<(), EmbedError> {
 }
 
 fn batch(
-    table: &EmbeddingTable,
     rows: &[ImageEmbeddings],
+    (dc, dd): (usize, usize),
     schema: &SchemaRef,
 ) -> Result<RecordBatch, EmbedError> {
-    let (dc, dd) = (table.caption_dim(), table.dialogue_dim());
     let caption_values: Vec<f32> = rows
         .iter()
         .flat_map(|r| r.captions.iter().flatten().copied())
@@ -199,43 +197,89 @@ fn batch(
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| EmbedError::Config(e.to_string()))
 }
 
-/// Writes the table atomically (1,024 images per row group).
-pub fn write(path: &Path, table: &EmbeddingTable) -> Result<(), EmbedError> {
-    check_dims(table)?;
-    let json = |id: &EncoderIdentity| serde_json::to_string(id).unwrap_or_default();
-    let schema: SchemaRef = Arc::new(
-        schema(table.caption_dim(), table.dialogue_dim()).with_metadata(HashMap::from([
-            ("chatpainter.table".to_string(), "embeddings".to_string()),
-            (
-                "chatpainter.schema_version".to_string(),
-                SCHEMA_VERSION.to_string(),
-            ),
-            (
-                "chatpainter.caption_encoder".to_string(),
-                json(&table.caption_encoder),
-            ),
-            (
-                "chatpainter.dialogue_encoder".to_string(),
-                json(&table.dialogue_encoder),
-            ),
-        ])),
-    );
-    let io = |e: parquet::errors::ParquetError| contract(path, e.to_string());
-    let file = AtomicFile::create(path).map_err(|e| contract(path, e.to_string()))?;
-    let mut writer = ArrowWriter::try_new(
-        file,
-        schema.clone(),
-        Some(WriterProperties::builder().build()),
-    )
-    .map_err(io)?;
-    for chunk in table.rows.chunks(1024) {
-        writer.write(&batch(table, chunk, &schema)?).map_err(io)?;
+/// Writes `embeddings.parquet` a chunk of images at a time (one row group per chunk), so that
+/// a table larger than memory can be produced; nothing is visible under `path` before
+/// [`Self::finish`].
+pub struct TableWriter {
+    path: std::path::PathBuf,
+    writer: ArrowWriter<AtomicFile>,
+    schema: SchemaRef,
+    dims: (usize, usize),
+}
+
+impl TableWriter {
+    /// Starts a table whose metadata records both encoders.
+    pub fn create(
+        path: &Path,
+        caption_encoder: &EncoderIdentity,
+        dialogue_encoder: &EncoderIdentity,
+    ) -> Result<Self, EmbedError> {
+        let json = |id: &EncoderIdentity| serde_json::to_string(id).unwrap_or_default();
+        let schema: SchemaRef = Arc::new(
+            schema(caption_encoder.dim, dialogue_encoder.dim).with_metadata(HashMap::from([
+                ("chatpainter.table".to_string(), "embeddings".to_string()),
+                (
+                    "chatpainter.schema_version".to_string(),
+                    SCHEMA_VERSION.to_string(),
+                ),
+                (
+                    "chatpainter.caption_encoder".to_string(),
+                    json(caption_encoder),
+                ),
+                (
+                    "chatpainter.dialogue_encoder".to_string(),
+                    json(dialogue_encoder),
+                ),
+            ])),
+        );
+        let file = AtomicFile::create(path).map_err(|e| contract(path, e.to_string()))?;
+        let writer = ArrowWriter::try_new(
+            file,
+            schema.clone(),
+            Some(WriterProperties::builder().build()),
+        )
+        .map_err(|e| contract(path, e.to_string()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer,
+            schema,
+            dims: (caption_encoder.dim, dialogue_encoder.dim),
+        })
     }
-    writer
-        .into_inner()
-        .map_err(io)?
-        .commit()
-        .map_err(|e| contract(path, e.to_string()))
+
+    /// Appends `rows` as one row group (its encoded pages leave memory right away).
+    pub fn write(&mut self, rows: &[ImageEmbeddings]) -> Result<(), EmbedError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        check_dims(rows, self.dims.0, self.dims.1)?;
+        let path = &self.path;
+        let io = |e: parquet::errors::ParquetError| contract(path, e.to_string());
+        self.writer
+            .write(&batch(rows, self.dims, &self.schema)?)
+            .map_err(io)?;
+        self.writer.flush().map_err(io)
+    }
+
+    /// Closes the file and renames it into place.
+    pub fn finish(self) -> Result<(), EmbedError> {
+        let path = self.path;
+        self.writer
+            .into_inner()
+            .map_err(|e| contract(&path, e.to_string()))?
+            .commit()
+            .map_err(|e| contract(&path, e.to_string()))
+    }
+}
+
+/// Writes a whole in-memory table atomically (1,024 images per row group).
+pub fn write(path: &Path, table: &EmbeddingTable) -> Result<(), EmbedError> {
+    check_dims(&table.rows, table.caption_dim(), table.dialogue_dim())?;
+    let mut writer = TableWriter::create(path, &table.caption_encoder, &table.dialogue_encoder)?;
+    for chunk in table.rows.chunks(1024) {
+        writer.write(chunk)?;
+    }
+    writer.finish()
 }
 
 fn list_of_vectors(
@@ -275,6 +319,24 @@ fn vector(
 
 /// Reads the whole table, checking the schema version and the encoders recorded in it.
 pub fn read(path: &Path) -> Result<EmbeddingTable, EmbedError> {
+    let mut rows = Vec::new();
+    let (caption_encoder, dialogue_encoder) = for_each_row(path, |row| {
+        rows.push(row);
+        Ok(())
+    })?;
+    Ok(EmbeddingTable {
+        caption_encoder,
+        dialogue_encoder,
+        rows,
+    })
+}
+
+/// Streams the table one image at a time (one row group in memory), with the same checks as
+/// [`read`]; returns the caption and dialogue encoder identities recorded in it.
+pub fn for_each_row(
+    path: &Path,
+    mut f: impl FnMut(ImageEmbeddings) -> Result<(), EmbedError>,
+) -> Result<(EncoderIdentity, EncoderIdentity), EmbedError> {
     let file = std::fs::File::open(path).map_err(|source| EmbedError::Io {
         path: path.to_path_buf(),
         source,
@@ -324,7 +386,6 @@ pub fn read(path: &Path) -> Result<EmbeddingTable, EmbedError> {
             }
         }
     }
-    let mut rows = Vec::new();
     for batch in builder.build().map_err(|e| contract(path, e.to_string()))? {
         let batch = batch.map_err(|e| contract(path, e.to_string()))?;
         let col = |name: &str| {
@@ -353,7 +414,7 @@ pub fn read(path: &Path) -> Result<EmbeddingTable, EmbedError> {
             .downcast_ref::<ListArray>()
             .ok_or_else(|| contract(path, "turns"))?;
         for i in 0..batch.num_rows() {
-            rows.push(ImageEmbeddings {
+            f(ImageEmbeddings {
                 image_id: ids.value(i),
                 split: splits.value(i).to_string(),
                 captions: list_of_vectors(captions, i, path, "captions")?,
@@ -363,14 +424,10 @@ pub fn read(path: &Path) -> Result<EmbeddingTable, EmbedError> {
                     None
                 },
                 turns: list_of_vectors(turns, i, path, "turns")?,
-            });
+            })?;
         }
     }
-    Ok(EmbeddingTable {
-        caption_encoder,
-        dialogue_encoder,
-        rows,
-    })
+    Ok((caption_encoder, dialogue_encoder))
 }
 
 #[cfg(test)]

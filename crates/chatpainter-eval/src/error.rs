@@ -112,6 +112,40 @@ pub enum EvalError {
         reason: String,
     },
 
+    // ---- the evaluation / generation stage -------------------------------------------------
+    /// A bad `[eval]` value or command-line argument (the message names the key or flag).
+    #[error("{0}")]
+    Config(String),
+
+    /// A run artifact breaks a contract (the message names the file and the record).
+    #[error("{0}")]
+    Data(String),
+
+    /// An image file could not be read, decoded or written.
+    #[error("image {path}: {reason}")]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// Decoder / encoder message.
+        reason: String,
+    },
+
+    /// Loading or running the trained generator failed.
+    #[error(transparent)]
+    Train(#[from] chatpainter_train::TrainError),
+
+    /// Loading or running a text encoder failed.
+    #[error(transparent)]
+    Embed(#[from] chatpainter_embed::EmbedError),
+
+    /// Reading the ingested dataset failed.
+    #[error(transparent)]
+    Ingest(#[from] chatpainter_ingest::IngestError),
+
+    /// A run artifact (manifest, atomic write) failed.
+    #[error(transparent)]
+    Artifact(#[from] chatpainter_artifacts::ArtifactError),
+
     // ---- IO and internal --------------------------------------------------------------------
     /// Filesystem error with the path it concerns.
     #[error("I/O error on {path}: {source}")]

@@ -10,18 +10,36 @@
 //!    [`npz`] files; [`runner`] feeds batches through a network and collects both.
 //!
 //! Every number must be printed together with [`Backbone::label`]: scores from the two
-//! backbones are not comparable (evaluation.md §1). Generation, reports and the CLI live
-//! elsewhere and call this library.
+//! backbones are not comparable (evaluation.md §1).
+//!
+//! On top of the metrics, the evaluation and generation stages (the CLI's `eval`,
+//! `eval-folder` and `generate` call these):
+//! 5. [`score`]: one [`score::Scorer`] for generated and real images, and `metrics.json`
+//!    ([`score::MetricsFile`]) stamped with the protocol.
+//! 6. [`stage`]: the eval stage (generate the test split's conditions, score, sheets, strips);
+//!    [`folder`]: the same metrics on a folder of images.
+//! 7. [`conditions`]: text → generator conditions with the run's own encoders;
+//!    [`generation`]: `generate` from new text, per turn; [`pictures`]: PNGs, sheets, strips.
+//! 8. [`bench`]: Inception throughput.
 
+pub mod bench;
+pub mod conditions;
 pub mod error;
 pub mod fid;
+pub mod folder;
+pub mod generation;
 pub mod inception;
 pub mod inception_score;
 pub mod npz;
+pub mod pictures;
 pub mod preprocess;
 pub mod runner;
+pub mod score;
+pub mod stage;
 pub mod weights;
 
+/// The generator API: `chatpainter_train::generate`.
+pub(crate) use chatpainter_train::generate as genapi;
 pub use error::{EvalError, Result};
 pub use fid::{FeatureAccumulator, Fid, FidStatistics, frechet_distance};
 pub use inception::{Backbone, InceptionConfig, InceptionOutput, InceptionV3};
@@ -30,4 +48,5 @@ pub use inception_score::{
 };
 pub use preprocess::{ImageBatch, Preprocess, preprocess};
 pub use runner::InceptionRunner;
+
 pub use weights::{Availability, LoadedInception, WeightsProvenance, load_inception};

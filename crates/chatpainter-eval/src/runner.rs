@@ -85,6 +85,14 @@ impl InceptionRunner {
         self.features.count()
     }
 
+    /// Forgets every image pushed so far (the network stays loaded), e.g. to score the real
+    /// reference images after the generated ones with the same weights.
+    pub fn reset(&mut self) -> Result<()> {
+        self.logits.clear();
+        self.features = FeatureAccumulator::new(POOL3_DIM)?;
+        Ok(())
+    }
+
     /// Preprocesses and scores one batch.
     pub fn push(&mut self, images: &ImageBatch<'_>) -> Result<()> {
         let x = preprocess(images, self.recipe, &self.device)?;

@@ -487,3 +487,135 @@ fn runner_scores_u8_images_end_to_end() {
     assert_eq!(stats.dim(), 2048);
     assert_eq!(stats.n, Some(2));
 }
+
+// ---- the metric checks through the public API, at the real sizes -------------------
+
+/// Identical rows score exactly 1 and one-hot rows spread evenly over K classes inside every
+/// chunk score exactly K, at the torchvision width (1000 classes), through the shuffle.
+#[test]
+fn inception_score_exact_values_at_imagenet_width() {
+    use chatpainter_eval::{InceptionScoreConfig, ProbabilityMatrix, inception_score};
+    let classes = 1000;
+    let row: Vec<f64> = (0..classes).map(|c| (c % 7 + 1) as f64).collect();
+    let total: f64 = row.iter().sum();
+    let row: Vec<f64> = row.iter().map(|v| v / total).collect();
+    let p = ProbabilityMatrix::new(50, classes, row.repeat(50)).unwrap();
+    let is = inception_score(&p, InceptionScoreConfig::new(11)).unwrap();
+    assert!(
+        (is.mean - 1.0).abs() < 1e-12 && is.std.abs() < 1e-12,
+        "{is:?}"
+    );
+
+    // K = 8 classes, 10 chunks of 16 rows, each chunk holding every class twice (unshuffled:
+    // the shuffle would break the per-chunk balance the closed form needs).
+    let k = 8;
+    let rows = 160;
+    let mut d = vec![0.0; rows * classes];
+    for r in 0..rows {
+        d[r * classes + (r % k) * 97] = 1.0;
+    }
+    let p = ProbabilityMatrix::new(rows, classes, d).unwrap();
+    let is = inception_score(
+        &p,
+        InceptionScoreConfig {
+            splits: 10,
+            shuffle_seed: None,
+        },
+    )
+    .unwrap();
+    assert!((is.mean - k as f64).abs() < 1e-9 && is.std < 1e-9, "{is:?}");
+    assert_eq!(is.split_scores.len(), 10);
+}
+
+/// FID(s, s) = 0, and the diagonal closed form `|mu1 − mu2|² + Σ (√v1 − √v2)²` at the pool3
+/// width (2048) so the eigendecompositions run at the size real statistics have.
+#[test]
+fn fid_zero_and_diagonal_closed_form_at_pool3_width() {
+    use nalgebra::{DMatrix, DVector};
+    let d = 2048;
+    let mu1 = DVector::from_fn(d, |i, _| (i % 13) as f64 * 0.1);
+    let mu2 = DVector::from_fn(d, |i, _| (i % 5) as f64 * -0.2);
+    let v1 = DVector::from_fn(d, |i, _| 0.5 + (i % 11) as f64);
+    let v2 = DVector::from_fn(d, |i, _| 0.1 + (i % 3) as f64 * 2.0);
+    let a = FidStatistics::new(mu1.clone(), DMatrix::from_diagonal(&v1)).unwrap();
+    let b = FidStatistics::new(mu2.clone(), DMatrix::from_diagonal(&v2)).unwrap();
+    // FID(s, s) = 0 on full-rank, non-diagonal statistics of a smaller width (each FID at 2048
+    // costs two ~2048³ eigendecompositions, seconds each on a CI core). Full rank matters: with
+    // fewer samples than dimensions the ~1e-12 eigenvalue noise of the zero directions adds
+    // √1e-12 each to Tr(covmean), as in every sqrtm-based FID.
+    let (n, dim) = (600, 128);
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let x = DMatrix::from_fn(n, dim, |r, c| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 11) as f64 / (1u64 << 53) as f64 + (r % 7) as f64 * 0.01 * (c % 3) as f64
+    });
+    let mean = DVector::from_fn(dim, |c, _| x.column(c).mean());
+    let centred = DMatrix::from_fn(n, dim, |r, c| x[(r, c)] - mean[c]);
+    let s = FidStatistics::new(mean, centred.transpose() * &centred / (n as f64 - 1.0)).unwrap();
+    let same = frechet_distance(&s, &s).unwrap();
+    assert!(same.fid.abs() < 1e-9 * same.trace_sigma1, "{same:?}");
+    let expected: f64 = (0..d)
+        .map(|j| (mu1[j] - mu2[j]).powi(2) + (v1[j].sqrt() - v2[j].sqrt()).powi(2))
+        .sum();
+    let f = frechet_distance(&a, &b).unwrap();
+    assert!(
+        (f.fid - expected).abs() < 1e-8 * expected,
+        "{} vs {expected}",
+        f.fid
+    );
+}
+
+/// A `.pth` in torchvision's naming, as `torch.save(inception_v3(aux_logits=True).state_dict())`
+/// writes it (aux head and `num_batches_tracked` included), loads into the network without the
+/// aux head: every used tensor applied, the aux head and counters ignored, outputs identical.
+#[test]
+fn pth_state_dict_in_torchvision_naming_loads() {
+    use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
+    let d = device();
+    let src = InceptionConfig::new(Backbone::TorchvisionImagenet)
+        .with_aux_logits(true)
+        .init(&d);
+    let mut tensors: Vec<(String, Vec<usize>, &str, Vec<u8>)> = src
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+        .into_iter()
+        .map(|t| {
+            let bytes = t.to_bytes().unwrap().to_vec();
+            (t.name.clone(), t.shape.to_vec(), "FloatStorage", bytes)
+        })
+        .collect();
+    for bn in [
+        "Conv2d_1a_3x3.bn",
+        "Mixed_7c.branch_pool.bn",
+        "AuxLogits.conv0.bn",
+    ] {
+        tensors.push((
+            format!("{bn}.num_batches_tracked"),
+            vec![],
+            "LongStorage",
+            0i64.to_le_bytes().to_vec(),
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inception_v3_google-test.pth");
+    write_torch_pth(&path, &tensors);
+
+    let cfg = InceptionConfig::new(Backbone::TorchvisionImagenet);
+    let loaded = load_inception(&cfg, Some(&path), &d)
+        .unwrap()
+        .available()
+        .unwrap();
+    let prov = &loaded.provenance;
+    assert_eq!(prov.tensors_applied, 94 * 5 + 2);
+    // 12 aux tensors + 3 counters.
+    assert_eq!(prov.ignored.len(), 15, "{:?}", prov.ignored);
+    assert!(!prov.matches_reference_prefix);
+    let x = Tensor::<4>::random([1, 3, 299, 299], Distribution::Uniform(-1.0, 1.0), &d);
+    let a = src.forward(x.clone());
+    let b = loaded.model.forward(x);
+    assert_eq!(b.logits.dims(), [1, 1000]);
+    let scale = a.logits.clone().abs().max().into_scalar::<f32>().max(1e-12);
+    let diff = (a.logits - b.logits).abs().max().into_scalar::<f32>();
+    assert!(diff <= 1e-5 * scale, "diff {diff}, scale {scale}");
+}

@@ -15,10 +15,8 @@ use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::config::{ResolvedNetwork, Stage1TrainConfig};
-use crate::model::Stage1Generator;
+use crate::config::{ResolvedNetwork, TrainConfig};
 use crate::rng::Xoshiro256;
-use chatpainter_nn::Stage1D;
 
 /// Version of the checkpoint layout (bumped on incompatible changes).
 pub const CHECKPOINT_FORMAT: u32 = 1;
@@ -45,7 +43,7 @@ pub struct TrainState {
     pub noise_rng: Xoshiro256,
     /// LR-schedule position: how many halvings the current epoch has had.
     pub lr_halvings: u32,
-    pub config: Stage1TrainConfig,
+    pub config: TrainConfig,
     pub network: ResolvedNetwork,
 }
 
@@ -119,11 +117,11 @@ fn record_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
 ///
 /// # Errors
 /// IO and record-writing errors, naming the file.
-pub fn save(
+pub fn save<G: Module, D: Module>(
     stage_dir: &Path,
     state: &TrainState,
-    gnet: &Stage1Generator,
-    d: &Stage1D,
+    gnet: &G,
+    d: &D,
     opt_g: &ModuleOptimizer,
     opt_d: &ModuleOptimizer,
     keep: usize,
@@ -190,18 +188,28 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState, TrainError> {
     Ok(state)
 }
 
+/// Loads only the G side of a checkpoint (`g.bpk`) into a freshly built module (Stage-II
+/// freezing a Stage-I run).
+///
+/// # Errors
+/// [`TrainError::Record`] naming the file that does not fit.
+pub fn load_generator<G: Module>(checkpoint: &Path, gnet: G) -> Result<G, TrainError> {
+    let p = checkpoint.join("g.bpk");
+    gnet.try_load_file(&p).map_err(|e| record_err(&p, e))
+}
+
 /// Loads the networks and optimiser states of a checkpoint into freshly built modules (models
 /// first: the optimiser states are keyed by the ParamIds the model records restore).
 ///
 /// # Errors
 /// [`TrainError::Record`] naming the file that does not fit.
-pub fn load_tensors(
+pub fn load_tensors<G: Module, D: Module>(
     checkpoint: &Path,
-    gnet: Stage1Generator,
-    d: Stage1D,
+    gnet: G,
+    d: D,
     opt_g: ModuleOptimizer,
     opt_d: ModuleOptimizer,
-) -> Result<(Stage1Generator, Stage1D, ModuleOptimizer, ModuleOptimizer), TrainError> {
+) -> Result<(G, D, ModuleOptimizer, ModuleOptimizer), TrainError> {
     let p = checkpoint.join("g.bpk");
     let gnet = gnet.try_load_file(&p).map_err(|e| record_err(&p, e))?;
     let p = checkpoint.join("d.bpk");

@@ -1,12 +1,13 @@
 //! The Stage-I training configuration (`[stage1]` table of a pipeline file): the variant, the
 //! network widths (a preset plus overrides), the schedule and every interval. Parsed with
-//! `deny_unknown_fields`; [`Stage1TrainConfig::validate`] checks values, and
-//! [`Stage1TrainConfig::network`] resolves the widths against the embedding widths of the data.
+//! `deny_unknown_fields`; [`TrainConfig::validate`] checks values, and
+//! [`TrainConfig::network`] resolves the widths against the embedding widths of the data.
 
 use chatpainter_nn::{DialogueVariant, StackGanConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+use crate::device::DeviceList;
 
 /// Which conditioning the generator gets (model.md §10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,15 +31,24 @@ impl Variant {
     }
 }
 
-/// Where the training runs. Only the flex CPU backend is built today; the enum leaves room for
-/// libtorch devices behind a cargo feature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// Where the training runs, written in configs and on the command line as `cpu` (Burn's flex
+/// backend; alias `flex`), `tch-cpu` (LibTorch on the CPU) or `cuda:N` (LibTorch CUDA device N).
+/// The LibTorch devices exist only in builds with the `tch` cargo feature; other builds refuse
+/// them at parse time with a message saying how to build with it (see [`crate::device`], which
+/// also maps each choice to Burn devices). Keeping the choice here, not a backend type, lets a
+/// CubeCL backend replace LibTorch later without touching configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum TrainDevice {
     /// Burn's flex CPU backend.
     #[default]
-    #[serde(alias = "flex")]
     Cpu,
+    /// LibTorch on the CPU.
+    #[cfg(feature = "tch")]
+    TchCpu,
+    /// LibTorch CUDA device with this index.
+    #[cfg(feature = "tch")]
+    Cuda(usize),
 }
 
 /// Network widths: a named preset, then single-key overrides. The caption and dialogue widths
@@ -55,6 +65,8 @@ pub struct NetworkConfig {
     pub df_dim: Option<usize>,
     /// BiLSTM hidden size per direction (recurrent variant only).
     pub rnn_hidden: Option<usize>,
+    /// Stage-II residual blocks (GAN.R_NUM; Stage-II only).
+    pub r_num: Option<usize>,
 }
 
 impl Default for NetworkConfig {
@@ -66,6 +78,7 @@ impl Default for NetworkConfig {
             gf_dim: None,
             df_dim: None,
             rnn_hidden: None,
+            r_num: None,
         }
     }
 }
@@ -89,10 +102,24 @@ impl Default for AdamSettings {
     }
 }
 
-/// Everything Stage-I training needs besides the data.
+/// How the frozen Stage-I's BatchNorms run inside Stage-II.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage1BatchNorm {
+    /// Reference behaviour: train mode (batch statistics; running statistics keep moving), only
+    /// the parameters are frozen.
+    #[default]
+    BatchStats,
+    /// Eval mode: the Stage-I run's running statistics, untouched.
+    RunningStats,
+}
+
+/// Everything training needs besides the data: the `[stage1]` and `[stage2]` tables (the
+/// `stage1*` keys are Stage-II only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Stage1TrainConfig {
+pub struct TrainConfig {
+    /// Stage-II: must equal the Stage-I run's variant.
     pub variant: Variant,
     #[serde(default)]
     pub network: NetworkConfig,
@@ -133,8 +160,16 @@ pub struct Stage1TrainConfig {
     /// Conditions (and real images) on a sample sheet.
     #[serde(default = "default_sample_count")]
     pub sample_count: usize,
+    /// `cpu` (default), `tch-cpu`, `cuda:0`, or a list for data-parallel replicas
+    /// (`cuda:0,cuda:1`; `cpu,cpu` exercises the same path without GPUs).
     #[serde(default)]
-    pub device: TrainDevice,
+    pub device: DeviceList,
+    /// Stage-II: the Stage-I stage directory (`run:stage1` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage1: Option<String>,
+    /// Stage-II: BatchNorm mode of the frozen Stage-I.
+    #[serde(default)]
+    pub stage1_batch_norm: Stage1BatchNorm,
 }
 
 fn default_lr() -> f64 {
@@ -165,6 +200,22 @@ pub struct ResolvedNetwork {
     pub cond_dim: usize,
     pub gf_dim: usize,
     pub df_dim: usize,
+    /// Stage-II widths (absent in a Stage-I run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage2: Option<Stage2Widths>,
+}
+
+/// The Stage-II part of a network (its Stage-I part is the Stage-I run's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage2Widths {
+    /// Stage-II base width `ngf`.
+    pub gf_dim: usize,
+    pub df_dim: usize,
+    /// Residual blocks.
+    pub r_num: usize,
+    /// Frozen Stage-I BatchNorms in train mode (reference).
+    pub stage1_bn_batch_stats: bool,
 }
 
 impl ResolvedNetwork {
@@ -192,7 +243,7 @@ impl ResolvedNetwork {
     }
 }
 
-impl Stage1TrainConfig {
+impl TrainConfig {
     /// A small configuration for tests and the smoke pipeline.
     pub fn smoke(variant: Variant) -> Self {
         Self {
@@ -215,7 +266,9 @@ impl Stage1TrainConfig {
             log_every: default_log_every(),
             keep_checkpoints: default_keep(),
             sample_count: 4,
-            device: TrainDevice::Cpu,
+            device: DeviceList::default(),
+            stage1: None,
+            stage1_batch_norm: Stage1BatchNorm::BatchStats,
         }
     }
 
@@ -290,6 +343,7 @@ impl Stage1TrainConfig {
             cond_dim: n.cond_dim.unwrap_or(c),
             gf_dim: n.gf_dim.unwrap_or(gf),
             df_dim: n.df_dim.unwrap_or(df),
+            stage2: None,
         };
         if r.z_dim == 0 || r.cond_dim == 0 || r.df_dim == 0 || r.caption_dim == 0 {
             return Err(TrainError::Config(format!("zero width in {r:?}")));
@@ -312,8 +366,60 @@ impl Stage1TrainConfig {
         Ok(r)
     }
 
+    /// Resolves Stage-II: the Stage-I run's network plus this config's Stage-II widths (preset,
+    /// then overrides); the Stage-I widths keys (`z_dim`, `cond_dim`, `rnn_hidden`) must not
+    /// contradict the Stage-I run.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] naming the key.
+    pub fn network2(&self, stage1: &ResolvedNetwork) -> Result<ResolvedNetwork, TrainError> {
+        let (gf, df, r) = match self.network.preset.as_str() {
+            "chatpainter" => (128, 64, 4),
+            "stackgan-pytorch-coco" => (192, 96, 2),
+            "smoke" => (8, 8, 1),
+            other => {
+                return Err(TrainError::Config(format!(
+                    "network.preset: unknown `{other}` (known: chatpainter, stackgan-pytorch-coco, smoke)"
+                )));
+            }
+        };
+        let n = &self.network;
+        for (key, ours, theirs) in [
+            ("z_dim", n.z_dim, stage1.z_dim),
+            ("cond_dim", n.cond_dim, stage1.cond_dim),
+            ("rnn_hidden", n.rnn_hidden, stage1.rnn_hidden),
+        ] {
+            if ours.is_some_and(|v| v != theirs) {
+                return Err(TrainError::Config(format!(
+                    "network.{key}: {} differs from the Stage-I run's {theirs}; Stage-II shares it",
+                    ours.unwrap_or_default()
+                )));
+            }
+        }
+        let w = Stage2Widths {
+            gf_dim: n.gf_dim.unwrap_or(gf),
+            df_dim: n.df_dim.unwrap_or(df),
+            r_num: n.r_num.unwrap_or(r),
+            stage1_bn_batch_stats: self.stage1_batch_norm == Stage1BatchNorm::BatchStats,
+        };
+        if w.gf_dim == 0 || !w.gf_dim.is_multiple_of(4) {
+            return Err(TrainError::Config(format!(
+                "network.gf_dim: {} must be a positive multiple of 4",
+                w.gf_dim
+            )));
+        }
+        if w.df_dim == 0 {
+            return Err(TrainError::Config("network.df_dim: must be > 0".into()));
+        }
+        Ok(ResolvedNetwork {
+            stage2: Some(w),
+            ..*stage1
+        })
+    }
+
     /// The config with the keys that may change between a run and its resumption (run length,
-    /// intervals, retention) set to fixed values, for comparing a resume request to a checkpoint.
+    /// intervals, retention, devices) set to fixed values, for comparing a resume request to a
+    /// checkpoint. Moving a run to other devices is allowed; it is exact only on the same ones.
     pub fn resume_key(&self) -> Self {
         Self {
             epochs: None,
@@ -322,6 +428,7 @@ impl Stage1TrainConfig {
             sample_every: 0,
             log_every: 0,
             keep_checkpoints: 0,
+            device: DeviceList::default(),
             ..self.clone()
         }
     }
@@ -335,10 +442,10 @@ mod tests {
     fn parses_with_defaults_and_refuses_unknown_keys() {
         let json = r#"{"variant":"chatpainter-recurrent","batch_size":8,"max_steps":3,
             "network":{"preset":"smoke","gf_dim":4}}"#;
-        let c: Stage1TrainConfig = serde_json::from_str(json).expect("parse");
+        let c: TrainConfig = serde_json::from_str(json).expect("parse");
         assert_eq!(c.adam, AdamSettings::default());
         assert_eq!(c.lr_g, 2e-4);
-        assert_eq!(c.device, TrainDevice::Cpu);
+        assert_eq!(c.device, DeviceList::default());
         c.validate().expect("valid");
         let r = c.network(64, 32).expect("resolve");
         assert_eq!(
@@ -346,12 +453,17 @@ mod tests {
             (4, 16, 16, 32)
         );
         let bad = r#"{"variant":"stackgan","batch_size":8,"max_steps":3,"lr":1}"#;
-        assert!(serde_json::from_str::<Stage1TrainConfig>(bad).is_err());
-        let dev: Stage1TrainConfig = serde_json::from_str(
+        assert!(serde_json::from_str::<TrainConfig>(bad).is_err());
+        let dev: TrainConfig = serde_json::from_str(
             r#"{"variant":"stackgan","batch_size":8,"epochs":1,"device":"flex"}"#,
         )
         .expect("alias");
-        assert_eq!(dev.device, TrainDevice::Cpu);
+        assert_eq!(dev.device.as_slice(), &[TrainDevice::Cpu]);
+        let two: TrainConfig = serde_json::from_str(
+            r#"{"variant":"stackgan","batch_size":8,"epochs":1,"device":"cpu,cpu"}"#,
+        )
+        .expect("list");
+        assert_eq!(two.device.as_slice().len(), 2);
     }
 
     #[test]
@@ -371,7 +483,7 @@ mod tests {
             beta2 = 0.999
             eps = 1e-8
         "#;
-        let c: Stage1TrainConfig = toml::from_str(text).expect("toml");
+        let c: TrainConfig = toml::from_str(text).expect("toml");
         c.validate().expect("valid");
         let r = c.network(1024, 4800).expect("resolve");
         assert_eq!(
@@ -384,15 +496,15 @@ mod tests {
 
     #[test]
     fn validation_names_the_key() {
-        let mut c = Stage1TrainConfig::smoke(Variant::Stackgan);
+        let mut c = TrainConfig::smoke(Variant::Stackgan);
         c.batch_size = 1;
         assert!(matches!(c.validate(), Err(TrainError::Config(m)) if m.starts_with("batch_size")));
-        let mut c = Stage1TrainConfig::smoke(Variant::Stackgan);
+        let mut c = TrainConfig::smoke(Variant::Stackgan);
         c.lr_d = f64::NAN;
         assert!(matches!(c.validate(), Err(TrainError::Config(m)) if m.starts_with("lr_d")));
-        let c = Stage1TrainConfig::smoke(Variant::ChatpainterNonrecurrent);
+        let c = TrainConfig::smoke(Variant::ChatpainterNonrecurrent);
         assert!(c.network(64, 0).is_err());
-        let mut c = Stage1TrainConfig::smoke(Variant::Stackgan);
+        let mut c = TrainConfig::smoke(Variant::Stackgan);
         c.network.preset = "huge".into();
         assert!(c.network(64, 0).is_err());
     }

@@ -1,7 +1,9 @@
-//! The Stage-I data: images decoded once into memory at the load size (76×76), every caption
-//! vector and the image's dialogue vectors; and the per-batch augmentation of the reference
-//! loader (model.md §7): a random 64×64 crop (corner uniform in `[0, 12]`), a horizontal flip with
-//! p = 0.5, the `[-1, 1]` mapping, and one caption drawn uniformly per image per load.
+//! The training data of either stage: every image at the stage's load size (Stage-I 76×76, kept
+//! decoded; Stage-II 304×304, kept as PNG and decoded per batch, so a COCO-sized set fits in
+//! memory), every caption vector and the image's dialogue vectors; and the per-batch augmentation
+//! of the reference loader (model.md §7): a random crop (76→64 or 304→256, corner uniform), a
+//! horizontal flip with p = 0.5, the `[-1, 1]` mapping, and one caption drawn uniformly per image
+//! per load.
 //!
 //! The random choices are drawn sequentially from the caller's [`Xoshiro256`] (so they are
 //! reproducible and checkpointable); only the pixel work runs in parallel (rayon).
@@ -17,17 +19,79 @@ use crate::TrainError;
 use crate::config::Variant;
 use crate::rng::Xoshiro256;
 
-/// Side of the stored Stage-I images (`imsize · 76/64`).
-pub const LOAD_SIZE: usize = 76;
-/// Side of the training crop.
-pub const CROP_SIZE: usize = 64;
+/// Load and crop sizes of a stage (the stored image is `crop · 76/64`, as the reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Side of the stored image.
+    pub load: usize,
+    /// Side of the training crop (the stage's output resolution).
+    pub crop: usize,
+}
+
+impl Geometry {
+    pub const STAGE1: Self = Self { load: 76, crop: 64 };
+    pub const STAGE2: Self = Self {
+        load: 304,
+        crop: 256,
+    };
+
+    /// RGB bytes of one stored image.
+    pub fn stored_bytes(self) -> usize {
+        self.load * self.load * 3
+    }
+
+    /// Small images are kept decoded (Stage-I: 17 KB each); large ones as PNG.
+    pub fn keeps_decoded(self) -> bool {
+        self.load <= Self::STAGE1.load
+    }
+}
+
+/// Width and height from a PNG's IHDR chunk (no decoding).
+fn png_size(png: &[u8]) -> Option<(u32, u32)> {
+    let sig: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if png.len() < 24 || &png[..8] != sig || &png[12..16] != b"IHDR" {
+        return None;
+    }
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Some((be(&png[16..20]), be(&png[20..24])))
+}
+
+/// One stored image: decoded RGB (row-major, `load × load × 3`) or the PNG from the image table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredImage {
+    Rgb(Vec<u8>),
+    Png(Vec<u8>),
+}
+
+impl StoredImage {
+    /// The RGB bytes (decoding a PNG).
+    ///
+    /// # Errors
+    /// [`TrainError::Data`] when the PNG does not decode to `geometry.load` pixels square.
+    pub fn rgb(&self, id: i64, geometry: Geometry) -> Result<std::borrow::Cow<'_, [u8]>, TrainError> {
+        let bytes: std::borrow::Cow<'_, [u8]> = match self {
+            Self::Rgb(v) => v.as_slice().into(),
+            Self::Png(png) => chatpainter_ingest::images::decode_png(png)
+                .map_err(|e| TrainError::Data(format!("image {id}: {e}")))?
+                .into_raw()
+                .into(),
+        };
+        if bytes.len() != geometry.stored_bytes() {
+            return Err(TrainError::Data(format!(
+                "image {id}: {} bytes, expected {load}×{load}×3",
+                bytes.len(),
+                load = geometry.load
+            )));
+        }
+        Ok(bytes)
+    }
+}
 
 /// One training image with its text vectors.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Stage1Item {
+pub struct TrainItem {
     pub image_id: i64,
-    /// RGB, row-major, `LOAD_SIZE × LOAD_SIZE × 3` bytes.
-    pub image: Vec<u8>,
+    pub image: StoredImage,
     /// One vector per caption (at least one).
     pub captions: Vec<Vec<f32>>,
     /// The whole-dialogue vector (non-recurrent variant).
@@ -38,8 +102,9 @@ pub struct Stage1Item {
 
 /// The whole training set, in memory.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Stage1Data {
-    pub items: Vec<Stage1Item>,
+pub struct TrainData {
+    pub geometry: Geometry,
+    pub items: Vec<TrainItem>,
     pub caption_dim: usize,
     /// Width of the whole-dialogue vectors (0 if none).
     pub dialogue_dim: usize,
@@ -47,12 +112,12 @@ pub struct Stage1Data {
     pub turn_dim: usize,
 }
 
-impl Stage1Data {
+impl TrainData {
     /// Checks sizes and widths and records them.
     ///
     /// # Errors
     /// [`TrainError::Data`] naming the image whose image size or vector width is off.
-    pub fn new(items: Vec<Stage1Item>) -> Result<Self, TrainError> {
+    pub fn new(geometry: Geometry, items: Vec<TrainItem>) -> Result<Self, TrainError> {
         let first = items
             .first()
             .ok_or_else(|| TrainError::Data("the training set is empty".into()))?;
@@ -66,6 +131,7 @@ impl Stage1Data {
             .find_map(|i| i.turns.first().map(Vec::len))
             .unwrap_or(0);
         let data = Self {
+            geometry,
             items,
             caption_dim,
             dialogue_dim,
@@ -75,8 +141,8 @@ impl Stage1Data {
         Ok(data)
     }
 
-    /// Checks every image against the recorded sizes (the fields are public, so
-    /// [`crate::train_stage1`] checks again before training).
+    /// Checks every image against the recorded sizes (the fields are public, so the trainer
+    /// checks again before training). PNG-stored images are checked when decoded.
     ///
     /// # Errors
     /// [`TrainError::Data`] naming the image whose image size or vector width is off.
@@ -89,10 +155,13 @@ impl Stage1Data {
         }
         for it in &self.items {
             let id = it.image_id;
-            if it.image.len() != LOAD_SIZE * LOAD_SIZE * 3 {
+            if let StoredImage::Rgb(v) = &it.image
+                && v.len() != self.geometry.stored_bytes()
+            {
                 return Err(TrainError::Data(format!(
-                    "image {id}: {} bytes, expected {LOAD_SIZE}×{LOAD_SIZE}×3",
-                    it.image.len()
+                    "image {id}: {} bytes, expected {load}×{load}×3",
+                    v.len(),
+                    load = self.geometry.load
                 )));
             }
             if it.captions.is_empty() {
@@ -157,14 +226,21 @@ impl Stage1Data {
         }
     }
 
-    /// Loads split `split` from an ingest stage directory (`records.parquet`, the 76-px image
-    /// tables named in its manifest) and an embed stage directory (`embeddings.parquet`). Images
-    /// are kept in image-id order. Records without embeddings or without a picture are left out
-    /// (and counted in a warning); the result must not be empty.
+    /// Loads split `split` from an ingest stage directory (`records.parquet`, the image tables of
+    /// the geometry's load size named in its manifest) and an embed stage directory
+    /// (`embeddings.parquet`). Images are kept in image-id order, decoded for Stage-I and as PNG
+    /// for Stage-II. Records without embeddings or without a picture are left out (and counted in
+    /// a warning); the result must not be empty.
     ///
     /// # Errors
     /// Any read or decode failure, naming the file; [`TrainError::Data`] for a contract breach.
-    pub fn load(ingest_dir: &Path, embed_dir: &Path, split: &str) -> Result<Self, TrainError> {
+    pub fn load(
+        ingest_dir: &Path,
+        embed_dir: &Path,
+        split: &str,
+        geometry: Geometry,
+    ) -> Result<Self, TrainError> {
+        let load_size = geometry.load;
         let manifest = Manifest::load(ingest_dir)?;
         let summary: IngestSummary =
             serde_json::from_value(manifest.summary.clone()).map_err(|e| {
@@ -175,11 +251,11 @@ impl Stage1Data {
             })?;
         let tables = summary
             .image_tables
-            .get(&(LOAD_SIZE as u32))
+            .get(&(load_size as u32))
             .and_then(|by_split| by_split.get(split))
             .ok_or_else(|| {
                 TrainError::Data(format!(
-                    "{}: no {LOAD_SIZE}-px image tables for split `{split}`",
+                    "{}: no {load_size}-px image tables for split `{split}` (add {load_size} to ingest.load_sizes)",
                     Manifest::path_in(ingest_dir).display()
                 ))
             })?;
@@ -197,17 +273,17 @@ impl Stage1Data {
             .filter(|r| wanted.contains(&r.image_id))
             .map(|r| (r.image_id, r))
             .collect();
-        let mut pixels: HashMap<i64, Vec<u8>> = HashMap::new();
+        let mut pixels: HashMap<i64, StoredImage> = HashMap::new();
         for rel in tables {
             let path = ingest_dir.join(rel);
-            for (id, img) in read_table(&path, &embeddings)? {
+            for (id, img) in read_table(&path, &embeddings, geometry)? {
                 pixels.insert(id, img);
             }
         }
         let (mut no_picture, mut items) = (0usize, Vec::new());
         for (id, e) in std::mem::take(&mut embeddings) {
             match pixels.remove(&id) {
-                Some(image) => items.push(Stage1Item {
+                Some(image) => items.push(TrainItem {
                     image_id: id,
                     image,
                     captions: e.captions,
@@ -224,18 +300,20 @@ impl Stage1Data {
                 no_picture,
                 no_embedding,
                 kept = items.len(),
-                "records left out of Stage-I training"
+                "records left out of training"
             );
         }
-        Self::new(items)
+        Self::new(geometry, items)
     }
 }
 
-/// Decodes the wanted images of one image table (all row groups, decoded in parallel).
+/// Reads the wanted images of one image table; decodes them (in parallel) when the geometry keeps
+/// images decoded, else keeps the PNG after checking its header's size.
 fn read_table<T>(
     path: &PathBuf,
     wanted: &BTreeMap<i64, T>,
-) -> Result<Vec<(i64, Vec<u8>)>, TrainError>
+    geometry: Geometry,
+) -> Result<Vec<(i64, StoredImage)>, TrainError>
 where
     T: Sync,
 {
@@ -250,18 +328,32 @@ where
             .into_par_iter()
             .filter(|(id, _)| wanted.contains_key(id))
             .map(|(id, png)| {
-                let img = chatpainter_ingest::images::decode_png(&png).map_err(|e| {
-                    TrainError::Data(format!("{}: image {id}: {e}", path.display()))
-                })?;
-                if img.width() as usize != LOAD_SIZE || img.height() as usize != LOAD_SIZE {
+                let (w, h) = if geometry.keeps_decoded() {
+                    let img = chatpainter_ingest::images::decode_png(&png).map_err(|e| {
+                        TrainError::Data(format!("{}: image {id}: {e}", path.display()))
+                    })?;
+                    (img.width(), img.height())
+                } else {
+                    png_size(&png).ok_or_else(|| {
+                        TrainError::Data(format!("{}: image {id}: not a PNG", path.display()))
+                    })?
+                };
+                let load = geometry.load;
+                if w as usize != load || h as usize != load {
                     return Err(TrainError::Data(format!(
-                        "{}: image {id} is {}×{}, expected {LOAD_SIZE}×{LOAD_SIZE}",
-                        path.display(),
-                        img.width(),
-                        img.height()
+                        "{}: image {id} is {w}×{h}, expected {load}×{load}",
+                        path.display()
                     )));
                 }
-                Ok((id, img.into_raw()))
+                let stored = if geometry.keeps_decoded() {
+                    let img = chatpainter_ingest::images::decode_png(&png).map_err(|e| {
+                        TrainError::Data(format!("{}: image {id}: {e}", path.display()))
+                    })?;
+                    StoredImage::Rgb(img.into_raw())
+                } else {
+                    StoredImage::Png(png)
+                };
+                Ok((id, stored))
             })
             .collect();
         out.extend(decoded?);
@@ -280,8 +372,8 @@ pub struct Augment {
 
 impl Augment {
     /// Draws crop corner, flip and caption (in that order) for an image with `n_captions`.
-    pub fn draw(rng: &mut Xoshiro256, n_captions: usize) -> Self {
-        let span = (LOAD_SIZE - CROP_SIZE + 1) as u64;
+    pub fn draw(rng: &mut Xoshiro256, n_captions: usize, geometry: Geometry) -> Self {
+        let span = (geometry.load - geometry.crop + 1) as u64;
         let x0 = rng.below(span) as usize;
         let y0 = rng.below(span) as usize;
         let flip = rng.coin();
@@ -295,8 +387,8 @@ impl Augment {
     }
 
     /// The centre crop, no flip, first caption (sample sheets).
-    pub fn center() -> Self {
-        let c = (LOAD_SIZE - CROP_SIZE) / 2;
+    pub fn center(geometry: Geometry) -> Self {
+        let c = (geometry.load - geometry.crop) / 2;
         Self {
             x0: c,
             y0: c,
@@ -306,16 +398,17 @@ impl Augment {
     }
 }
 
-/// Crops, flips and maps one stored image to `[-1, 1]`, CHW.
-pub fn crop_flip(image: &[u8], a: Augment) -> Vec<f32> {
-    let mut out = vec![0f32; 3 * CROP_SIZE * CROP_SIZE];
-    for y in 0..CROP_SIZE {
-        for x in 0..CROP_SIZE {
-            let sx = if a.flip { CROP_SIZE - 1 - x } else { x } + a.x0;
-            let src = ((a.y0 + y) * LOAD_SIZE + sx) * 3;
+/// Crops, flips and maps one stored RGB image to `[-1, 1]`, CHW.
+pub fn crop_flip(image: &[u8], a: Augment, geometry: Geometry) -> Vec<f32> {
+    let (load, crop) = (geometry.load, geometry.crop);
+    let mut out = vec![0f32; 3 * crop * crop];
+    for y in 0..crop {
+        for x in 0..crop {
+            let sx = if a.flip { crop - 1 - x } else { x } + a.x0;
+            let src = ((a.y0 + y) * load + sx) * 3;
             for c in 0..3 {
                 // ToTensor then Normalize(0.5, 0.5): v/255·2 − 1.
-                out[(c * CROP_SIZE + y) * CROP_SIZE + x] = f32::from(image[src + c]) / 127.5 - 1.0;
+                out[(c * crop + y) * crop + x] = f32::from(image[src + c]) / 127.5 - 1.0;
             }
         }
     }
@@ -326,7 +419,9 @@ pub fn crop_flip(image: &[u8], a: Augment) -> Vec<f32> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostBatch {
     pub size: usize,
-    /// `[B, 3, 64, 64]` in `[-1, 1]`.
+    /// Side of the images.
+    pub crop: usize,
+    /// `[B, 3, crop, crop]` in `[-1, 1]`.
     pub images: Vec<f32>,
     /// `[B, caption_dim]`
     pub captions: Vec<f32>,
@@ -336,19 +431,50 @@ pub struct HostBatch {
     pub lengths: Vec<usize>,
 }
 
-/// Builds the batch of `indices` with the given augmentations (pixels in parallel).
+impl HostBatch {
+    /// Splits into `n` contiguous shards of equal size (data-parallel replicas); `size` must be
+    /// a multiple of `n`.
+    pub fn split(self, n: usize) -> Vec<HostBatch> {
+        let per = self.size / n.max(1);
+        let chunk = |v: &[f32], k: usize| {
+            let w = v.len() / self.size.max(1);
+            v[k * per * w..(k + 1) * per * w].to_vec()
+        };
+        (0..n)
+            .map(|k| HostBatch {
+                size: per,
+                crop: self.crop,
+                images: chunk(&self.images, k),
+                captions: chunk(&self.captions, k),
+                dialogue: chunk(&self.dialogue, k),
+                lengths: self
+                    .lengths
+                    .get(k * per..(k + 1) * per)
+                    .map(<[usize]>::to_vec)
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
+/// Builds the batch of `indices` with the given augmentations (decoding and pixels in parallel).
+///
+/// # Errors
+/// [`TrainError::Data`] naming an image that does not decode to the load size.
 pub fn assemble(
-    data: &Stage1Data,
+    data: &TrainData,
     variant: Variant,
     indices: &[usize],
     augs: &[Augment],
-) -> HostBatch {
-    let items: Vec<&Stage1Item> = indices.iter().map(|&i| &data.items[i]).collect();
-    let images: Vec<f32> = items
+) -> Result<HostBatch, TrainError> {
+    let g = data.geometry;
+    let items: Vec<&TrainItem> = indices.iter().map(|&i| &data.items[i]).collect();
+    let crops: Vec<Vec<f32>> = items
         .par_iter()
         .zip(augs.par_iter())
-        .flat_map_iter(|(it, a)| crop_flip(&it.image, *a))
-        .collect();
+        .map(|(it, a)| Ok(crop_flip(&it.image.rgb(it.image_id, g)?, *a, g)))
+        .collect::<Result<_, TrainError>>()?;
+    let images = crops.concat();
     let captions: Vec<f32> = items
         .iter()
         .zip(augs)
@@ -385,31 +511,43 @@ pub fn assemble(
             (v, items.iter().map(|it| it.turns.len()).collect())
         }
     };
-    HostBatch {
+    Ok(HostBatch {
         size: items.len(),
+        crop: g.crop,
         images,
         captions,
         dialogue,
         lengths,
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn item(id: i64, pixel: impl Fn(usize, usize, usize) -> u8) -> Stage1Item {
-        let mut image = vec![0u8; LOAD_SIZE * LOAD_SIZE * 3];
-        for y in 0..LOAD_SIZE {
-            for x in 0..LOAD_SIZE {
+    const G1: Geometry = Geometry::STAGE1;
+    const CROP_SIZE: usize = 64;
+
+    fn rgb(it: &TrainItem) -> &[u8] {
+        match &it.image {
+            StoredImage::Rgb(v) => v,
+            StoredImage::Png(_) => unreachable!("test items are decoded"),
+        }
+    }
+
+    fn item(id: i64, pixel: impl Fn(usize, usize, usize) -> u8) -> TrainItem {
+        let load = G1.load;
+        let mut image = vec![0u8; load * load * 3];
+        for y in 0..load {
+            for x in 0..load {
                 for c in 0..3 {
-                    image[(y * LOAD_SIZE + x) * 3 + c] = pixel(x, y, c);
+                    image[(y * load + x) * 3 + c] = pixel(x, y, c);
                 }
             }
         }
-        Stage1Item {
+        TrainItem {
             image_id: id,
-            image,
+            image: StoredImage::Rgb(image),
             captions: vec![vec![1.0; 4], vec![2.0; 4]],
             dialogue: Some(vec![3.0; 2]),
             turns: vec![vec![4.0; 3]; (id as usize % 3) + 1],
@@ -425,22 +563,22 @@ mod tests {
             flip: false,
             caption: 0,
         };
-        let v = crop_flip(&it.image, a);
+        let v = crop_flip(rgb(&it), a, G1);
         // Channel 1, row 2, column 3 comes from (x=8, y=9).
         let want = f32::from((8 + 9 + 1) as u8) / 127.5 - 1.0;
         assert_eq!(v[(CROP_SIZE + 2) * CROP_SIZE + 3], want);
-        let f = crop_flip(&it.image, Augment { flip: true, ..a });
+        let f = crop_flip(rgb(&it), Augment { flip: true, ..a }, G1);
         assert_eq!(f[(CROP_SIZE + 2) * CROP_SIZE + (CROP_SIZE - 1 - 3)], want);
         let white = item(1, |_, _, _| 255);
         let black = item(2, |_, _, _| 0);
-        assert!(crop_flip(&white.image, a).iter().all(|v| *v == 1.0));
-        assert!(crop_flip(&black.image, a).iter().all(|v| *v == -1.0));
+        assert!(crop_flip(rgb(&white), a, G1).iter().all(|v| *v == 1.0));
+        assert!(crop_flip(rgb(&black), a, G1).iter().all(|v| *v == -1.0));
     }
 
     #[test]
     fn augment_draws_cover_the_ranges() {
         let mut rng = Xoshiro256::new(3, 0);
-        let draws: Vec<Augment> = (0..2000).map(|_| Augment::draw(&mut rng, 5)).collect();
+        let draws: Vec<Augment> = (0..2000).map(|_| Augment::draw(&mut rng, 5, G1)).collect();
         assert!(
             draws
                 .iter()
@@ -453,7 +591,8 @@ mod tests {
 
     #[test]
     fn batches_pad_turns_and_pick_captions() {
-        let data = Stage1Data::new((0..3).map(|i| item(i, |_, _, _| 9)).collect()).expect("data");
+        let data =
+            TrainData::new(G1, (0..3).map(|i| item(i, |_, _, _| 9)).collect()).expect("data");
         assert_eq!(
             (data.caption_dim, data.dialogue_dim, data.turn_dim),
             (4, 2, 3)
@@ -461,11 +600,11 @@ mod tests {
         let augs = [
             Augment {
                 caption: 1,
-                ..Augment::center()
+                ..Augment::center(G1)
             },
-            Augment::center(),
+            Augment::center(G1),
         ];
-        let b = assemble(&data, Variant::ChatpainterRecurrent, &[2, 0], &augs);
+        let b = assemble(&data, Variant::ChatpainterRecurrent, &[2, 0], &augs).expect("batch");
         assert_eq!(b.images.len(), 2 * 3 * 64 * 64);
         assert_eq!(&b.captions[..4], &[2.0; 4]);
         assert_eq!(&b.captions[4..], &[1.0; 4]);
@@ -473,24 +612,50 @@ mod tests {
         assert_eq!(b.dialogue.len(), 2 * 3 * 3);
         assert_eq!(&b.dialogue[9..12], &[4.0; 3]);
         assert!(b.dialogue[12..].iter().all(|v| *v == 0.0));
-        let nb = assemble(&data, Variant::ChatpainterNonrecurrent, &[1], &augs[..1]);
+        let nb =
+            assemble(&data, Variant::ChatpainterNonrecurrent, &[1], &augs[..1]).expect("batch");
         assert_eq!(nb.dialogue, vec![3.0; 2]);
+    }
+
+    #[test]
+    fn png_stored_images_decode_per_batch_and_sizes_are_checked() {
+        let g = Geometry { load: 12, crop: 8 };
+        let png = |side: u32| {
+            let img = image::RgbImage::from_pixel(side, side, image::Rgb([255, 0, 0]));
+            let mut out = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut out, image::ImageFormat::Png).expect("png");
+            out.into_inner()
+        };
+        assert_eq!(png_size(&png(12)), Some((12, 12)));
+        assert_eq!(png_size(b"not a png at all, no header here"), None);
+        let mut it = item(7, |_, _, _| 0);
+        it.image = StoredImage::Png(png(12));
+        let data = TrainData::new(g, vec![it.clone()]).expect("data");
+        let b = assemble(&data, Variant::Stackgan, &[0], &[Augment::center(g)]).expect("batch");
+        assert_eq!(b.images.len(), 3 * 8 * 8);
+        assert!(b.images[..64].iter().all(|v| *v == 1.0));
+        assert!(b.images[64..].iter().all(|v| *v == -1.0));
+        it.image = StoredImage::Png(png(10));
+        let bad = TrainData::new(g, vec![it]).expect("not decoded yet");
+        let err = assemble(&bad, Variant::Stackgan, &[0], &[Augment::center(g)])
+            .expect_err("wrong size");
+        assert!(err.to_string().contains("image 7"), "{err}");
     }
 
     #[test]
     fn bad_items_are_refused_with_the_image_id() {
         let mut it = item(42, |_, _, _| 0);
         it.captions[1].pop();
-        let err = Stage1Data::new(vec![it]).expect_err("width mismatch");
+        let err = TrainData::new(G1, vec![it]).expect_err("width mismatch");
         assert!(err.to_string().contains("image 42"), "{err}");
         let mut it = item(43, |_, _, _| 0);
-        it.image.truncate(10);
-        assert!(Stage1Data::new(vec![it]).is_err());
-        assert!(Stage1Data::new(vec![]).is_err());
+        it.image = StoredImage::Rgb(vec![0; 10]);
+        assert!(TrainData::new(G1, vec![it]).is_err());
+        assert!(TrainData::new(G1, vec![]).is_err());
         let mut it = item(44, |_, _, _| 0);
         it.turns.clear();
         it.dialogue = None;
-        let d = Stage1Data::new(vec![it]).expect("no dialogue is fine for stackgan");
+        let d = TrainData::new(G1, vec![it]).expect("no dialogue is fine for stackgan");
         assert!(d.check_variant(Variant::Stackgan).is_ok());
         assert!(d.check_variant(Variant::ChatpainterRecurrent).is_err());
     }

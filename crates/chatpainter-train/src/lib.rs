@@ -1,7 +1,7 @@
 //! Stage-I training of StackGAN / ChatPainter (issue 4 §2, §4, §5): a library the CLI's
 //! `train stage1` calls through [`train_stage1`].
 //!
-//! - [`config`]: [`Stage1TrainConfig`] (variant, widths, schedule, intervals, device).
+//! - [`config`]: [`TrainConfig`] (variant, widths, schedule, intervals, device).
 //! - [`data`]: the in-memory training set read from the ingest and embed artifacts, and the
 //!   reference augmentation (76→64 random crop, flip, `[-1, 1]`, one caption per load).
 //! - [`trainer`]: the GAN loop exactly as model.md §4–§5, checkpoints and exact resume, the stop
@@ -34,21 +34,29 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod export;
+pub mod generate;
+pub mod gpu_check;
+pub mod import;
 pub mod metrics;
 pub mod model;
+pub mod reference_run;
 pub mod rng;
 pub mod trainer;
 
 use std::path::PathBuf;
 
 pub use config::{
-    AdamSettings, NetworkConfig, ResolvedNetwork, Stage1TrainConfig, TrainDevice, Variant,
+    AdamSettings, NetworkConfig, ResolvedNetwork, TrainConfig, TrainDevice, Variant,
 };
-pub use data::{Stage1Data, Stage1Item};
+pub use data::{Geometry, StoredImage, TrainData, TrainItem};
+pub use device::{DeviceError, DeviceList};
 pub use metrics::StepMetrics;
-pub use model::Stage1Generator;
-pub use trainer::{TrainSummary, load_checkpoint_networks, train_stage1};
+pub use model::{Stage1Generator, Stage2Generator, StageGenerator};
+pub use trainer::{
+    ResolvedConfig, TrainSummary, load_checkpoint_networks, train_stage1, train_stage2,
+};
 
 /// Errors of Stage-I training. User/config, data, IO/runtime and internal errors are apart.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! Observability: one JSON object per optimiser step appended to `metrics.jsonl`, and sample
-//! sheets (`samples/step-000000042.png`: a grid of real 64×64 crops next to what G makes of the
-//! same conditions, at fixed noise).
+//! sheets (`samples/step-000000042.png`: a grid of real crops next to what G makes of the same
+//! conditions at fixed noise; Stage-II adds the Stage-I 64×64 image, upscaled, between them).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::data::CROP_SIZE;
 
 /// File name of the per-step metrics in the stage directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -26,6 +25,11 @@ pub struct StepMetrics {
     pub d_real: f64,
     pub d_wrong: f64,
     pub d_fake: f64,
+    /// Stage-II unconditional-head terms (absent in Stage-I).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d_uncond_real: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d_uncond_fake: Option<f64>,
     pub g_loss: f64,
     pub g_adv: f64,
     pub kl: f64,
@@ -102,38 +106,54 @@ pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>, TrainError> {
 
 /// Gap between tiles, in pixels.
 const GAP: usize = 2;
-/// Pairs (real, fake) per row of a sheet.
-const PAIRS_PER_ROW: usize = 4;
+/// Samples per row of a sheet.
+const SAMPLES_PER_ROW: usize = 4;
 
-/// Encodes a sample sheet as PNG: pairs `[real | fake]`, four pairs per row, on a grey ground.
-/// `real` and `fake` hold `n` CHW 64×64 images in `[-1, 1]`.
+/// One column of a sample sheet: `n` CHW images of side `side`, values in `[-1, 1]`.
+#[derive(Debug, Clone, Copy)]
+pub struct SheetColumn<'a> {
+    pub side: usize,
+    pub values: &'a [f32],
+}
+
+/// Encodes a sample sheet as PNG: per sample one tile per column (e.g. `[real | fake]`), four
+/// samples per row, on a grey ground; tiles are as large as the largest column's images and
+/// smaller images are upscaled (nearest), so Stage-I and Stage-II results sit side by side.
 ///
 /// # Errors
 /// [`TrainError::Internal`] on an encoder failure or mismatched lengths.
-pub fn sample_sheet_png(real: &[f32], fake: &[f32], n: usize) -> Result<Vec<u8>, TrainError> {
-    let px = 3 * CROP_SIZE * CROP_SIZE;
-    if real.len() != n * px || fake.len() != n * px || n == 0 {
-        return Err(TrainError::Internal(format!(
-            "sample sheet: {n} images but {} real and {} fake values",
-            real.len(),
-            fake.len()
-        )));
+pub fn sample_sheet_png(columns: &[SheetColumn<'_>], n: usize) -> Result<Vec<u8>, TrainError> {
+    for c in columns {
+        if c.side == 0 || c.values.len() != n * 3 * c.side * c.side {
+            return Err(TrainError::Internal(format!(
+                "sample sheet: {n} images of side {} but {} values",
+                c.side,
+                c.values.len()
+            )));
+        }
     }
-    let cols = PAIRS_PER_ROW.min(n) * 2;
-    let rows = n.div_ceil(PAIRS_PER_ROW);
-    let tile = CROP_SIZE + GAP;
+    let Some(tile_side) = columns.iter().map(|c| c.side).max().filter(|_| n > 0) else {
+        return Err(TrainError::Internal("sample sheet: nothing to draw".into()));
+    };
+    let per = columns.len();
+    let cols = SAMPLES_PER_ROW.min(n) * per;
+    let rows = n.div_ceil(SAMPLES_PER_ROW);
+    let tile = tile_side + GAP;
     let (w, h) = (cols * tile + GAP, rows * tile + GAP);
     let mut img = image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb([128, 128, 128]));
     for k in 0..n {
-        for (which, src) in [(0, real), (1, fake)] {
-            let col = (k % PAIRS_PER_ROW) * 2 + which;
-            let (ox, oy) = (GAP + col * tile, GAP + (k / PAIRS_PER_ROW) * tile);
-            let chw = &src[k * px..(k + 1) * px];
-            for y in 0..CROP_SIZE {
-                for x in 0..CROP_SIZE {
+        for (which, column) in columns.iter().enumerate() {
+            let side = column.side;
+            let px = 3 * side * side;
+            let col = (k % SAMPLES_PER_ROW) * per + which;
+            let (ox, oy) = (GAP + col * tile, GAP + (k / SAMPLES_PER_ROW) * tile);
+            let chw = &column.values[k * px..(k + 1) * px];
+            for y in 0..tile_side {
+                for x in 0..tile_side {
+                    let (sx, sy) = (x * side / tile_side, y * side / tile_side);
                     let mut rgb = [0u8; 3];
                     for (c, v) in rgb.iter_mut().enumerate() {
-                        let f = chw[(c * CROP_SIZE + y) * CROP_SIZE + x];
+                        let f = chw[(c * side + sy) * side + sx];
                         // (x + 1)·127.5, as the reference's PNG output.
                         *v = ((f + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
                     }
@@ -154,10 +174,15 @@ mod tests {
 
     #[test]
     fn sheet_places_real_left_of_fake() {
+        const CROP_SIZE: usize = 64;
         let px = 3 * CROP_SIZE * CROP_SIZE;
         let real = vec![1.0f32; 5 * px];
         let fake = vec![-1.0f32; 5 * px];
-        let png = sample_sheet_png(&real, &fake, 5).expect("png");
+        let col = |values| SheetColumn {
+            side: CROP_SIZE,
+            values,
+        };
+        let png = sample_sheet_png(&[col(&real), col(&fake)], 5).expect("png");
         let img = image::load_from_memory(&png).expect("decode").to_rgb8();
         let tile = CROP_SIZE + GAP;
         assert_eq!(
@@ -166,7 +191,32 @@ mod tests {
         );
         assert_eq!(img.get_pixel(GAP as u32, GAP as u32).0, [255, 255, 255]);
         assert_eq!(img.get_pixel((GAP + tile) as u32, GAP as u32).0, [0, 0, 0]);
-        assert!(sample_sheet_png(&real, &fake, 4).is_err());
+        assert!(sample_sheet_png(&[col(&real), col(&fake)], 4).is_err());
+    }
+
+    #[test]
+    fn small_columns_are_upscaled_to_the_tile() {
+        let big = vec![1.0f32; 3 * 8 * 8];
+        let mut small = vec![-1.0f32; 3 * 2 * 2];
+        small[0] = 1.0; // top-left pixel, red channel
+        let png = sample_sheet_png(
+            &[
+                SheetColumn {
+                    side: 8,
+                    values: &big,
+                },
+                SheetColumn {
+                    side: 2,
+                    values: &small,
+                },
+            ],
+            1,
+        )
+        .expect("png");
+        let img = image::load_from_memory(&png).expect("decode").to_rgb8();
+        let ox = (GAP + 8 + GAP) as u32;
+        assert_eq!(img.get_pixel(ox + 3, GAP as u32 + 3).0, [255, 0, 0]);
+        assert_eq!(img.get_pixel(ox + 4, GAP as u32 + 3).0, [0, 0, 0]);
     }
 
     #[test]
@@ -179,6 +229,8 @@ mod tests {
             d_real: 0.5,
             d_wrong: 0.5,
             d_fake: 0.5,
+            d_uncond_real: None,
+            d_uncond_fake: None,
             g_loss: 1.0,
             g_adv: 1.0,
             kl: 0.0,

@@ -3,49 +3,53 @@
 //! the stop flag), checkpoint retention, metrics, sample sheets, the NaN guard, the variants and
 //! bad inputs.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use chatpainter_artifacts::NoProgress;
 use chatpainter_train::checkpoint::{self, CHECKPOINTS_DIR};
-use chatpainter_train::data::LOAD_SIZE;
 use chatpainter_train::export::tensor_values;
 use chatpainter_train::metrics::{METRICS_FILE, SAMPLES_DIR, read_metrics};
 use chatpainter_train::rng::Xoshiro256;
 use chatpainter_train::{
-    Stage1Data, Stage1Item, Stage1TrainConfig, TrainError, Variant, load_checkpoint_networks,
+    Geometry, StoredImage, TrainConfig, TrainData, TrainItem, TrainError, Variant, load_checkpoint_networks,
     train_stage1,
 };
 
 const CAPTION_DIM: usize = 12;
 const DIALOGUE_DIM: usize = 6;
 
-fn synthetic(n: usize, seed: u64) -> Stage1Data {
+fn synthetic(n: usize, seed: u64) -> TrainData {
+    synthetic_at(Geometry::STAGE1, n, seed)
+}
+
+fn synthetic_at(geometry: Geometry, n: usize, seed: u64) -> TrainData {
     let mut rng = Xoshiro256::new(seed, 0);
     let items = (0..n)
         .map(|i| {
             let base = (i * 37 % 200) as u8;
-            let image = (0..LOAD_SIZE * LOAD_SIZE * 3)
+            let image = (0..geometry.stored_bytes())
                 .map(|k| {
                     base.wrapping_add((k % 97) as u8)
                         .wrapping_add((rng.below(16)) as u8)
                 })
                 .collect();
             let turns = 1 + i % 3;
-            Stage1Item {
+            TrainItem {
                 image_id: i as i64,
-                image,
+                image: StoredImage::Rgb(image),
                 captions: (0..2).map(|_| rng.normals(CAPTION_DIM)).collect(),
                 dialogue: Some(rng.normals(DIALOGUE_DIM)),
                 turns: (0..turns).map(|_| rng.normals(DIALOGUE_DIM)).collect(),
             }
         })
         .collect();
-    Stage1Data::new(items).expect("synthetic data")
+    TrainData::new(geometry, items).expect("synthetic data")
 }
 
-fn config(variant: Variant, max_steps: u64) -> Stage1TrainConfig {
-    let mut c = Stage1TrainConfig::smoke(variant);
+fn config(variant: Variant, max_steps: u64) -> TrainConfig {
+    let mut c = TrainConfig::smoke(variant);
     c.network.z_dim = Some(8);
     c.network.gf_dim = Some(4);
     c.network.df_dim = Some(4);
@@ -60,8 +64,8 @@ fn config(variant: Variant, max_steps: u64) -> Stage1TrainConfig {
 }
 
 fn run(
-    cfg: &Stage1TrainConfig,
-    data: &Stage1Data,
+    cfg: &TrainConfig,
+    data: &TrainData,
     dir: &Path,
     stop: bool,
 ) -> Result<chatpainter_train::TrainSummary, TrainError> {
@@ -339,8 +343,8 @@ fn loads_the_ingest_and_embed_artifacts() {
     write_records(&ingest.join("records.parquet"), &records).expect("records");
     let png = |v: u8| {
         let img = image::RgbImage::from_pixel(
-            LOAD_SIZE as u32,
-            LOAD_SIZE as u32,
+            Geometry::STAGE1.load as u32,
+            Geometry::STAGE1.load as u32,
             image::Rgb([v, 0, 255]),
         );
         let mut out = std::io::Cursor::new(Vec::new());
@@ -384,7 +388,7 @@ fn loads_the_ingest_and_embed_artifacts() {
     };
     chatpainter_embed::table::write(&embed.join("embeddings.parquet"), &table).expect("embeddings");
 
-    let data = Stage1Data::load(&ingest, &embed, "train").expect("load");
+    let data = TrainData::load(&ingest, &embed, "train", Geometry::STAGE1).expect("load");
     assert_eq!(
         data.items.iter().map(|i| i.image_id).collect::<Vec<_>>(),
         vec![1, 2]
@@ -393,10 +397,14 @@ fn loads_the_ingest_and_embed_artifacts() {
         (data.caption_dim, data.dialogue_dim, data.turn_dim),
         (4, 3, 3)
     );
-    assert_eq!(&data.items[0].image[..3], &[20, 0, 255]);
-    assert_eq!(&data.items[1].image[..3], &[10, 0, 255]);
+    let rgb = |i: usize| {
+        let it = &data.items[i];
+        it.image.rgb(it.image_id, Geometry::STAGE1).expect("rgb")[..3].to_vec()
+    };
+    assert_eq!(rgb(0), [20, 0, 255]);
+    assert_eq!(rgb(1), [10, 0, 255]);
     assert_eq!(data.items[1].turns.len(), 2);
-    assert!(Stage1Data::load(&ingest, &embed, "val").is_err());
+    assert!(TrainData::load(&ingest, &embed, "val", Geometry::STAGE1).is_err());
 }
 
 #[test]
@@ -437,4 +445,527 @@ fn exports_use_the_reference_names() {
         assert!(paths.contains(&want), "{want} missing from {paths:?}");
     }
     serde_json::to_value(&summary).expect("summary serialises");
+}
+
+/// Stage-II on a tiny finished Stage-I run (recurrent variant, so the frozen BiLSTM is covered):
+/// the Stage-I weights inside Stage-II never change, a resumed run ends bit-identical, the
+/// unconditional terms are logged and the sheet shows real | Stage-I | Stage-II.
+mod stage2 {
+    use super::*;
+    use chatpainter_train::config::Stage1BatchNorm;
+    use chatpainter_train::train_stage2;
+
+    fn stage1_run(dir: &Path) {
+        let data = synthetic(8, 11);
+        let mut cfg = config(Variant::ChatpainterRecurrent, 2);
+        cfg.checkpoint_every = 0;
+        run(&cfg, &data, dir, false).expect("stage1");
+    }
+
+    fn config2(max_steps: u64, bn: Stage1BatchNorm) -> TrainConfig {
+        let mut c = config(Variant::ChatpainterRecurrent, max_steps);
+        c.network.z_dim = None;
+        c.network.cond_dim = None;
+        c.network.rnn_hidden = None;
+        c.network.gf_dim = Some(4);
+        c.network.df_dim = Some(2);
+        c.network.r_num = Some(1);
+        c.stage1_batch_norm = bn;
+        c.checkpoint_every = 1;
+        c.sample_every = 2;
+        c.sample_count = 2;
+        c
+    }
+
+    fn run2(cfg: &TrainConfig, s1: &Path, dir: &Path) -> chatpainter_train::TrainSummary {
+        let data = synthetic_at(Geometry::STAGE2, 6, 12);
+        train_stage2(cfg, &data, s1, dir, &NoProgress, &AtomicBool::new(false)).expect("stage2")
+    }
+
+    fn tensors(path: &Path) -> HashMap<String, Vec<u8>> {
+        let bytes = std::fs::read(path).expect("export");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        st.tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.data().to_vec()))
+            .collect()
+    }
+
+    /// Every Stage-I tensor (`running` stats included or not) equals its `STAGE1_G.*` copy.
+    fn assert_frozen(s1: &Path, s2: &Path, with_running_stats: bool) {
+        let g1 = tensors(&s1.join("stage1_g.safetensors"));
+        let g2 = tensors(&s2.join("stage2_g.safetensors"));
+        let mut compared = 0;
+        for (name, bytes) in &g1 {
+            if !with_running_stats && name.contains("running_") {
+                continue;
+            }
+            let inner = g2
+                .get(&format!("STAGE1_G.{name}"))
+                .unwrap_or_else(|| panic!("STAGE1_G.{name} missing"));
+            assert_eq!(inner, bytes, "Stage-I tensor {name} changed");
+            compared += 1;
+        }
+        assert!(compared > 10, "{compared}");
+        let r1 = tensors(&s1.join("stage1_dialogue_rnn.safetensors"));
+        let r2 = tensors(&s2.join("stage2_dialogue_rnn.safetensors"));
+        assert_eq!(r1, r2, "the BiLSTM changed");
+    }
+
+    #[test]
+    fn freezes_stage1_resumes_exactly_and_logs_the_unconditional_head() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let s1 = root.path().join("stage1");
+        stage1_run(&s1);
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        let cfg = config2(3, Stage1BatchNorm::BatchStats);
+        let full = run2(&cfg, &s1, &a);
+        assert_eq!((full.stage.as_str(), full.steps), ("stage2", 3));
+        assert_frozen(&s1, &a, false);
+        // The reference keeps the frozen Stage-I's BatchNorms in train mode: its running
+        // statistics move, its parameters do not.
+        let g2 = tensors(&a.join("stage2_g.safetensors"));
+        let g1 = tensors(&s1.join("stage1_g.safetensors"));
+        assert!(
+            g1.iter()
+                .filter(|(n, _)| n.ends_with("running_mean"))
+                .any(|(n, v)| g2[&format!("STAGE1_G.{n}")] != *v)
+        );
+
+        run2(&config2(1, Stage1BatchNorm::BatchStats), &s1, &b);
+        let rest = run2(&cfg, &s1, &b);
+
+        assert_eq!(rest.resumed_from, Some(1));
+        for f in ["stage2_g.safetensors", "stage2_d.safetensors"] {
+            let (ta, tb) = (tensors(&a.join(f)), tensors(&b.join(f)));
+            let mut differ: Vec<&String> =
+                ta.keys().filter(|k| tb.get(*k) != ta.get(*k)).collect();
+            differ.sort();
+            assert!(differ.is_empty(), "{f}: {differ:?} differ after resume");
+        }
+        let m = read_metrics(&a.join(METRICS_FILE)).expect("metrics");
+        let first = &m[0];
+        let (ur, uf) = (
+            first.d_uncond_real.expect("uncond real"),
+            first.d_uncond_fake.expect("uncond fake"),
+        );
+        // (real + uncond_real)/2 + (fake + wrong + uncond_fake)/3
+        let want = (first.d_real + ur) / 2.0 + (first.d_fake + first.d_wrong + uf) / 3.0;
+        assert!((first.d_loss - want).abs() < 1e-5, "{} vs {want}", first.d_loss);
+        let sheet = image::open(a.join(SAMPLES_DIR).join("step-000000002.png")).expect("sheet");
+        // Two samples × (real, Stage-I, Stage-II) tiles of 256 + 2 px gaps.
+        assert_eq!(sheet.width(), 6 * 258 + 2);
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(a.join("config.json")).expect("config"))
+                .expect("json");
+        assert_eq!(config["stage"], "stage2");
+        assert_eq!(config["stage1"]["step"], 2);
+    }
+
+    #[test]
+    fn generates_from_both_stages_deterministically() {
+        use chatpainter_train::TrainDevice;
+        use chatpainter_train::generate::{Condition, DialogueCondition, RunGenerator};
+        let root = tempfile::tempdir().expect("tempdir");
+        let s1 = root.path().join("stage1");
+        stage1_run(&s1);
+        let s2 = root.path().join("stage2");
+        run2(&config2(1, Stage1BatchNorm::BatchStats), &s1, &s2);
+        let mut rng = Xoshiro256::new(5, 0);
+        let cond = |turns: usize, rng: &mut Xoshiro256| Condition {
+            caption: rng.normals(CAPTION_DIM),
+            dialogue: DialogueCondition::Turns((0..turns).map(|_| rng.normals(DIALOGUE_DIM)).collect()),
+        };
+        let conds: Vec<Condition> = (1..=3).map(|t| cond(t, &mut rng)).collect();
+        let g1 = RunGenerator::load(&s1, TrainDevice::Cpu).expect("stage1 generator");
+        assert_eq!((g1.stage(), g1.step(), g1.dialogue_dim()), (1, 2, DIALOGUE_DIM));
+        let a = g1.generate(&conds, &[1, 2, 3], 2).expect("generate");
+        assert_eq!(a[0].stage1.dimensions(), (64, 64));
+        assert!(a[0].stage2.is_none());
+        // The same seed gives the same image whatever the batching. (Two seeds can give the same
+        // 8-bit image here: a 2-step tiny G's output is almost flat grey.)
+        let b = g1.generate(&conds[2..], &[3], 1).expect("generate");
+        assert!(a[2] == b[0], "batching changed an image");
+
+        let g2 = RunGenerator::load(&s2, TrainDevice::Cpu).expect("stage2 generator");
+        assert_eq!(g2.stage(), 2);
+        let out = g2.generate(&conds, &[1, 2, 3], 3).expect("generate");
+        let big = out[1].stage2.as_ref().expect("stage2 image");
+        assert_eq!(big.dimensions(), (256, 256));
+        assert!(out[1].final_image() == big);
+        // Stage-II also returns its inner Stage-I picture.
+        assert_eq!(out[1].stage1.dimensions(), (64, 64));
+
+        let wrong = Condition {
+            caption: vec![0.0; CAPTION_DIM + 1],
+            dialogue: DialogueCondition::None,
+        };
+        let err = g2.generate(&[wrong], &[0], 1).expect_err("bad width");
+        assert!(err.to_string().contains("condition 0"), "{err}");
+        assert!(RunGenerator::load(&root.path().join("none"), TrainDevice::Cpu).is_err());
+    }
+
+    #[test]
+    fn running_stats_mode_keeps_every_stage1_tensor() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let s1 = root.path().join("stage1");
+        stage1_run(&s1);
+        let out = root.path().join("s2");
+        run2(&config2(2, Stage1BatchNorm::RunningStats), &s1, &out);
+        assert_frozen(&s1, &out, true);
+    }
+
+    #[test]
+    fn a_stage1_run_of_another_variant_or_width_is_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let s1 = root.path().join("stage1");
+        stage1_run(&s1);
+        let data = synthetic_at(Geometry::STAGE2, 6, 12);
+        let never = AtomicBool::new(false);
+        let mut cfg = config2(1, Stage1BatchNorm::BatchStats);
+        cfg.variant = Variant::Stackgan;
+        let err = train_stage2(&cfg, &data, &s1, &root.path().join("x"), &NoProgress, &never)
+            .expect_err("variant");
+        assert!(err.to_string().contains("variant"), "{err}");
+        let mut cfg = config2(1, Stage1BatchNorm::BatchStats);
+        cfg.network.cond_dim = Some(99);
+        let err = train_stage2(&cfg, &data, &s1, &root.path().join("y"), &NoProgress, &never)
+            .expect_err("cond_dim");
+        assert!(err.to_string().contains("cond_dim"), "{err}");
+        // Stage-I data (76 px) is refused by Stage-II.
+        let err = train_stage2(
+            &config2(1, Stage1BatchNorm::BatchStats),
+            &synthetic(6, 1),
+            &s1,
+            &root.path().join("z"),
+            &NoProgress,
+            &never,
+        )
+        .expect_err("geometry");
+        assert!(err.to_string().contains("304"), "{err}");
+        let err = train_stage2(
+            &config2(1, Stage1BatchNorm::BatchStats),
+            &data,
+            &root.path().join("nothing"),
+            &root.path().join("w"),
+            &NoProgress,
+            &never,
+        )
+        .expect_err("no stage1");
+        assert!(err.to_string().contains("config.json"), "{err}");
+    }
+}
+
+/// Import of reference `STAGE1_G` / `STAGE1_D` state_dicts (issue 4 §6): the test writes the
+/// `.pth` files itself, tensor by tensor under the torch names of `chatpainter-nn`'s mapping, with
+/// a distinct value per element, and checks where every value lands.
+mod pth_import {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use burn::tensor::Device;
+    use chatpainter_nn::{ReferenceLayout, reference_names};
+    use chatpainter_train::config::ResolvedNetwork;
+    use chatpainter_train::export::tensor_values;
+    use chatpainter_train::import::{
+        ImportError, PthData, PthTensor, load_reference_pth, load_stage1_pth, write_state_dict,
+    };
+    use chatpainter_train::{Stage1Generator, Variant};
+
+    fn nets(seed: u64) -> (chatpainter_nn::Stage1G, chatpainter_nn::Stage1D) {
+        let net = ResolvedNetwork {
+            z_dim: 8,
+            caption_dim: 12,
+            dialogue_dim: 0,
+            rnn_hidden: 0,
+            cond_dim: 8,
+            gf_dim: 4,
+            df_dim: 4,
+            stage2: None,
+        };
+        let (g, d) = Stage1Generator::init(&net, Variant::Stackgan, &Device::flex(), seed);
+        (g.g, d)
+    }
+
+    /// The state_dict torch would save: every reference tensor in torch layout with element j of
+    /// tensor k worth `k + j/10⁴` (running variances kept positive by that), plus the BN
+    /// counters. Returns it with the expected values in torch layout by torch name.
+    fn state_dict<M: ReferenceLayout>(m: &M) -> (Vec<PthTensor>, HashMap<String, Vec<f32>>) {
+        let mut out = Vec::new();
+        let mut expect = HashMap::new();
+        for (k, n) in reference_names(m).expect("names").iter().enumerate() {
+            let numel: usize = n.torch_shape.iter().product();
+            let v: Vec<f32> = (0..numel)
+                .map(|j| (k + 1) as f32 + j as f32 * 1e-4)
+                .collect();
+            expect.insert(n.torch.clone(), v.clone());
+            out.push(PthTensor {
+                name: n.torch.clone(),
+                shape: n.torch_shape.clone(),
+                data: PthData::F32(v),
+            });
+            if let Some(prefix) = n.torch.strip_suffix(".running_var") {
+                out.push(PthTensor {
+                    name: format!("{prefix}.num_batches_tracked"),
+                    shape: vec![],
+                    data: PthData::I64(vec![123]),
+                });
+            }
+        }
+        (out, expect)
+    }
+
+    /// Every tensor of `m` equals the file's, Linear weights transposed ([out,in] → [in,out]).
+    fn assert_landed<M: ReferenceLayout>(m: &M, expect: &HashMap<String, Vec<f32>>) -> usize {
+        let names = reference_names(m).expect("names");
+        let by_ours: HashMap<&str, _> = names.iter().map(|n| (n.ours.as_str(), n)).collect();
+        let mut checked = 0;
+        for t in tensor_values(m) {
+            let n = by_ours[t.path.as_str()];
+            let file = &expect[&n.torch];
+            let want: Vec<f32> = if n.shape == n.torch_shape {
+                file.clone()
+            } else {
+                let (rows, cols) = (n.shape[0], n.shape[1]); // ours [in, out]
+                let mut w = vec![0.0; file.len()];
+                for r in 0..rows {
+                    for c in 0..cols {
+                        w[r * cols + c] = file[c * rows + r];
+                    }
+                }
+                w
+            };
+            assert_eq!(t.values, want, "tensor {} (torch {})", t.path, n.torch);
+            checked += 1;
+        }
+        assert_eq!(checked, names.len());
+        checked
+    }
+
+    fn write(dir: &Path, name: &str, tensors: &[PthTensor]) -> std::path::PathBuf {
+        let p = dir.join(name);
+        write_state_dict(&p, tensors).expect("write .pth");
+        p
+    }
+
+    #[test]
+    fn reference_stage1_checkpoints_land_tensor_by_tensor() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (g, d) = nets(1);
+        let (g_dict, g_expect) = state_dict(&g);
+        let (d_dict, d_expect) = state_dict(&d);
+        assert!(g_dict.iter().any(|t| t.name == "fc.0.weight"));
+        assert!(g_dict.iter().any(|t| t.name.ends_with("running_mean")));
+        let g_path = write(dir.path(), "netG_epoch_120.pth", &g_dict);
+        let d_path = write(dir.path(), "netD_epoch_last.pth", &d_dict);
+        let (g, d) = load_stage1_pth(g, &g_path, d, &d_path).expect("import");
+        let n = assert_landed(&g, &g_expect) + assert_landed(&d, &d_expect);
+        assert!(n > 40, "{n} tensors checked");
+        // The counters are reported as ignored, everything else applied.
+        let (_, report) = load_reference_pth(nets(2).0, &g_path).expect("import");
+        assert_eq!(report.applied, g_expect.len());
+        assert!(
+            report
+                .ignored
+                .iter()
+                .all(|k| k.ends_with("num_batches_tracked"))
+                && !report.ignored.is_empty()
+        );
+    }
+
+    #[test]
+    fn mismatches_name_the_tensor_and_both_shapes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (g, _) = nets(1);
+        let (dict, _) = state_dict(&g);
+
+        let mut bad = dict.clone();
+        let fc = bad
+            .iter_mut()
+            .find(|t| t.name == "fc.0.weight")
+            .expect("fc");
+        let expected = fc.shape.clone();
+        fc.shape = vec![expected[0], expected[1] + 1];
+        fc.data = PthData::F32(vec![0.5; expected[0] * (expected[1] + 1)]);
+        let p = write(dir.path(), "bad_shape.pth", &bad);
+        let e = load_reference_pth(nets(1).0, &p).expect_err("shape mismatch");
+        let msg = e.to_string();
+        match e {
+            ImportError::ShapeMismatch {
+                name,
+                found,
+                expected: want,
+                ..
+            } => {
+                assert_eq!(name, "fc.0.weight");
+                assert_eq!(found, vec![expected[0], expected[1] + 1]);
+                assert_eq!(want, expected);
+            }
+            other => panic!("unexpected error {other}"),
+        }
+        assert!(
+            msg.contains("fc.0.weight")
+                && msg.contains(&format!("{:?}", expected))
+                && msg.contains(&format!("{:?}", [expected[0], expected[1] + 1])),
+            "{msg}"
+        );
+
+        let missing: Vec<PthTensor> = dict
+            .iter()
+            .filter(|t| t.name != "upsample2.2.running_var")
+            .cloned()
+            .collect();
+        let p = write(dir.path(), "missing.pth", &missing);
+        let e = load_reference_pth(nets(1).0, &p).expect_err("missing");
+        assert!(
+            matches!(&e, ImportError::Missing { name, .. } if name == "upsample2.2.running_var"),
+            "{e}"
+        );
+
+        let mut extra = dict.clone();
+        extra.push(PthTensor {
+            name: "get_uncond_logits.outlogits.0.weight".into(),
+            shape: vec![1],
+            data: PthData::F32(vec![0.0]),
+        });
+        let p = write(dir.path(), "extra.pth", &extra);
+        let e = load_reference_pth(nets(1).0, &p).expect_err("unexpected");
+        assert!(e.to_string().contains("get_uncond_logits"), "{e}");
+
+        // A D checkpoint offered as G, and a file that is not a checkpoint.
+        let (_, d) = nets(1);
+        let (d_dict, _) = state_dict(&d);
+        let p = write(dir.path(), "d_as_g.pth", &d_dict);
+        assert!(load_reference_pth(nets(1).0, &p).is_err());
+        let p = dir.path().join("garbage.pth");
+        std::fs::write(&p, b"not a zip").expect("write");
+        let e = load_reference_pth(nets(1).0, &p).expect_err("garbage");
+        assert!(matches!(e, ImportError::Read { .. }), "{e}");
+    }
+}
+
+/// Stage-I on LibTorch CPU (`--features tch`; needs libtorch, see spec/libtorch.md, so CI does not
+/// build it): the same steps from the same weights and inputs give the same losses as flex, and
+/// the trainer runs end to end on `tch-cpu`.
+#[cfg(feature = "tch")]
+mod tch_cpu {
+    use chatpainter_train::TrainDevice;
+    use chatpainter_train::gpu_check::{HostInputs, StepSetup, Tolerance, Trainee, max_diffs};
+
+    #[test]
+    fn stage1_steps_on_libtorch_cpu_match_flex() {
+        let mut setup = StepSetup::smoke_recurrent(8);
+        setup.turns = 4;
+        setup.seed = 3;
+        let mut flex = Trainee::new(&setup, TrainDevice::Cpu);
+        let mut tch = Trainee::new(&setup, TrainDevice::TchCpu);
+        assert!(tch.device.is_autodiff());
+        let tol = Tolerance::for_device(TrainDevice::TchCpu);
+        let mut worst = Vec::new();
+        for step in 0..4u64 {
+            let inputs = HostInputs::random(&setup, step);
+            let a = flex.step(&inputs).expect("flex step");
+            let b = tch.step(&inputs).expect("tch step");
+            assert!(b.all_finite(), "{b:?}");
+            let (abs, rel) = max_diffs(&a, &b);
+            worst.push((abs, rel));
+            // Step 1 starts from identical weights: the kernels alone differ. Later steps also
+            // carry the weight differences that Adam's first updates amplify (an update is
+            // ≈ lr·sign(g) for any |g| ≫ ε, so a gradient near 0 whose sign differs moves a
+            // weight by up to 2·lr): allow 10× more.
+            let t = if step == 0 {
+                tol
+            } else {
+                Tolerance {
+                    rtol: tol.rtol * 10.0,
+                    atol: tol.atol * 10.0,
+                }
+            };
+            let v = t.violations(&a, &b);
+            assert!(v.is_empty(), "step {}: {v:?}", step + 1);
+        }
+        eprintln!("flex vs tch-cpu, max (abs, rel) loss difference per step: {worst:?}");
+    }
+
+    #[test]
+    fn train_stage1_runs_on_tch_cpu() {
+        let data = super::synthetic(10, 5);
+        let mut cfg = super::config(chatpainter_train::Variant::ChatpainterRecurrent, 3);
+        cfg.device = chatpainter_train::DeviceList::single(TrainDevice::TchCpu);
+        let root = tempfile::tempdir().expect("tmp");
+        let summary = super::run(&cfg, &data, root.path(), false).expect("train on tch-cpu");
+        assert_eq!(summary.steps, 3);
+        let m = summary.last_metrics.expect("metrics");
+        assert!(m.d_loss.is_finite() && m.g_loss.is_finite(), "{m:?}");
+        assert!(root.path().join("stage1_g.safetensors").exists());
+    }
+}
+
+/// Issue 5: a reference-layout Stage-II generator checkpoint (nested `STAGE1_G.*`, written here
+/// as torch.save would) becomes a run directory that the generation path samples from, and our
+/// Stage-II exports the same layout.
+mod stage2_reference_import {
+    use super::*;
+    use chatpainter_train::generate::{Condition, DialogueCondition, RunGenerator};
+    use chatpainter_train::import::{reference_state_dict, write_state_dict};
+    use chatpainter_train::reference_run::import_stage2_generator;
+    use chatpainter_train::{Stage1Generator, Stage2Generator, TrainDevice};
+
+    fn coco_like() -> TrainConfig {
+        let mut cfg = TrainConfig::smoke(Variant::Stackgan);
+        cfg.network.gf_dim = Some(4);
+        cfg.network.df_dim = Some(2);
+        cfg.network.r_num = Some(2);
+        cfg.network.cond_dim = Some(8);
+        cfg.network.z_dim = Some(8);
+        cfg
+    }
+
+    #[test]
+    fn a_reference_netg_imports_and_generates() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cfg = coco_like();
+        // A "reference" STAGE2_G with its own random weights (seed 99), saved as a state_dict.
+        let s1 = cfg.network(CAPTION_DIM, 0).expect("net");
+        let net = cfg.network2(&s1).expect("net2");
+        let dev = burn::tensor::Device::flex();
+        let (g1, _) = Stage1Generator::init(&s1, Variant::Stackgan, &dev, 98);
+        let (theirs, _) =
+            Stage2Generator::init(&net, Variant::Stackgan, g1, &dev, 99).expect("init");
+        let sd = reference_state_dict(&theirs.g, 90).expect("state dict");
+        assert!(sd.iter().any(|t| t.name == "STAGE1_G.fc.0.weight"));
+        let pth = root.path().join("netG_epoch_90.pth");
+        write_state_dict(&pth, &sd).expect("write");
+
+        let run = root.path().join("stage2");
+        let report = import_stage2_generator(&pth, &cfg, CAPTION_DIM, 0, &run).expect("import");
+        assert_eq!(report.applied, tensor_values(&theirs.g).len());
+        let generator = RunGenerator::load(&run, TrainDevice::Cpu).expect("load");
+        assert_eq!((generator.stage(), generator.step()), (2, 0));
+        let cond = Condition {
+            caption: vec![0.1; CAPTION_DIM],
+            dialogue: DialogueCondition::None,
+        };
+        let out = generator.generate(&[cond.clone(), cond], &[7, 7], 2).expect("generate");
+        assert_eq!(out[0].final_image().dimensions(), (256, 256));
+        assert!(out[0] == out[1], "same seed, same condition, different images");
+
+        // Every imported tensor equals the reference one.
+        let ckpt = checkpoint::latest(&run).expect("list").expect("checkpoint");
+        let (g1, _) = Stage1Generator::init(&s1, Variant::Stackgan, &dev, 1);
+        let (ours, _) = Stage2Generator::init(&net, Variant::Stackgan, g1, &dev, 1).expect("init");
+        let ours = checkpoint::load_generator(&ckpt, ours).expect("load g");
+        for (a, b) in tensor_values(&theirs.g).iter().zip(tensor_values(&ours.g)) {
+            assert_eq!(a.path, b.path);
+            assert_eq!(a.values, b.values, "{}", a.path);
+        }
+
+        // A checkpoint of other widths names the tensor and both shapes.
+        let mut wide = cfg.clone();
+        wide.network.gf_dim = Some(8);
+        let err = import_stage2_generator(&pth, &wide, CAPTION_DIM, 0, &root.path().join("x"))
+            .expect_err("mismatch");
+        let msg = err.to_string();
+        assert!(msg.contains("netG_epoch_90.pth") && msg.contains('['), "{msg}");
+    }
 }

@@ -1,4 +1,4 @@
-//! Integration tests of the text encoders.
+//! MiniLM and hashing encoder tests.
 //!
 //! The MiniLM tests need the real weights. They look in `$CHATPAINTER_MODELS/all-MiniLM-L6-v2`
 //! and then `<workspace>/data/models/all-MiniLM-L6-v2`; when neither exists they print
@@ -444,5 +444,92 @@ fn hashing_encoder_through_the_trait() -> TestResult {
     assert!(enc.encode_batch(&[])?.is_empty());
     assert_eq!(enc.identity().name, "hashing-v1");
     assert_eq!(enc.identity().weights_sha256, None);
+    Ok(())
+}
+
+#[test]
+fn minilm_token_budget_never_changes_vectors() -> TestResult {
+    let enc = minilm_or_skip!();
+    let dir = weights_dir().ok_or("weights")?;
+    // Batches of at most 3 texts and 24 padded word pieces: every text of 9+ pieces alone.
+    let mut cfg = MiniLmConfig::new(dir);
+    cfg.batch_size = 3;
+    cfg.batch_tokens = 24;
+    let small = MiniLmEncoder::load(&cfg)?;
+    let long = "is it sunny? yes, and the sky is blue with a few clouds ".repeat(3);
+    let texts = [
+        "no",
+        "yes",
+        long.as_str(),
+        "a man riding a wave on top of a surfboard",
+        "two",
+        "what color is the car? red",
+        "is it sunny? yes",
+    ];
+    let a = enc.encode_batch(&texts)?;
+    let b = small.encode_batch(&texts)?;
+    let d = max_abs_diff(&a.data, &b.data);
+    assert!(d < 1e-5, "token budget changed vectors by {d}");
+    Ok(())
+}
+
+#[test]
+fn the_stage_counts_truncated_dialogues_and_states_the_limit() -> TestResult {
+    use chatpainter_embed::stage::{EmbedConfig, EncoderSpec, Encoders, build};
+    use chatpainter_ingest::catalog::{Dialogue, Turn};
+    use chatpainter_ingest::tables::Record;
+    minilm_or_skip!();
+    let dir = weights_dir().ok_or("weights")?;
+    let spec = EncoderSpec::Minilm {
+        model_dir: Some(dir.display().to_string()),
+        max_tokens: 32,
+    };
+    let cfg = EmbedConfig {
+        caption_encoder: spec.clone(),
+        dialogue_encoder: spec,
+        cache_dir: String::new(),
+        batch_size: 8,
+        part_size: 8,
+    };
+    let encoders = Encoders::load(&cfg)?;
+    let turn = |q: &str, a: &str| Turn {
+        question: q.into(),
+        answer: Some(a.into()),
+    };
+    // Ten turns: the whole dialogue is ≈70 word pieces, over the limit of 32; no turn is.
+    let record = Record {
+        image_id: 1,
+        split: "train".into(),
+        file_name: "train2014/COCO_train2014_000000000001.jpg".into(),
+        width: 8,
+        height: 8,
+        captions: vec!["a dog on a beach".into()],
+        dialogue: Some(Dialogue {
+            caption: "a dog on a beach".into(),
+            source: "1.0/train".into(),
+            turns: (0..10)
+                .map(|i| turn(&format!("is the dog number {i} happy"), "yes it is"))
+                .collect(),
+        }),
+    };
+    let tmp = tempfile::tempdir()?;
+    let report = build(
+        &cfg,
+        &encoders,
+        &[record],
+        &tmp.path().join("cache"),
+        &tmp.path().join("e.parquet"),
+        &chatpainter_artifacts::NoProgress,
+    )?;
+    assert_eq!(report.dialogues.truncated, 1, "{report:?}");
+    assert_eq!(report.turns.truncated, 0);
+    assert_eq!(report.dialogue_max_tokens, Some(32));
+    assert!(
+        report
+            .summary()
+            .contains("dialogues and turns first 32 tokens kept"),
+        "{}",
+        report.summary()
+    );
     Ok(())
 }

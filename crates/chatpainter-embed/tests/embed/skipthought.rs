@@ -520,7 +520,7 @@ fn npy_reader_round_trips() -> TestResult {
 }
 
 /// Speed at the real sizes (620-d words, uni 2400, bi 2×1200) with random weights and a
-/// 1,000-word dictionary: `cargo test -p chatpainter-embed --test skipthought -- --ignored
+/// 1,000-word dictionary: `cargo test -p chatpainter-embed --test embed -- --ignored
 /// --nocapture`.
 #[test]
 #[ignore = "benchmark; writes ~140 MB of random weights"]

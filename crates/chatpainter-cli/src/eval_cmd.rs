@@ -1,0 +1,195 @@
+//! `chatpainter eval` (the eval stage), `chatpainter eval-folder` and `chatpainter bench eval`.
+//! The work is in `chatpainter_eval`; this module wires config, the artifact contract, logging
+//! and the progress bar.
+
+use anyhow::{Context, Result, anyhow};
+use chatpainter_artifacts::digest::sha256_json;
+use chatpainter_artifacts::{BenchRow, Manifest, OutputFile, StageKey, StageOutput, run_stage};
+use chatpainter_eval::score::{BackboneChoice, METRICS_FILE, MetricsFile, ScoreSettings};
+use chatpainter_train::TrainDevice;
+use clap::Args;
+use std::path::PathBuf;
+
+use crate::{StageArgs, load, report_outcome, ui, upstream_of};
+
+/// `chatpainter eval --pipeline P --run R`.
+pub fn eval_stage(args: &StageArgs) -> Result<()> {
+    let (pipeline, run) = load(args)?;
+    let cfg = pipeline
+        .eval
+        .clone()
+        .with_context(|| format!("{}: no [eval] table", args.pipeline.display()))?;
+    cfg.validate()
+        .map_err(|e| anyhow!("{}: {e}", args.pipeline.display()))?;
+    cfg.device
+        .probe()
+        .with_context(|| format!("eval.device = {}", cfg.device))?;
+    let generator = cfg.generator_stage()?.to_string();
+    // Checked before anything is created, so a mistyped --run leaves no folder behind.
+    let upstream = upstream_of(
+        &run,
+        &[&format!("run:{generator}"), "run:embed", "run:ingest"],
+    )?;
+    let dir = run.create_stage("eval")?;
+    ui::init_logging(Some(&dir.join("log.txt")))?;
+    // Files read from outside the run are identified by their content.
+    let mut inputs = Vec::new();
+    for (key, path) in [
+        ("weights", &cfg.weights),
+        ("fid_reference", &cfg.fid_reference),
+    ] {
+        if let Some(p) = path {
+            let resolved = run.resolve(p);
+            if !resolved.is_file() {
+                anyhow::bail!("eval.{key} = {p:?}: {} is not a file", resolved.display());
+            }
+            inputs.push((key, chatpainter_artifacts::sha256_file(&resolved)?));
+        }
+    }
+    let key = StageKey {
+        config_digest: sha256_json(&cfg),
+        inputs_digest: if inputs.is_empty() {
+            String::new()
+        } else {
+            sha256_json(&inputs)
+        },
+        upstream,
+    };
+    let bar = ui::Bar::new();
+    let outcome = run_stage(
+        &dir,
+        "eval",
+        &key,
+        args.force,
+        &toml::to_string(&cfg)?,
+        |dir| -> Result<StageOutput> {
+            let out = chatpainter_eval::stage::run_eval(&cfg, &run, dir, &bar)?;
+            print!("{}", out.metrics.summary());
+            if out.left_out > 0 {
+                println!(
+                    "eval: {} image(s) of split `{}` left out (no dialogue for this variant)",
+                    out.left_out, cfg.split
+                );
+            }
+            let outputs = out
+                .files
+                .iter()
+                .map(|f| OutputFile::describe(dir, f, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(StageOutput {
+                outputs,
+                summary: serde_json::to_value(&out.metrics)?,
+                seed: Some(cfg.seed),
+            })
+        },
+    )?;
+    if matches!(outcome, chatpainter_artifacts::Outcome::Skipped) {
+        let m = MetricsFile::read(&dir.join(METRICS_FILE))?;
+        print!("{}", m.summary());
+    }
+    report_outcome("eval", &dir, &outcome);
+    // The manifest is the stage's last write; make sure it is there.
+    Manifest::load(&dir)?;
+    Ok(())
+}
+
+/// `chatpainter eval-folder`.
+#[derive(Debug, Args)]
+pub struct EvalFolderArgs {
+    /// Folder of .png / .jpg images (not recursive).
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Inception weights: torchvision / pytorch-fid .pth, or safetensors with the same names.
+    /// Without it both metrics are reported unavailable.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// torchvision, pytorch-fid or torch-fidelity.
+    #[arg(long, default_value = "torchvision")]
+    pub backbone: BackboneChoice,
+    /// Inception Score splits.
+    #[arg(long, default_value_t = 10)]
+    pub splits: usize,
+    /// Seed of the IS shuffle.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// FID reference statistics (.npz with mu, sigma); without it FID is unavailable.
+    #[arg(long)]
+    pub fid_reference: Option<PathBuf>,
+    /// Images per Inception batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Where Inception runs (cpu, or a LibTorch device in a tch build).
+    #[arg(long, default_value = "cpu")]
+    pub device: TrainDevice,
+    /// Write metrics.json here (default: print it on stdout).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn eval_folder(args: &EvalFolderArgs) -> Result<()> {
+    ui::init_logging(None)?;
+    args.device
+        .probe()
+        .with_context(|| format!("--device {}", args.device))?;
+    let settings = ScoreSettings {
+        backbone: args.backbone,
+        weights: args.weights.clone(),
+        splits: args.splits,
+        seed: args.seed,
+    };
+    let (_, device) = args.device.devices();
+    let bar = ui::Bar::new();
+    let metrics = chatpainter_eval::folder::score_folder(
+        &args.images,
+        &settings,
+        args.fid_reference.as_deref(),
+        args.batch_size,
+        &device,
+        &bar,
+    )?;
+    match &args.out {
+        Some(out) => {
+            metrics.write(out)?;
+            print!("{}", metrics.summary());
+            println!("eval-folder: wrote {}", out.display());
+        }
+        None => println!("{}", serde_json::to_string_pretty(&metrics)?),
+    }
+    Ok(())
+}
+
+/// Batch of the Inception benchmark.
+pub const BENCH_BATCH: usize = 8;
+
+/// `chatpainter bench eval`: images/s through Inception (random weights) on `device`, one row
+/// per network (torch-fidelity is the pytorch-fid network with another resize: not timed apart).
+pub fn bench(device: TrainDevice) -> Result<Vec<BenchRow>> {
+    device
+        .probe()
+        .with_context(|| format!("bench eval on {device}"))?;
+    let (_, burn_device) = device.devices();
+    let device_name = if device.is_libtorch() {
+        format!("{device} (libtorch)")
+    } else {
+        format!("{device} (flex)")
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut rows = Vec::new();
+    for choice in [BackboneChoice::Torchvision, BackboneChoice::PytorchFid] {
+        let ips = chatpainter_eval::bench::inception_images_per_second(
+            choice,
+            &burn_device,
+            BENCH_BATCH,
+            2,
+        )?;
+        rows.push(BenchRow::new(
+            format!("eval inception {}", choice.name()),
+            ips,
+            "images/s",
+            format!(
+                "{device_name}, batch {BENCH_BATCH}, 64x64 input resized to 299, random weights, {threads} threads"
+            ),
+        ));
+    }
+    Ok(rows)
+}

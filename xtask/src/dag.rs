@@ -1,0 +1,298 @@
+//! The stage DAG as xtask sees it: which stages a pipeline file has (a stage is present iff its
+//! table is), their order, the `chatpainter` subcommand of each, `--from/--to` ranges and the
+//! `--devices` pass-through. The schema of each table belongs to the CLI, which rejects unknown
+//! keys; xtask only knows the table names.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+/// Every stage, in DAG order (each depends only on stages before it).
+pub const STAGES: [&str; 7] = [
+    "synth", "ingest", "embed", "stage1", "stage2", "eval", "report",
+];
+
+/// Stages that take a `device` key and so receive `--devices`.
+pub const DEVICE_STAGES: [&str; 3] = ["stage1", "stage2", "eval"];
+
+/// Stages that train and keep `checkpoints/step-N/` and `metrics.jsonl`.
+pub const TRAINING_STAGES: [&str; 2] = ["stage1", "stage2"];
+
+/// The `chatpainter` subcommand that runs a stage.
+pub fn subcommand(stage: &str) -> Vec<&str> {
+    match stage {
+        "stage1" | "stage2" => vec!["train", stage],
+        other => vec![other],
+    }
+}
+
+/// A pipeline file: its raw table and the stages it defines, in DAG order.
+#[derive(Debug, Clone)]
+pub struct PipelineFile {
+    pub path: PathBuf,
+    pub table: toml::Table,
+    pub stages: Vec<String>,
+}
+
+impl PipelineFile {
+    /// Reads the file; an unknown top-level table is an error naming the file and the table.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading pipeline file {}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("pipeline file {}", path.display()))?;
+        for (key, value) in &table {
+            if key != "run" && !STAGES.contains(&key.as_str()) {
+                bail!(
+                    "{}: unknown table [{key}] (known: run, {})",
+                    path.display(),
+                    STAGES.join(", ")
+                );
+            }
+            if !value.is_table() {
+                bail!("{}: `{key}` must be a table ([{key}])", path.display());
+            }
+        }
+        if !table.contains_key("run") {
+            bail!("{}: no [run] table (it names the pipeline)", path.display());
+        }
+        let stages = STAGES
+            .iter()
+            .filter(|s| table.contains_key(**s))
+            .map(|s| s.to_string())
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            table,
+            stages,
+        })
+    }
+
+    pub fn has(&self, stage: &str) -> bool {
+        self.stages.iter().any(|s| s == stage)
+    }
+
+    /// Checks that a stage name given on the command line is one of this pipeline's stages.
+    pub fn check_stage(&self, flag: &str, stage: &str) -> Result<()> {
+        if !STAGES.contains(&stage) {
+            bail!(
+                "{flag} {stage}: no such stage (stages: {})",
+                STAGES.join(", ")
+            );
+        }
+        if !self.has(stage) {
+            bail!(
+                "{flag} {stage}: {} has no [{stage}] table (its stages: {})",
+                self.path.display(),
+                self.stages.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// The contiguous range `from..=to` of this pipeline's stages.
+    pub fn select(&self, from: Option<&str>, to: Option<&str>) -> Result<Vec<String>> {
+        let index = |flag: &str, s: &str| -> Result<usize> {
+            self.check_stage(flag, s)?;
+            Ok(self.stages.iter().position(|x| x == s).unwrap_or(0))
+        };
+        let lo = from.map(|s| index("--from", s)).transpose()?.unwrap_or(0);
+        let hi = match to {
+            Some(s) => index("--to", s)?,
+            None => self.stages.len().saturating_sub(1),
+        };
+        if lo > hi {
+            bail!(
+                "--from {} comes after --to {} in the stage order ({})",
+                from.unwrap_or_default(),
+                to.unwrap_or_default(),
+                self.stages.join(" → ")
+            );
+        }
+        Ok(self.stages[lo..=hi].to_vec())
+    }
+
+    /// Checks each `--set key=value`: it must be `key=value` and name a table this file has
+    /// (the CLI would otherwise create a table the pipeline does not define).
+    pub fn check_overrides(&self, overrides: &[String]) -> Result<()> {
+        for o in overrides {
+            let Some((key, _)) = o.split_once('=') else {
+                bail!("--set {o}: expected key=value, e.g. --set stage1.max_steps=10");
+            };
+            let first = key.trim().split('.').next().unwrap_or_default();
+            if key.trim().split('.').count() < 2 {
+                bail!("--set {o}: the key must name a table and a key, e.g. stage1.max_steps");
+            }
+            if first != "run" && !self.table.contains_key(first) {
+                bail!(
+                    "--set {o}: {} has no [{first}] table (its stages: {})",
+                    self.path.display(),
+                    self.stages.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The `device` a stage will get: the last `--set <stage>.device=…`, else the file's.
+    pub fn device_of(&self, stage: &str, overrides: &[String]) -> Option<String> {
+        let key = format!("{stage}.device");
+        let from_set = overrides.iter().rev().find_map(|o| {
+            let (k, v) = o.split_once('=')?;
+            (k.trim() == key).then(|| toml_scalar(v))
+        });
+        from_set.or_else(|| {
+            self.table
+                .get(stage)?
+                .get("device")?
+                .as_str()
+                .map(str::to_string)
+        })
+    }
+}
+
+/// A `--set` value as the CLI reads it: TOML if it parses, else the bare text.
+fn toml_scalar(raw: &str) -> String {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(t) => match t.get("v") {
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => raw.to_string(),
+        },
+        Err(_) => raw.trim().to_string(),
+    }
+}
+
+/// Which libtorch a build needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Libtorch {
+    /// CPU only: link against the symlink folder without the CUDA libraries.
+    Cpu,
+    /// CUDA: link against the full lib folder (libtorch_cuda included).
+    Cuda,
+}
+
+/// What `--devices` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Devices {
+    /// Burn's flex CPU backend (no libtorch).
+    Cpu,
+    /// LibTorch on the CPU.
+    TchCpu,
+    /// LibTorch CUDA devices, by index (data-parallel when several).
+    Cuda(Vec<u32>),
+}
+
+impl std::str::FromStr for Devices {
+    type Err = anyhow::Error;
+
+    /// `cpu`, `flex`, `tch-cpu`, `cuda:0`, `cuda:0,1` or `cuda:0,cuda:1`.
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        match s {
+            "cpu" | "flex" => return Ok(Self::Cpu),
+            "tch-cpu" => return Ok(Self::TchCpu),
+            _ => {}
+        }
+        let Some(rest) = s.strip_prefix("cuda:") else {
+            bail!("--devices {s}: expected cpu, tch-cpu, cuda:0 or cuda:0,1,…");
+        };
+        let mut ids = Vec::new();
+        for part in rest.split(',') {
+            let part = part.trim();
+            let n = part.strip_prefix("cuda:").unwrap_or(part);
+            let id: u32 = n.parse().with_context(|| {
+                format!("--devices {s}: `{part}` is not a device index (expected cuda:0,1,…)")
+            })?;
+            if ids.contains(&id) {
+                bail!("--devices {s}: cuda:{id} is listed twice");
+            }
+            ids.push(id);
+        }
+        Ok(Self::Cuda(ids))
+    }
+}
+
+impl Devices {
+    /// The value of the stages' `device` key: `cpu`, `tch-cpu`, `cuda:0`, `cuda:0,cuda:1`.
+    pub fn value(&self) -> String {
+        match self {
+            Self::Cpu => "cpu".into(),
+            Self::TchCpu => "tch-cpu".into(),
+            Self::Cuda(ids) => ids
+                .iter()
+                .map(|i| format!("cuda:{i}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
+/// The libtorch a `device` value needs, if any.
+pub fn libtorch_for(device: &str) -> Option<Libtorch> {
+    let d = device.trim();
+    if d.starts_with("cuda") {
+        Some(Libtorch::Cuda)
+    } else if d.starts_with("tch") {
+        Some(Libtorch::Cpu)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> Result<PipelineFile> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, text)?;
+        PipelineFile::load(&path)
+    }
+
+    #[test]
+    fn stages_ranges_and_errors() -> Result<()> {
+        let p =
+            file("[run]\nname='x'\n[stage1]\ndevice='cpu'\n[ingest]\n[embed]\n[report]\nx=1\n")?;
+        assert_eq!(p.stages, ["ingest", "embed", "stage1", "report"]);
+        assert_eq!(
+            p.select(Some("embed"), Some("stage1"))?,
+            ["embed", "stage1"]
+        );
+        assert_eq!(p.select(None, None)?.len(), 4);
+        let err = p.select(Some("stage2"), None).unwrap_err().to_string();
+        assert!(err.contains("no [stage2] table"), "{err}");
+        let err = p
+            .select(Some("stage1"), Some("ingest"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("comes after"), "{err}");
+        assert!(p.check_overrides(&["stage2.lr=1".into()]).is_err());
+        assert!(p.check_overrides(&["stage1.max_steps".into()]).is_err());
+        p.check_overrides(&["stage1.max_steps=3".into(), "run.seed=1".into()])?;
+        assert_eq!(p.device_of("stage1", &[]).as_deref(), Some("cpu"));
+        assert_eq!(
+            p.device_of("stage1", &["stage1.device=\"cuda:0,cuda:1\"".into()])
+                .as_deref(),
+            Some("cuda:0,cuda:1")
+        );
+        let err = file("[run]\nname='x'\n[stage3]\n").unwrap_err().to_string();
+        assert!(err.contains("p.toml") && err.contains("[stage3]"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn devices() -> Result<()> {
+        assert_eq!("cpu".parse::<Devices>()?, Devices::Cpu);
+        assert_eq!("cuda:0,1".parse::<Devices>()?.value(), "cuda:0,cuda:1");
+        assert_eq!("cuda:0,cuda:2".parse::<Devices>()?.value(), "cuda:0,cuda:2");
+        assert_eq!("tch-cpu".parse::<Devices>()?.value(), "tch-cpu");
+        assert!("gpu".parse::<Devices>().is_err());
+        assert!("cuda:0,0".parse::<Devices>().is_err());
+        assert_eq!(libtorch_for("cuda:0,cuda:1"), Some(Libtorch::Cuda));
+        assert_eq!(libtorch_for("tch-cpu"), Some(Libtorch::Cpu));
+        assert_eq!(libtorch_for("cpu"), None);
+        assert_eq!(subcommand("stage2"), ["train", "stage2"]);
+        Ok(())
+    }
+}

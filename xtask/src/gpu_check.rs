@@ -1,0 +1,221 @@
+//! `cargo xtask gpu-check [--out DIR]`: prepares, on this CPU machine, a small folder that a GPU
+//! machine with PyTorch but no Rust toolchain runs (spec `libtorch.md` §4): the `chatpainter`
+//! release binary built with `tch` against the same libtorch (2.11.0, full lib folder, so that
+//! `libtorch_cuda` is linked), stripped, and `run.sh`, which runs `chatpainter gpu-check` on
+//! `cuda:0` and `nvidia-smi`, writes everything under `results/` and exits non-zero on failure.
+
+use crate::dag::Libtorch;
+use crate::setup::{LibtorchPaths, TORCH_VERSION, TORCH_WHEEL};
+use crate::util::{self, human_bytes, root};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+/// The GPU machines' PyTorch (spec `libtorch.md` §4).
+pub const GPU_SITE_PACKAGES: &str = "/opt/torch/.venv/lib/python3.12/site-packages";
+
+/// What the folder records about its binary.
+#[derive(Debug, Clone)]
+pub struct BuildInfo {
+    pub commit: String,
+    pub built_unix: u64,
+}
+
+/// The script the GPU machine runs.
+pub fn run_script(info: &BuildInfo) -> String {
+    format!(
+        r#"#!/usr/bin/env bash
+# chatpainter gpu-check, prepared by `cargo xtask gpu-check` on {built} from commit {commit}.
+# The binary is built against libtorch {TORCH_VERSION} (wheel sha256 {sha}); it loads the
+# machine's PyTorch libraries. Usage: bash run.sh   (results in ./results/)
+set -uo pipefail
+cd "$(dirname "$0")"
+export LD_LIBRARY_PATH={site}/torch/lib:{site}/nvidia/cu13/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}
+mkdir -p results
+status=0
+
+echo "== nvidia-smi"
+if ! nvidia-smi 2>&1 | tee results/nvidia-smi.txt; then
+  echo "gpu-check: nvidia-smi failed" >&2
+  status=1
+fi
+
+echo "== libraries"
+if ldd ./chatpainter 2>&1 | tee results/ldd.txt | grep "not found"; then
+  echo "gpu-check: the binary misses libraries (above); is PyTorch {TORCH_VERSION} at {site}?" >&2
+  exit 1
+fi
+
+echo "== chatpainter gpu-check --device cuda:0"
+if ! ./chatpainter gpu-check --device cuda:0 --out results/ 2>&1 | tee results/gpu-check.log; then
+  echo "gpu-check: chatpainter gpu-check failed (results/gpu-check.log)" >&2
+  status=1
+fi
+
+echo "== results"
+ls -l results/
+if [ "$status" -ne 0 ]; then
+  echo "gpu-check: FAILED" >&2
+else
+  echo "gpu-check: ok"
+fi
+exit "$status"
+"#,
+        built = util::utc_time(info.built_unix),
+        commit = info.commit,
+        sha = TORCH_WHEEL.sha256,
+        site = GPU_SITE_PACKAGES,
+    )
+}
+
+/// Fills `out` with the binary (copied as `chatpainter`), `run.sh`, `README.txt` and
+/// `build.json`; anything else already there is left alone, except an old `results/`.
+pub fn prepare_folder(out: &Path, binary: &Path, info: &BuildInfo) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+    let bin = out.join("chatpainter");
+    let tmp = out.join(".chatpainter.tmp");
+    std::fs::copy(binary, &tmp)
+        .with_context(|| format!("copying {} to {}", binary.display(), tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &bin)?;
+    let script = out.join("run.sh");
+    std::fs::write(&script, run_script(info))?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(
+        out.join("README.txt"),
+        format!(
+            "chatpainter gpu-check\n\nCopy this folder to a GPU machine with PyTorch {TORCH_VERSION}+cu130 at\n\
+             {GPU_SITE_PACKAGES} and run `bash run.sh`. It trains a few Stage-I steps on cuda:0,\n\
+             compares one step with the CPU, times steps and images/s, and writes the figures,\n\
+             the log and nvidia-smi's output to results/. Exit status 0 means every check passed.\n"
+        ),
+    )?;
+    let record = serde_json::json!({
+        "commit": info.commit,
+        "built_unix": info.built_unix,
+        "built": util::utc_time(info.built_unix),
+        "libtorch": TORCH_VERSION,
+        "torch_wheel_sha256": TORCH_WHEEL.sha256,
+        "features": ["tch"],
+        "profile": "release",
+        "gpu_site_packages": GPU_SITE_PACKAGES,
+    });
+    std::fs::write(
+        out.join("build.json"),
+        serde_json::to_string_pretty(&record)?,
+    )?;
+    let results = out.join("results");
+    if results.exists() {
+        std::fs::remove_dir_all(&results).with_context(|| results.display().to_string())?;
+    }
+    Ok(())
+}
+
+fn git_commit() -> String {
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = std::process::Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .current_dir(root())
+        .output()
+        .ok()
+        .is_some_and(|o| !o.stdout.is_empty());
+    if dirty { format!("{head}+dirty") } else { head }
+}
+
+/// `cargo xtask gpu-check`.
+pub fn gpu_check(out: Option<PathBuf>) -> Result<()> {
+    let out = out.unwrap_or_else(|| root().join("gpu-check"));
+    if !util::package_features("chatpainter-cli")?
+        .iter()
+        .any(|f| f == "tch")
+    {
+        bail!(
+            "gpu-check needs the `tch` feature of chatpainter-cli, which this checkout does not have yet"
+        );
+    }
+    let paths = match LibtorchPaths::locate().ready() {
+        Some(p) => p,
+        None => crate::setup::setup_libtorch(&LibtorchPaths::locate())?,
+    };
+    let started = std::time::Instant::now();
+    let mut build = util::cargo();
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "chatpainter-cli",
+        "--features",
+        "tch",
+    ]);
+    // The full lib folder: burn-tch links libtorch_cuda, which the GPU machine has.
+    paths.build_env(&mut build, Libtorch::Cuda);
+    // build.rs bakes these into the rpath, so the binary also starts without LD_LIBRARY_PATH.
+    build.env(
+        "CHATPAINTER_TORCH_RPATH",
+        format!("{GPU_SITE_PACKAGES}/torch/lib:{GPU_SITE_PACKAGES}/nvidia/cu13/lib"),
+    );
+    println!("[xtask] gpu-check: {}", util::show(&build));
+    util::run_checked(build).context("building chatpainter with --features tch")?;
+    let binary = util::target_dir()?.join("release/chatpainter");
+    let info = BuildInfo {
+        commit: git_commit(),
+        built_unix: util::now_unix(),
+    };
+    prepare_folder(&out, &binary, &info)?;
+    let mut strip = std::process::Command::new("strip");
+    strip.arg(out.join("chatpainter"));
+    if let Err(e) = util::run_checked(strip) {
+        println!("[xtask] gpu-check: warning: could not strip the binary ({e:#})");
+    }
+    let needed = std::process::Command::new("readelf")
+        .args(["-d"])
+        .arg(out.join("chatpainter"))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !needed.contains("libtorch_cuda") {
+        println!(
+            "[xtask] gpu-check: warning: the binary does not link libtorch_cuda.so; cuda:0 will not work"
+        );
+    }
+    let size: u64 = std::fs::read_dir(&out)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "[xtask] gpu-check: {} ready ({}, built in {:.0} s); on the GPU machine: bash run.sh",
+        out.display(),
+        human_bytes(size),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_names_the_machine_libraries() {
+        let s = run_script(&BuildInfo {
+            commit: "abc".into(),
+            built_unix: 0,
+        });
+        assert!(s.starts_with("#!/usr/bin/env bash\n"));
+        assert!(s.contains(
+            "export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib"
+        ));
+        assert!(s.contains("./chatpainter gpu-check --device cuda:0 --out results/"));
+        assert!(s.contains("nvidia-smi"));
+        assert!(s.contains("exit \"$status\""));
+    }
+}

