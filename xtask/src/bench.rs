@@ -125,7 +125,10 @@ pub fn bench(what: &str) -> Result<()> {
     for w in selected {
         if w == "ingest" {
             match bench_ingest() {
-                Ok(r) => rows.extend(r),
+                Ok(r) => {
+                    eprint!("{}", table(&r));
+                    rows.extend(r);
+                }
                 Err(e) => {
                     rows.push(Row::note("ingest", format!("failed: {e:#}")));
                     failed.push(w);
@@ -142,7 +145,12 @@ pub fn bench(what: &str) -> Result<()> {
             }
         };
         match cli_bench(&bin, w)? {
-            BenchResult::Rows(r) => rows.extend(r),
+            BenchResult::Rows(r) => {
+                // Each benchmark's rows as soon as they exist: a long table is not lost to a
+                // later failure or a timeout.
+                eprint!("{}", table(&r));
+                rows.extend(r);
+            }
             BenchResult::NotAvailable(why) => {
                 rows.push(Row::note(w, format!("not available: {why}")));
             }
@@ -237,7 +245,7 @@ fn bench_ingest() -> Result<Vec<Row>> {
         .and_then(|s| s.parse::<f64>().ok())
         .unwrap_or(f64::NAN);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let cond = format!("{threads} threads, dev profile, 1600 train + 400 test images");
+    let cond = format!("{threads} threads, 1600 train + 400 test images");
     Ok(vec![
         Row {
             name: "ingest 2000 jpeg 640x480: time".into(),

@@ -15,18 +15,19 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::optim::{AdamConfig, ModuleOptimizer};
+use burn::tensor::Device;
 use chatpainter_artifacts::BenchRow;
-use chatpainter_nn::loss::{discriminator_loss, generator_loss};
-use chatpainter_nn::{CaNoise, Stage1D, count_trainable};
+use chatpainter_nn::{Stage1D, count_trainable};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::config::{AdamSettings, ResolvedNetwork, TrainDevice, Variant};
 use crate::device::DeviceList;
 use crate::export::first_non_finite;
+use crate::data::HostBatch;
 use crate::model::Stage1Generator;
+use crate::trainer::{StepInputs, train_step};
 use crate::rng::Xoshiro256;
 
 /// Image side of Stage-I.
@@ -310,13 +311,6 @@ pub struct Trainee {
     setup: StepSetup,
 }
 
-fn tensor<const D: usize>(v: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
-}
-
-fn scalar(t: &Tensor<1>) -> f64 {
-    f64::from(t.clone().into_scalar::<f32>())
-}
 
 impl Trainee {
     /// Networks with the reference initialisation drawn on flex from `setup.seed`, forked to
@@ -353,58 +347,51 @@ impl Trainee {
         )
     }
 
-    /// One training step on `inputs`; returns its losses (read back, so the device is synced).
+    /// One training step on `inputs` through the trainer's own step (so what is timed and
+    /// compared is exactly what training runs); returns its losses (read back, so the device is
+    /// synced).
     ///
     /// # Errors
-    /// [`TrainError::Nn`] for inputs that do not fit the networks.
+    /// [`TrainError::Nn`] for inputs that do not fit the networks; [`TrainError::NonFinite`]
+    /// for a non-finite loss.
     pub fn step(&mut self, inputs: &HostInputs) -> Result<StepLosses, TrainError> {
         let s = &self.setup;
-        let (b, n, dev) = (s.batch, &s.net, &self.device);
-        let real = tensor(&inputs.real, [b, 3, SIDE, SIDE], dev);
-        let captions = tensor(&inputs.captions, [b, n.caption_dim], dev);
-        let text = match (&self.gnet.dialogue, s.variant) {
-            (None, Variant::Stackgan) => captions,
-            (None, Variant::ChatpainterNonrecurrent) => {
-                let whole = tensor(&inputs.dialogue, [b, n.dialogue_dim], dev);
-                Tensor::cat(vec![captions, whole], 1)
-            }
-            (Some(enc), Variant::ChatpainterRecurrent) => {
-                let turns = tensor(&inputs.dialogue, [b, s.turns.max(1), n.dialogue_dim], dev);
-                let summary = enc.forward(turns, &inputs.lengths)?;
-                Tensor::cat(vec![captions, summary], 1)
-            }
-            _ => {
-                return Err(TrainError::Internal(
-                    "dialogue encoder does not match the variant".into(),
-                ));
-            }
+        let host = HostBatch {
+            size: s.batch,
+            crop: SIDE,
+            images: inputs.real.clone(),
+            captions: inputs.captions.clone(),
+            dialogue: inputs.dialogue.clone(),
+            lengths: inputs.lengths.clone(),
         };
-        let noise = tensor(&inputs.noise, [b, n.z_dim], dev);
-        let eps = tensor(&inputs.eps, [b, n.cond_dim], dev);
-        let out = self.gnet.g.forward_with(text, noise, CaNoise::given(eps));
-
-        let dl = discriminator_loss(&self.d, real, out.fake.clone(), out.mu.clone())?;
-        let (d_loss, d_real, d_wrong, d_fake) = (
-            scalar(&dl.total),
-            scalar(&dl.real),
-            scalar(&dl.wrong),
-            scalar(&dl.fake),
-        );
-        let grads = GradientsParams::from_grads(dl.total.backward(), &self.d);
-        self.d = self.opt_d.step(s.lr, self.d.clone(), grads);
-
-        let gl = generator_loss(&self.d, out.fake, out.mu, out.logvar, s.kl_coeff);
-        let (g_loss, g_adv, kl) = (scalar(&gl.total), scalar(&gl.adversarial), scalar(&gl.kl));
-        let grads = GradientsParams::from_grads(gl.total.backward(), &self.gnet);
-        self.gnet = self.opt_g.step(s.lr, self.gnet.clone(), grads);
+        let step_inputs = StepInputs {
+            host,
+            noise: inputs.noise.clone(),
+            eps: vec![inputs.eps.clone()],
+            variant: s.variant,
+            net: s.net,
+            step: 1,
+            kl_coeff: s.kl_coeff,
+        };
+        let (gnet, d, l) = train_step(
+            self.gnet.clone(),
+            self.d.clone(),
+            &[],
+            &mut self.opt_g,
+            &mut self.opt_d,
+            (s.lr, s.lr),
+            step_inputs,
+            std::slice::from_ref(&self.device),
+        )?;
+        (self.gnet, self.d) = (gnet, d);
         Ok(StepLosses {
-            d_loss,
-            d_real,
-            d_wrong,
-            d_fake,
-            g_loss,
-            g_adv,
-            kl,
+            d_loss: l.d_loss,
+            d_real: l.d_real,
+            d_wrong: l.d_wrong,
+            d_fake: l.d_fake,
+            g_loss: l.g_loss,
+            g_adv: l.g_adv,
+            kl: l.kl,
         })
     }
 

@@ -342,15 +342,15 @@ struct Run<'a> {
 }
 
 /// The logged terms of one step.
-struct StepLosses {
-    d_loss: f64,
-    d_real: f64,
-    d_wrong: f64,
-    d_fake: f64,
-    d_uncond: Option<(f64, f64)>,
-    g_loss: f64,
-    g_adv: f64,
-    kl: f64,
+pub(crate) struct StepLosses {
+    pub d_loss: f64,
+    pub d_real: f64,
+    pub d_wrong: f64,
+    pub d_fake: f64,
+    pub d_uncond: Option<(f64, f64)>,
+    pub g_loss: f64,
+    pub g_adv: f64,
+    pub kl: f64,
 }
 
 impl Run<'_> {
@@ -610,15 +610,15 @@ fn check_resumable(
 }
 
 /// The host-side inputs of one optimiser step.
-struct StepInputs {
-    host: HostBatch,
-    noise: Vec<f32>,
+pub(crate) struct StepInputs {
+    pub host: HostBatch,
+    pub noise: Vec<f32>,
     /// One `[B, cond_dim]` block per CA draw.
-    eps: Vec<Vec<f32>>,
-    variant: Variant,
-    net: ResolvedNetwork,
-    step: u64,
-    kl_coeff: f64,
+    pub eps: Vec<Vec<f32>>,
+    pub variant: Variant,
+    pub net: ResolvedNetwork,
+    pub step: u64,
+    pub kl_coeff: f64,
 }
 
 impl StepInputs {
@@ -705,7 +705,7 @@ fn on_replicas<I: Send, O: Send>(
 /// One D update then one G update over all replicas; returns the updated networks and the
 /// logged terms (means over replicas). `spares` holds one (G, D) per replica after the first.
 #[allow(clippy::too_many_arguments)]
-fn train_step<G: StageGenerator>(
+pub(crate) fn train_step<G: StageGenerator>(
     gnet: G,
     d: G::D,
     spares: &[(G, G::D)],
