@@ -17,6 +17,20 @@ pub fn run(what: &str) -> Result<Vec<BenchRow>> {
             let devices = chatpainter_train::gpu_check::bench_devices()?;
             Ok(chatpainter_train::gpu_check::bench_rows(&devices)?)
         }
+        // Stage-II step time and peak memory at the paper's widths, batches 2 and 4 (more with
+        // $CHATPAINTER_BENCH_BATCHES, e.g. "4,16,64" on a GPU).
+        "stage2" => {
+            let devices = chatpainter_train::gpu_check::bench_devices()?;
+            let batches: Vec<usize> = match std::env::var("CHATPAINTER_BENCH_BATCHES") {
+                Ok(list) => list
+                    .split(',')
+                    .map(|b| b.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| anyhow::anyhow!("CHATPAINTER_BENCH_BATCHES={list:?}: {e}"))?,
+                Err(_) => vec![2, 4],
+            };
+            Ok(chatpainter_train::bench::stage2_rows(&devices, &batches, 3)?)
+        }
         "eval" => crate::eval_cmd::bench(chatpainter_train::TrainDevice::Cpu),
         other => bail!("bench {other}: unknown benchmark"),
     }

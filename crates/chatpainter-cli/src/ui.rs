@@ -91,10 +91,4 @@ impl Progress for Bar {
     }
 }
 
-/// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
+pub use chatpainter_artifacts::bench::peak_rss_mib;

@@ -31,6 +31,7 @@
 //! networks. On the flex CPU backend a resumed run ends bit-identical to an uninterrupted one
 //! (tested). Data-parallel training (issue 4 §3) is not implemented yet.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -67,6 +68,16 @@ pub enum TrainError {
     /// The data breaks a contract (names the image or file).
     #[error("stage1 data: {0}")]
     Data(String),
+    /// The backend failed inside a step, e.g. out of device memory.
+    #[error(
+        "step {step}: the training step failed at batch_size {batch_size}: {message} \
+         (if the device ran out of memory, lower batch_size; the last checkpoint is kept)"
+    )]
+    StepFailed {
+        step: u64,
+        batch_size: usize,
+        message: String,
+    },
     /// A loss or weight stopped being finite.
     #[error("step {step}: {what} is {value}; stopping (the last good checkpoint is kept)")]
     NonFinite { step: u64, what: String, value: f64 },

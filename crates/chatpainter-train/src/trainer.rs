@@ -484,17 +484,36 @@ impl Run<'_> {
                 step,
                 kl_coeff: cfg.kl_coeff,
             };
+            // A backend failure inside the step (LibTorch raises out-of-memory as a panic)
+            // becomes an error naming the batch size; the last checkpoint stays intact.
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                train_step(
+                    gnet,
+                    d,
+                    &spares,
+                    &mut opt_g,
+                    &mut opt_d,
+                    (lr_g, lr_d),
+                    inputs,
+                    &devices,
+                )
+            }));
             let losses;
-            (gnet, d, losses) = train_step(
-                gnet,
-                d,
-                &spares,
-                &mut opt_g,
-                &mut opt_d,
-                (lr_g, lr_d),
-                inputs,
-                &devices,
-            )?;
+            (gnet, d, losses) = match stepped {
+                Ok(result) => result?,
+                Err(payload) => {
+                    let message = payload
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_else(|| "the backend panicked".into());
+                    return Err(TrainError::StepFailed {
+                        step,
+                        batch_size: batch,
+                        message,
+                    });
+                }
+            };
 
             state.step = step;
             state.next_batch += 1;
