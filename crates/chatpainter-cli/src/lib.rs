@@ -106,6 +106,22 @@ pub enum Command {
     /// Train a few Stage-I steps on a device with random inputs of the real shapes: finite
     /// losses, one step's losses equal to flex's, step time; writes results.json + summary.txt.
     GpuCheck(gpu_check::GpuCheckArgs),
+    /// Make a Stage-II stage directory from a reference StackGAN-Pytorch generator checkpoint
+    /// (`netG_epoch_N.pth`, keys incl. STAGE1_G.*), for `eval` / `generate` to sample from.
+    ImportNetg {
+        /// The reference state_dict.
+        #[arg(long)]
+        pth: PathBuf,
+        /// Stage directory to create (e.g. <run>/stage2).
+        #[arg(long)]
+        out: PathBuf,
+        /// Network widths: stackgan-pytorch-coco (the released COCO model), chatpainter, smoke.
+        #[arg(long, default_value = "stackgan-pytorch-coco")]
+        preset: String,
+        /// Caption embedding width of the checkpoint (char-CNN-RNN: 1024).
+        #[arg(long, default_value_t = 1024)]
+        caption_dim: usize,
+    },
     /// A stage benchmark; prints one JSON row per figure (`cargo xtask bench` tabulates them).
     Bench {
         /// embed, stage1, stage2 or eval.
@@ -152,6 +168,31 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::EvalFolder(args) => eval_cmd::eval_folder(&args),
         Command::Generate(args) => generate_cmd::generate_cmd(&args),
         Command::GpuCheck(args) => gpu_check::run(&args),
+        Command::ImportNetg {
+            pth,
+            out,
+            preset,
+            caption_dim,
+        } => {
+            let mut cfg =
+                chatpainter_train::TrainConfig::smoke(chatpainter_train::Variant::Stackgan);
+            cfg.network.preset = preset;
+            let report = chatpainter_train::reference_run::import_stage2_generator(
+                &pth,
+                &cfg,
+                caption_dim,
+                0,
+                &out,
+            )?;
+            println!(
+                "{}: {} tensors imported into {} ({} counters ignored)",
+                pth.display(),
+                report.applied,
+                out.display(),
+                report.ignored.len()
+            );
+            Ok(())
+        }
         Command::Bench { what } => {
             for row in bench::run(&what)? {
                 println!("{}", serde_json::to_string(&row)?);

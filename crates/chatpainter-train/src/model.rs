@@ -310,6 +310,9 @@ impl StageGenerator for Stage2Generator {
         if let Some(enc) = &self.dialogue {
             export_safetensors(enc, &out_dir.join(Self::EXPORT_FILES[2]))?;
         }
+        // What torch.load reads, in the reference's netG layout (nested STAGE1_G.*).
+        let state_dict = crate::import::reference_state_dict(&self.g, 0)?;
+        crate::import::write_state_dict(&out_dir.join(Self::EXPORT_FILES[3]), &state_dict)?;
         Ok(())
     }
 

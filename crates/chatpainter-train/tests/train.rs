@@ -521,6 +521,25 @@ mod stage2 {
         let cfg = config2(3, Stage1BatchNorm::BatchStats);
         let full = run2(&cfg, &s1, &a);
         assert_eq!((full.stage.as_str(), full.steps), ("stage2", 3));
+        // The .pth export reads back into a Stage-II G by the reference names.
+        let pth = chatpainter_train::import::load_reference_pth(
+            {
+                let s1_net = chatpainter_train::ResolvedConfig::read(&s1)
+                    .expect("stage1 config")
+                    .network;
+                let net = cfg.network2(&s1_net).expect("net2");
+                let dev = burn::tensor::Device::flex();
+                let (g1, _) =
+                    chatpainter_train::Stage1Generator::init(&s1_net, cfg.variant, &dev, 5);
+                chatpainter_train::Stage2Generator::init(&net, cfg.variant, g1, &dev, 5)
+                    .expect("init")
+                    .0
+                    .g
+            },
+            &a.join("stage2_g.pth"),
+        )
+        .expect("stage2_g.pth");
+        assert!(pth.1.applied > 50, "{}", pth.1.applied);
         assert_frozen(&s1, &a, false);
         // The reference keeps the frozen Stage-I's BatchNorms in train mode: its running
         // statistics move, its parameters do not.
