@@ -59,6 +59,22 @@ pub trait StageGenerator: Module + Sized {
     ) -> Result<GenOutput, TrainError>;
 }
 
+/// G, D and the BiLSTM (if any) as safetensors, under `files[0..3]`.
+fn export_networks<G: ReferenceLayout, D: ReferenceLayout>(
+    g: &G,
+    d: &D,
+    dialogue: Option<&DialogueEncoder>,
+    out_dir: &std::path::Path,
+    files: &[&str],
+) -> Result<(), TrainError> {
+    export_safetensors(g, &out_dir.join(files[0]))?;
+    export_safetensors(d, &out_dir.join(files[1]))?;
+    if let Some(enc) = dialogue {
+        export_safetensors(enc, &out_dir.join(files[2]))?;
+    }
+    Ok(())
+}
+
 fn take_eps(eps: Vec<Tensor<2>>, n: usize) -> Result<Vec<CaNoise>, TrainError> {
     if eps.len() != n {
         return Err(TrainError::Internal(format!(
@@ -207,12 +223,7 @@ impl StageGenerator for Stage1Generator {
     ];
 
     fn export(&self, d: &Stage1D, out_dir: &std::path::Path) -> Result<(), TrainError> {
-        export_safetensors(&self.g, &out_dir.join(Self::EXPORT_FILES[0]))?;
-        export_safetensors(d, &out_dir.join(Self::EXPORT_FILES[1]))?;
-        if let Some(enc) = &self.dialogue {
-            export_safetensors(enc, &out_dir.join(Self::EXPORT_FILES[2]))?;
-        }
-        Ok(())
+        export_networks(&self.g, d, self.dialogue.as_ref(), out_dir, Self::EXPORT_FILES)
     }
 
     fn generate(
@@ -305,11 +316,7 @@ impl StageGenerator for Stage2Generator {
     }
 
     fn export(&self, d: &Stage2D, out_dir: &std::path::Path) -> Result<(), TrainError> {
-        export_safetensors(&self.g, &out_dir.join(Self::EXPORT_FILES[0]))?;
-        export_safetensors(d, &out_dir.join(Self::EXPORT_FILES[1]))?;
-        if let Some(enc) = &self.dialogue {
-            export_safetensors(enc, &out_dir.join(Self::EXPORT_FILES[2]))?;
-        }
+        export_networks(&self.g, d, self.dialogue.as_ref(), out_dir, Self::EXPORT_FILES)?;
         // What torch.load reads, in the reference's netG layout (nested STAGE1_G.*).
         let state_dict = crate::import::reference_state_dict(&self.g, 0)?;
         crate::import::write_state_dict(&out_dir.join(Self::EXPORT_FILES[3]), &state_dict)?;
