@@ -50,6 +50,64 @@ pub fn smoke(run: Option<PathBuf>) -> Result<PathBuf> {
     Ok(run)
 }
 
+/// The smoke pipeline trains the recurrent variant; train Stage-I and Stage-II of the other two
+/// variants the same way (generated data, a few steps each) and evaluate them.
+fn smoke_variants(run: &Path) -> Result<()> {
+    let pipeline = root().join("pipelines/smoke.toml");
+    for variant in ["stackgan", "chatpainter-nonrecurrent"] {
+        let dir = run.with_extension(variant);
+        runner::run_pipeline(&RunOptions {
+            pipeline: pipeline.clone(),
+            run: Some(dir.clone()),
+            to: Some("eval".into()),
+            overrides: vec![
+                format!("stage1.variant={variant}"),
+                format!("stage2.variant={variant}"),
+            ],
+            ..RunOptions::default()
+        })?;
+        for stage in ["stage1", "stage2", "eval"] {
+            let manifest = dir.join(stage).join("manifest.json");
+            if !manifest.is_file() {
+                bail!("ci: {variant}: {} missing", manifest.display());
+            }
+        }
+        println!(
+            "[xtask] ci: variant {variant} trained and evaluated ({})",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The LibTorch path on CPU: prepare libtorch from PyPI (cached, hash-checked), build the
+/// `tch` feature in its own target folder (so the default build is never rebuilt with it) and
+/// run the tests that train on `tch-cpu` against flex.
+fn libtorch_cpu_check() -> Result<()> {
+    let paths = setup::setup_libtorch(&setup::LibtorchPaths::locate())?;
+    let target = util::home().join(".cache/chatpainter-target-tch");
+    let mut test = util::cargo();
+    test.args([
+        "test",
+        "--release",
+        "-p",
+        "chatpainter-train",
+        "-p",
+        "chatpainter-cli",
+        "--features",
+        "chatpainter-cli/tch",
+        "--",
+        "tch",
+    ])
+    .env("CARGO_TARGET_DIR", &target)
+    .env(
+        "LD_LIBRARY_PATH",
+        paths.runtime_library_path(dag::Libtorch::Cpu),
+    );
+    paths.build_env(&mut test, dag::Libtorch::Cpu);
+    run_checked(test)
+}
+
 /// Every stage of the pipeline has a manifest whose outputs exist with their recorded sizes.
 pub fn check_run(run: &Path, pipeline: &Path) -> Result<()> {
     let file = dag::PipelineFile::load(pipeline)?;
@@ -151,6 +209,8 @@ pub fn ci() -> Result<()> {
     run_checked(test)?;
     let run = smoke(None)?;
     python_readers_check(&run.join("ingest"))?;
+    smoke_variants(&run)?;
+    libtorch_cpu_check()?;
     println!(
         "[xtask] ci: passed in {:.0} s",
         started.elapsed().as_secs_f64()

@@ -194,12 +194,18 @@ fn skip_stale_force_and_ranges_on_the_smoke_pipeline() -> Result<()> {
     }
     assert_eq!(forced.stages.len(), 4, "--to stage1 stops there");
 
-    // --from/--to: only embed runs; stage1 is left stale, and status says so.
-    o.force = vec!["embed".into()];
+    // --from/--to: only embed runs (with another batch size, so its manifest surely changes:
+    // a forced rerun with identical outputs in the same second would leave it byte-identical);
+    // stage1 is left stale, and status says so.
+    o.overrides = vec!["embed.batch_size=16".into()];
+    o.force = Vec::new();
     o.from = Some("embed".into());
     o.to = Some("embed".into());
     let one = run_pipeline(&o)?;
-    assert_eq!(outcomes(&one), [("embed".to_string(), ran("forced"))]);
+    assert_eq!(
+        outcomes(&one),
+        [("embed".to_string(), ran("stale: the stage config changed"))]
+    );
     assert!(
         matches!(stage_state(&run, "stage1")?, State::Stale { reason, .. } if reason.contains("upstream `embed`")),
         "{:?}",

@@ -29,7 +29,9 @@ pub fn run(what: &str) -> Result<Vec<BenchRow>> {
                     .map_err(|e| anyhow::anyhow!("CHATPAINTER_BENCH_BATCHES={list:?}: {e}"))?,
                 Err(_) => vec![2, 4],
             };
-            Ok(chatpainter_train::bench::stage2_rows(&devices, &batches, 3)?)
+            Ok(chatpainter_train::bench::stage2_rows(
+                &devices, &batches, 3,
+            )?)
         }
         "eval" => crate::eval_cmd::bench(chatpainter_train::TrainDevice::Cpu),
         other => bail!("bench {other}: unknown benchmark"),

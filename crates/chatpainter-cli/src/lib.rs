@@ -3,9 +3,9 @@
 //! `--force` to redo, manifest written last).
 
 pub mod bench;
-pub mod gpu_check;
 pub mod eval_cmd;
 pub mod generate_cmd;
+pub mod gpu_check;
 pub mod pipeline;
 pub mod report_cmd;
 pub mod ui;
@@ -530,7 +530,9 @@ fn train_stage(args: &StageArgs, stage: &str) -> Result<()> {
     if checkpoints.exists() && (args.force || matches!(fresh, Freshness::Stale(_))) {
         let keep = !args.force && resumable(&dir, &key, &cfg)?;
         if keep {
-            println!("{stage}: configuration changed only in run length/intervals/devices: resuming from the checkpoints");
+            println!(
+                "{stage}: configuration changed only in run length/intervals/devices: resuming from the checkpoints"
+            );
         } else {
             std::fs::remove_dir_all(&checkpoints)
                 .with_context(|| checkpoints.display().to_string())?;
@@ -587,11 +589,7 @@ fn train_stage(args: &StageArgs, stage: &str) -> Result<()> {
 
 /// Whether a stale training stage's checkpoints fit the new request: same upstream artifacts and
 /// the newest checkpoint's configuration equal to `cfg` up to [`TrainConfig::resume_key`].
-fn resumable(
-    dir: &Path,
-    key: &StageKey,
-    cfg: &chatpainter_train::TrainConfig,
-) -> Result<bool> {
+fn resumable(dir: &Path, key: &StageKey, cfg: &chatpainter_train::TrainConfig) -> Result<bool> {
     let same_upstream = match Manifest::load_if_present(dir)? {
         Some(old) => old.key.upstream == key.upstream,
         None => true,

@@ -68,7 +68,11 @@ impl StoredImage {
     ///
     /// # Errors
     /// [`TrainError::Data`] when the PNG does not decode to `geometry.load` pixels square.
-    pub fn rgb(&self, id: i64, geometry: Geometry) -> Result<std::borrow::Cow<'_, [u8]>, TrainError> {
+    pub fn rgb(
+        &self,
+        id: i64,
+        geometry: Geometry,
+    ) -> Result<std::borrow::Cow<'_, [u8]>, TrainError> {
         let bytes: std::borrow::Cow<'_, [u8]> = match self {
             Self::Rgb(v) => v.as_slice().into(),
             Self::Png(png) => chatpainter_ingest::images::decode_png(png)
@@ -623,7 +627,8 @@ mod tests {
         let png = |side: u32| {
             let img = image::RgbImage::from_pixel(side, side, image::Rgb([255, 0, 0]));
             let mut out = std::io::Cursor::new(Vec::new());
-            img.write_to(&mut out, image::ImageFormat::Png).expect("png");
+            img.write_to(&mut out, image::ImageFormat::Png)
+                .expect("png");
             out.into_inner()
         };
         assert_eq!(png_size(&png(12)), Some((12, 12)));
@@ -637,8 +642,8 @@ mod tests {
         assert!(b.images[64..].iter().all(|v| *v == -1.0));
         it.image = StoredImage::Png(png(10));
         let bad = TrainData::new(g, vec![it]).expect("not decoded yet");
-        let err = assemble(&bad, Variant::Stackgan, &[0], &[Augment::center(g)])
-            .expect_err("wrong size");
+        let err =
+            assemble(&bad, Variant::Stackgan, &[0], &[Augment::center(g)]).expect_err("wrong size");
         assert!(err.to_string().contains("image 7"), "{err}");
     }
 

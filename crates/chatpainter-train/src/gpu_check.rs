@@ -23,12 +23,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::config::{AdamSettings, ResolvedNetwork, TrainDevice, Variant};
+use crate::data::HostBatch;
 use crate::device::DeviceList;
 use crate::export::first_non_finite;
-use crate::data::HostBatch;
 use crate::model::Stage1Generator;
-use crate::trainer::{StepInputs, train_step};
 use crate::rng::Xoshiro256;
+use crate::trainer::{StepInputs, train_step};
 
 /// Image side of Stage-I.
 const SIDE: usize = 64;
@@ -310,7 +310,6 @@ pub struct Trainee {
     pub device: Device,
     setup: StepSetup,
 }
-
 
 impl Trainee {
     /// Networks with the reference initialisation drawn on flex from `setup.seed`, forked to

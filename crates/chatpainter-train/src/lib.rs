@@ -48,9 +48,7 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
-pub use config::{
-    AdamSettings, NetworkConfig, ResolvedNetwork, TrainConfig, TrainDevice, Variant,
-};
+pub use config::{AdamSettings, NetworkConfig, ResolvedNetwork, TrainConfig, TrainDevice, Variant};
 pub use data::{Geometry, StoredImage, TrainData, TrainItem};
 pub use device::{DeviceError, DeviceList};
 pub use metrics::StepMetrics;

@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use chatpainter_nn::{
-    CaNoise, DialogueEncoder, Discriminator, GenOutput, ReferenceLayout, Stage1D, Stage1G,
-    Stage2D, Stage2DConfig, Stage2G, Stage2GConfig, weights_init,
+    CaNoise, DialogueEncoder, Discriminator, GenOutput, ReferenceLayout, Stage1D, Stage1G, Stage2D,
+    Stage2DConfig, Stage2G, Stage2GConfig, weights_init,
 };
 
 use crate::TrainError;
@@ -189,7 +189,9 @@ impl Stage1Generator {
         device.seed(seed);
         let cfg = net.stackgan(variant);
         let g = draw_lazy_params(weights_init(cfg.stage1_g().init(device)));
-        let dialogue = cfg.dialogue_encoder().map(|c| draw_lazy_params(c.init(device)));
+        let dialogue = cfg
+            .dialogue_encoder()
+            .map(|c| draw_lazy_params(c.init(device)));
         let d = draw_lazy_params(weights_init(cfg.stage1_d().init(device)));
         (Self { g, dialogue }, d)
     }
@@ -223,7 +225,13 @@ impl StageGenerator for Stage1Generator {
     ];
 
     fn export(&self, d: &Stage1D, out_dir: &std::path::Path) -> Result<(), TrainError> {
-        export_networks(&self.g, d, self.dialogue.as_ref(), out_dir, Self::EXPORT_FILES)
+        export_networks(
+            &self.g,
+            d,
+            self.dialogue.as_ref(),
+            out_dir,
+            Self::EXPORT_FILES,
+        )
     }
 
     fn generate(
@@ -316,7 +324,13 @@ impl StageGenerator for Stage2Generator {
     }
 
     fn export(&self, d: &Stage2D, out_dir: &std::path::Path) -> Result<(), TrainError> {
-        export_networks(&self.g, d, self.dialogue.as_ref(), out_dir, Self::EXPORT_FILES)?;
+        export_networks(
+            &self.g,
+            d,
+            self.dialogue.as_ref(),
+            out_dir,
+            Self::EXPORT_FILES,
+        )?;
         // What torch.load reads, in the reference's netG layout (nested STAGE1_G.*).
         let state_dict = crate::import::reference_state_dict(&self.g, 0)?;
         crate::import::write_state_dict(&out_dir.join(Self::EXPORT_FILES[3]), &state_dict)?;

@@ -10,13 +10,13 @@
 
 use std::path::Path;
 
+use crate::TrainError;
 use crate::checkpoint::{self, CHECKPOINT_FORMAT, TrainState};
 use crate::config::{TrainConfig, Variant};
 use crate::import::{ImportReport, load_reference_pth};
 use crate::model::{Stage1Generator, Stage2Generator};
 use crate::rng::Xoshiro256;
 use crate::trainer::{RESOLVED_CONFIG_FILE, ResolvedConfig, Stage1Origin, adam};
-use crate::TrainError;
 
 /// Imports `pth` into a new Stage-II run directory `out_dir` with the widths of `cfg` (its
 /// network preset and overrides; `stackgan-pytorch-coco` for the released COCO model) and the

@@ -232,14 +232,7 @@ pub fn train_stage1(
         stage1: None,
     };
     run.train(
-        |device| {
-            Ok(Stage1Generator::init(
-                &net,
-                cfg.variant,
-                device,
-                cfg.seed,
-            ))
-        },
+        |device| Ok(Stage1Generator::init(&net, cfg.variant, device, cfg.seed)),
         progress,
         stop,
     )
@@ -307,12 +300,8 @@ pub fn train_stage2(
     };
     run.train(
         |device| {
-            let (g1, _) = Stage1Generator::init(
-                &s1.network,
-                s1.train.variant,
-                device,
-                s1.train.seed,
-            );
+            let (g1, _) =
+                Stage1Generator::init(&s1.network, s1.train.variant, device, s1.train.seed);
             let g1 = checkpoint::load_generator(&ckpt, g1)?;
             Stage2Generator::init(&net, cfg.variant, g1, device, cfg.seed)
         },
@@ -468,7 +457,13 @@ impl Run<'_> {
                 .collect();
             let augs: Vec<Augment> = indices
                 .iter()
-                .map(|&i| Augment::draw(&mut state.data_rng, data.items[i].captions.len(), data.geometry))
+                .map(|&i| {
+                    Augment::draw(
+                        &mut state.data_rng,
+                        data.items[i].captions.len(),
+                        data.geometry,
+                    )
+                })
                 .collect();
             let host = assemble(data, cfg.variant, &indices, &augs)?;
             let noise = state.noise_rng.normals(batch * net.z_dim);
@@ -653,7 +648,11 @@ impl StepInputs {
             .enumerate()
             .map(|(k, (host, dev))| {
                 let b = DeviceBatch::new(host, self.variant, &self.net, dev);
-                let z = tensor2(rows(&self.noise, k, self.net.z_dim), [per, self.net.z_dim], dev);
+                let z = tensor2(
+                    rows(&self.noise, k, self.net.z_dim),
+                    [per, self.net.z_dim],
+                    dev,
+                );
                 let eps = self
                     .eps
                     .iter()
@@ -744,11 +743,7 @@ pub(crate) fn train_step<G: StageGenerator>(
     let spare_d: Vec<G::D> = spares.iter().map(|(_, d)| d.clone()).collect();
     let gs = replica_copies(&gnet, &spare_g, G::after_load)?;
     let ds = replica_copies(&d, &spare_d, |m| m)?;
-    let work: Vec<_> = gs
-        .into_iter()
-        .zip(ds)
-        .zip(inputs.shards(devices))
-        .collect();
+    let work: Vec<_> = gs.into_iter().zip(ds).zip(inputs.shards(devices)).collect();
     // D phase: per replica, G forward, D loss on real / wrong / detached fake.
     let passes = on_replicas(work, devices, |((g_r, d_r), (b, z, eps)), dev| {
         let (g_r, d_r) = (fork(g_r, dev), fork_d(d_r, dev));
@@ -787,7 +782,10 @@ pub(crate) fn train_step<G: StageGenerator>(
     let mut grads = Vec::with_capacity(n);
     let mut passes = passes;
     for (p, dev) in passes.iter_mut().zip(devices) {
-        grads.push((std::mem::replace(&mut p.grads, GradientsParams::new()), dev.clone()));
+        grads.push((
+            std::mem::replace(&mut p.grads, GradientsParams::new()),
+            dev.clone(),
+        ));
     }
     let d = step_replicas(opt_d, lr_d, d, grads)?;
     // G phase: the same fakes through the updated D (no new G forward).
@@ -1034,7 +1032,10 @@ mod tests {
         let (g1, d1, l1) = run(std::slice::from_ref(&device));
         let (g2, d2, l2) = run(&[device.clone(), device.clone()]);
         for ((a, b), (c, d)) in l1.iter().zip(&l2) {
-            assert!((a - c).abs() < 1e-5 && (b - d).abs() < 1e-5, "{l1:?} vs {l2:?}");
+            assert!(
+                (a - c).abs() < 1e-5 && (b - d).abs() < 1e-5,
+                "{l1:?} vs {l2:?}"
+            );
         }
         let mut compared = 0;
         for (x, y) in g1.iter().chain(&d1).zip(g2.iter().chain(&d2)) {

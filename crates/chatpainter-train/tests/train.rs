@@ -13,8 +13,8 @@ use chatpainter_train::export::tensor_values;
 use chatpainter_train::metrics::{METRICS_FILE, SAMPLES_DIR, read_metrics};
 use chatpainter_train::rng::Xoshiro256;
 use chatpainter_train::{
-    Geometry, StoredImage, TrainConfig, TrainData, TrainItem, TrainError, Variant, load_checkpoint_networks,
-    train_stage1,
+    Geometry, StoredImage, TrainConfig, TrainData, TrainError, TrainItem, Variant,
+    load_checkpoint_networks, train_stage1,
 };
 
 const CAPTION_DIM: usize = 12;
@@ -557,8 +557,7 @@ mod stage2 {
         assert_eq!(rest.resumed_from, Some(1));
         for f in ["stage2_g.safetensors", "stage2_d.safetensors"] {
             let (ta, tb) = (tensors(&a.join(f)), tensors(&b.join(f)));
-            let mut differ: Vec<&String> =
-                ta.keys().filter(|k| tb.get(*k) != ta.get(*k)).collect();
+            let mut differ: Vec<&String> = ta.keys().filter(|k| tb.get(*k) != ta.get(*k)).collect();
             differ.sort();
             assert!(differ.is_empty(), "{f}: {differ:?} differ after resume");
         }
@@ -570,7 +569,11 @@ mod stage2 {
         );
         // (real + uncond_real)/2 + (fake + wrong + uncond_fake)/3
         let want = (first.d_real + ur) / 2.0 + (first.d_fake + first.d_wrong + uf) / 3.0;
-        assert!((first.d_loss - want).abs() < 1e-5, "{} vs {want}", first.d_loss);
+        assert!(
+            (first.d_loss - want).abs() < 1e-5,
+            "{} vs {want}",
+            first.d_loss
+        );
         let sheet = image::open(a.join(SAMPLES_DIR).join("step-000000002.png")).expect("sheet");
         // Two samples × (real, Stage-I, Stage-II) tiles of 256 + 2 px gaps.
         assert_eq!(sheet.width(), 6 * 258 + 2);
@@ -593,11 +596,16 @@ mod stage2 {
         let mut rng = Xoshiro256::new(5, 0);
         let cond = |turns: usize, rng: &mut Xoshiro256| Condition {
             caption: rng.normals(CAPTION_DIM),
-            dialogue: DialogueCondition::Turns((0..turns).map(|_| rng.normals(DIALOGUE_DIM)).collect()),
+            dialogue: DialogueCondition::Turns(
+                (0..turns).map(|_| rng.normals(DIALOGUE_DIM)).collect(),
+            ),
         };
         let conds: Vec<Condition> = (1..=3).map(|t| cond(t, &mut rng)).collect();
         let g1 = RunGenerator::load(&s1, TrainDevice::Cpu).expect("stage1 generator");
-        assert_eq!((g1.stage(), g1.step(), g1.dialogue_dim()), (1, 2, DIALOGUE_DIM));
+        assert_eq!(
+            (g1.stage(), g1.step(), g1.dialogue_dim()),
+            (1, 2, DIALOGUE_DIM)
+        );
         let a = g1.generate(&conds, &[1, 2, 3], 2).expect("generate");
         assert_eq!(a[0].stage1.dimensions(), (64, 64));
         assert!(a[0].stage2.is_none());
@@ -643,13 +651,27 @@ mod stage2 {
         let never = AtomicBool::new(false);
         let mut cfg = config2(1, Stage1BatchNorm::BatchStats);
         cfg.variant = Variant::Stackgan;
-        let err = train_stage2(&cfg, &data, &s1, &root.path().join("x"), &NoProgress, &never)
-            .expect_err("variant");
+        let err = train_stage2(
+            &cfg,
+            &data,
+            &s1,
+            &root.path().join("x"),
+            &NoProgress,
+            &never,
+        )
+        .expect_err("variant");
         assert!(err.to_string().contains("variant"), "{err}");
         let mut cfg = config2(1, Stage1BatchNorm::BatchStats);
         cfg.network.cond_dim = Some(99);
-        let err = train_stage2(&cfg, &data, &s1, &root.path().join("y"), &NoProgress, &never)
-            .expect_err("cond_dim");
+        let err = train_stage2(
+            &cfg,
+            &data,
+            &s1,
+            &root.path().join("y"),
+            &NoProgress,
+            &never,
+        )
+        .expect_err("cond_dim");
         assert!(err.to_string().contains("cond_dim"), "{err}");
         // Stage-I data (76 px) is refused by Stage-II.
         let err = train_stage2(
@@ -965,9 +987,14 @@ mod stage2_reference_import {
             caption: vec![0.1; CAPTION_DIM],
             dialogue: DialogueCondition::None,
         };
-        let out = generator.generate(&[cond.clone(), cond], &[7, 7], 2).expect("generate");
+        let out = generator
+            .generate(&[cond.clone(), cond], &[7, 7], 2)
+            .expect("generate");
         assert_eq!(out[0].final_image().dimensions(), (256, 256));
-        assert!(out[0] == out[1], "same seed, same condition, different images");
+        assert!(
+            out[0] == out[1],
+            "same seed, same condition, different images"
+        );
 
         // Every imported tensor equals the reference one.
         let ckpt = checkpoint::latest(&run).expect("list").expect("checkpoint");
@@ -985,6 +1012,9 @@ mod stage2_reference_import {
         let err = import_stage2_generator(&pth, &wide, CAPTION_DIM, 0, &root.path().join("x"))
             .expect_err("mismatch");
         let msg = err.to_string();
-        assert!(msg.contains("netG_epoch_90.pth") && msg.contains('['), "{msg}");
+        assert!(
+            msg.contains("netG_epoch_90.pth") && msg.contains('['),
+            "{msg}"
+        );
     }
 }
