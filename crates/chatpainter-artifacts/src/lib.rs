@@ -10,6 +10,7 @@
 pub mod atomic;
 pub mod bench;
 pub mod digest;
+pub mod display;
 pub mod manifest;
 pub mod progress;
 pub mod rng;

@@ -48,21 +48,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Bytes as B / KiB / MiB / GiB.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use chatpainter_artifacts::display::human_bytes as bytes;
 
 /// A number for a table: plain for ordinary magnitudes, scientific for tiny or huge ones.
 pub fn num(v: f64) -> String {
@@ -78,28 +64,7 @@ pub fn num(v: f64) -> String {
     }
 }
 
-/// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC` (proleptic Gregorian), without a
-/// date library for one line of output.
-pub fn utc(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Civil-from-days (days since 1970-01-01 → year, month, day), eras of 400 years.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
+pub use chatpainter_artifacts::display::utc_time as utc;
 
 /// A duration in seconds as `1 h 02 min`, `3 min 04 s` or `5 s`.
 pub fn duration(secs: u64) -> String {
@@ -123,12 +88,7 @@ mod tests {
     }
 
     #[test]
-    fn dates_and_sizes() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
+    fn numbers_and_durations() {
         assert_eq!(num(2e-4), "2.000e-4");
         assert_eq!(num(1.5), "1.5000");
         assert_eq!(duration(3725), "1 h 02 min");
