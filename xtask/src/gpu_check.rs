@@ -150,6 +150,9 @@ pub fn gpu_check(out: Option<PathBuf>) -> Result<()> {
         None => crate::setup::setup_libtorch(&LibtorchPaths::locate())?,
     };
     let started = std::time::Instant::now();
+    // Its own target folder: a CUDA-linked tch build in the shared one would replace the
+    // release binary other commands use and force rebuilds of everything above torch-sys.
+    let target = util::target_dir()?.join("gpu-check");
     let mut build = util::cargo();
     build.args([
         "build",
@@ -159,6 +162,7 @@ pub fn gpu_check(out: Option<PathBuf>) -> Result<()> {
         "--features",
         "tch",
     ]);
+    build.arg("--target-dir").arg(&target);
     // The full lib folder: burn-tch links libtorch_cuda, which the GPU machine has.
     paths.build_env(&mut build, Libtorch::Cuda);
     // build.rs bakes these into the rpath, so the binary also starts without LD_LIBRARY_PATH.
@@ -168,7 +172,7 @@ pub fn gpu_check(out: Option<PathBuf>) -> Result<()> {
     );
     println!("[xtask] gpu-check: {}", util::show(&build));
     util::run_checked(build).context("building chatpainter with --features tch")?;
-    let binary = util::target_dir()?.join("release/chatpainter");
+    let binary = target.join("release/chatpainter");
     let info = BuildInfo {
         commit: git_commit(),
         built_unix: util::now_unix(),
