@@ -51,8 +51,8 @@ pub fn show(cmd: &Command) -> String {
     s
 }
 
-/// The target directory cargo uses for this workspace (honours `CARGO_TARGET_DIR`).
-pub fn target_dir() -> Result<PathBuf> {
+/// `cargo metadata --no-deps` of this workspace, parsed.
+fn workspace_metadata() -> Result<serde_json::Value> {
     let out = cargo()
         .args([
             "metadata",
@@ -69,8 +69,12 @@ pub fn target_dir() -> Result<PathBuf> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("cargo metadata: not JSON")?;
+    serde_json::from_slice(&out.stdout).context("cargo metadata: not JSON")
+}
+
+/// The target directory cargo uses for this workspace (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> Result<PathBuf> {
+    let meta = workspace_metadata()?;
     let target = meta["target_directory"]
         .as_str()
         .context("cargo metadata: no target_directory")?;
@@ -79,18 +83,7 @@ pub fn target_dir() -> Result<PathBuf> {
 
 /// The features a workspace package declares (from `cargo metadata`).
 pub fn package_features(package: &str) -> Result<Vec<String>> {
-    let out = cargo()
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--offline",
-        ])
-        .output()
-        .context("running cargo metadata")?;
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("cargo metadata: not JSON")?;
+    let meta = workspace_metadata()?;
     let packages = meta["packages"]
         .as_array()
         .context("cargo metadata: no packages")?;
