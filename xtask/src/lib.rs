@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod dag;
+pub mod experiment;
 pub mod gpu_check;
 pub mod runner;
 pub mod setup;

@@ -69,10 +69,17 @@ enum Cmd {
     },
     /// Download the pretrained MiniLM weights (same as `setup minilm`).
     FetchModels,
-    /// Benchmarks (ingest, embed, stage1, stage2, eval or all); prints one table.
+    /// Benchmarks (ingest, embed, stage1, stage2, eval or all); prints one table. `dialogue`
+    /// runs the three-variant experiment on generated scenes (tens of minutes; not in `all`).
     Bench {
         #[arg(default_value = "all")]
         what: String,
+        /// `dialogue` only: where Stage-I and eval run (default: the pipeline's `tch-cpu`).
+        #[arg(long)]
+        devices: Option<String>,
+        /// `dialogue` only: `key=value` overrides for every variant's run.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
     },
     /// Prepare a folder (binary + run.sh) that a GPU machine with PyTorch 2.11 runs.
     GpuCheck {
@@ -126,7 +133,15 @@ fn dispatch(command: Cmd) -> Result<()> {
         Cmd::Ci => xtask::ci(),
         Cmd::Setup { parts } => xtask::setup::setup(&parts),
         Cmd::FetchModels => xtask::fetch_models(),
-        Cmd::Bench { what } => xtask::bench::bench(&what),
+        Cmd::Bench {
+            what,
+            devices,
+            sets,
+        } if what == "dialogue" => {
+            let devices = devices.map(|d| d.parse()).transpose()?;
+            xtask::experiment::dialogue(devices, &sets)
+        }
+        Cmd::Bench { what, .. } => xtask::bench::bench(&what),
         Cmd::GpuCheck { out } => xtask::gpu_check::gpu_check(out),
     }
 }

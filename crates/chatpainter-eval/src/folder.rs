@@ -72,5 +72,6 @@ pub fn score_folder(
         protocol: scorer.protocol(files.len()),
         inception_score,
         fid,
+        scenes: None,
     })
 }

@@ -168,6 +168,21 @@ pub struct MetricsFile {
     pub protocol: Protocol,
     pub inception_score: IsEntry,
     pub fid: FidEntry,
+    /// Ground-truth attribute scores, when the dataset is synthetic (it has `attributes.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenes: Option<SceneMetrics>,
+}
+
+/// The scene scorer's results for one evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SceneMetrics {
+    /// The ground truth used (`attributes.json` of the synthetic dataset).
+    pub attributes_file: String,
+    /// Every generated image against its scene.
+    pub images: chatpainter_ingest::scene_score::SceneScores,
+    /// The per-turn strips: entry `t` scores the frames generated after turns `1..=t+1`.
+    #[serde(default)]
+    pub per_turn: Vec<chatpainter_ingest::scene_score::SceneScores>,
 }
 
 impl MetricsFile {
@@ -200,11 +215,54 @@ impl MetricsFile {
             Some(v) => format!("{v:.4} ({b})"),
             None => format!("unavailable: {}", self.fid.reason.as_deref().unwrap_or("?")),
         };
-        format!(
+        let mut out = format!(
             "Inception Score over {} images: {is}\nFID: {fid}\n",
             self.protocol.images
-        )
+        );
+        if let Some(scenes) = &self.scenes {
+            out.push_str(&format!(
+                "Scene attributes ({}, {} images):\n{}",
+                scenes.images.scorer,
+                scenes.images.images,
+                scene_table(&[("accuracy", &scenes.images)])
+            ));
+        }
+        out
     }
+}
+
+/// A plain-text table: one row per attribute, one accuracy column per scored set, then chance
+/// (of the first set).
+pub fn scene_table(columns: &[(&str, &chatpainter_ingest::scene_score::SceneScores)]) -> String {
+    use std::fmt::Write;
+    let mut out = format!("{:<13} {:<16}", "attribute", "stated by");
+    for (name, _) in columns {
+        let _ = write!(out, " {name:>26}");
+    }
+    out.push_str("   chance\n");
+    let Some((_, first)) = columns.first() else {
+        return out;
+    };
+    for (row, a) in first.attributes.iter().enumerate() {
+        let stated = match a.visibility {
+            chatpainter_ingest::scene_score::Visibility::CaptionVisible => "caption",
+            chatpainter_ingest::scene_score::Visibility::DialogueOnly => "dialogue only",
+        };
+        let _ = write!(out, "{:<13} {stated:<16}", a.name);
+        for (_, scores) in columns {
+            match scores.attributes.get(row) {
+                Some(b) => {
+                    let cell = format!("{:.1} % ({}/{})", 100.0 * b.accuracy, b.correct, b.total);
+                    let _ = write!(out, " {cell:>26}");
+                }
+                None => {
+                    let _ = write!(out, " {:>26}", "-");
+                }
+            }
+        }
+        let _ = writeln!(out, "   {:>5.1} %", 100.0 * a.chance);
+    }
+    out
 }
 
 /// Settings shared by the eval stage and `eval-folder`.
@@ -473,6 +531,7 @@ mod tests {
                 reason: Some("r".into()),
             },
             fid,
+            scenes: None,
         };
         let v = serde_json::to_value(&m).unwrap();
         assert!(v["inception_score"]["mean"].is_null());

@@ -32,8 +32,10 @@ use crate::error::{EvalError, Result};
 use crate::genapi::{Condition, DialogueCondition, Generated, RunGenerator};
 use crate::pictures::{center_crop, grid, strip, write_png};
 use crate::score::{
-    BackboneChoice, FidReference, METRICS_FILE, MetricsFile, ScoreSettings, Scorer,
+    BackboneChoice, FidReference, METRICS_FILE, MetricsFile, SceneMetrics, ScoreSettings, Scorer,
 };
+use chatpainter_ingest::scene_score::{self, SceneReading};
+use chatpainter_ingest::synth::{ATTRIBUTES_FILE, Scene};
 
 /// Generated images, relative to the eval directory.
 pub const IMAGES_DIR: &str = "images";
@@ -178,6 +180,41 @@ fn condition_of(
     })
 }
 
+/// The synthetic dataset's ground truth, keyed by (split, image id), when the ingested data root
+/// holds one (`attributes.json` next to the annotations, as `synth` writes it).
+type GroundTruth = (PathBuf, BTreeMap<(String, i64), Scene>);
+
+fn ground_truth(run: &RunDir, ingest_dir: &Path) -> Result<Option<GroundTruth>> {
+    let config_path = ingest_dir.join("config.toml");
+    let Ok(text) = std::fs::read_to_string(&config_path) else {
+        return Ok(None);
+    };
+    let config: chatpainter_ingest::IngestConfig = toml::from_str(&text)
+        .map_err(|e| EvalError::Data(format!("{}: {e}", config_path.display())))?;
+    let path = run.resolve(&config.data_root).join(ATTRIBUTES_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let scenes = scene_score::read_attributes(&path)?
+        .into_iter()
+        .map(|s| ((s.split.clone(), s.image_id), s))
+        .collect();
+    Ok(Some((path, scenes)))
+}
+
+/// Scores readings of `split` images against the ground truth; images it lacks are skipped.
+fn score_readings<'a>(
+    truth: &'a BTreeMap<(String, i64), Scene>,
+    split: &str,
+    readings: impl IntoIterator<Item = &'a (i64, SceneReading)>,
+) -> scene_score::SceneScores {
+    scene_score::score(
+        readings
+            .into_iter()
+            .filter_map(|(id, r)| truth.get(&(split.to_string(), *id)).map(|s| (r, s))),
+    )
+}
+
 /// Runs the stage body into `dir` (the caller handles the manifest).
 ///
 /// # Errors
@@ -256,6 +293,8 @@ pub fn run_eval(
         seed: cfg.seed,
     };
     let mut scorer = Scorer::new(&settings, &device)?;
+    let truth = ground_truth(run, &ingest_dir)?;
+    let mut readings: Vec<(i64, SceneReading)> = Vec::new();
 
     // Real images are decoded and centre-cropped on demand: a COCO-sized test split at 256 px
     // would not fit in memory at once.
@@ -332,6 +371,12 @@ pub fn run_eval(
         }
         let refs: Vec<&RgbImage> = generated.iter().map(Generated::final_image).collect();
         scorer.push(&refs)?;
+        if truth.is_some() {
+            for (&i, g) in idx.iter().zip(&generated) {
+                let id = pool[i % pool.len()].0;
+                readings.push((id, scene_score::read_scene(g.final_image())));
+            }
+        }
         for (&i, g) in idx.iter().zip(generated) {
             if sheet.len() < sheet_rows {
                 sheet.push((pool[i % pool.len()].0, g));
@@ -367,8 +412,9 @@ pub fn run_eval(
     }
 
     // Per-turn strips of the first dialogues.
+    let mut strips: Vec<(i64, Vec<SceneReading>)> = Vec::new();
     if variant != Variant::Stackgan && cfg.per_turn_count > 0 {
-        files.extend(per_turn_strips(
+        let (written, frames) = per_turn_strips(
             cfg,
             &generator,
             variant,
@@ -376,8 +422,31 @@ pub fn run_eval(
             &embed_dir,
             &pool,
             dir,
-        )?);
+        )?;
+        files.extend(written);
+        strips = frames;
     }
+    let scenes = truth.map(|(path, truth)| {
+        let turns = strips.iter().map(|(_, f)| f.len()).max().unwrap_or(0);
+        let per_turn = (0..turns)
+            .map(|t| {
+                let at_t: Vec<(i64, SceneReading)> = strips
+                    .iter()
+                    .filter_map(|(id, f)| f.get(t).map(|r| (*id, r.clone())))
+                    .collect();
+                score_readings(&truth, &cfg.split, &at_t)
+            })
+            .collect();
+        SceneMetrics {
+            attributes_file: path
+                .strip_prefix(run.root())
+                .unwrap_or(&path)
+                .display()
+                .to_string(),
+            images: score_readings(&truth, &cfg.split, &readings),
+            per_turn,
+        }
+    });
 
     let (inception_score, fid) = scorer.finish(&reference);
     let mut protocol = scorer.protocol(n);
@@ -395,6 +464,7 @@ pub fn run_eval(
         protocol,
         inception_score,
         fid,
+        scenes,
     };
     metrics.write(&dir.join(METRICS_FILE))?;
     files.push(METRICS_FILE.into());
@@ -405,7 +475,8 @@ pub fn run_eval(
     })
 }
 
-/// Strips for the first `per_turn_count` evaluated dialogues; returns the files written.
+/// Strips for the first `per_turn_count` evaluated dialogues; returns the files written and
+/// each strip's frames as read by the scene scorer.
 fn per_turn_strips(
     cfg: &EvalConfig,
     generator: &RunGenerator,
@@ -414,7 +485,7 @@ fn per_turn_strips(
     embed_dir: &Path,
     pool: &[(i64, Condition)],
     dir: &Path,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, Vec<(i64, Vec<SceneReading>)>)> {
     let encoders = RunEncoders::load(embed_dir)?;
     encoders.check_widths(variant, generator.caption_dim(), generator.dialogue_dim())?;
     let records_path = ingest_dir.join(chatpainter_ingest::pipeline::RECORDS_FILE);
@@ -424,7 +495,7 @@ fn per_turn_strips(
             .filter(|r| r.split == cfg.split)
             .map(|r| (r.image_id, r))
             .collect();
-    let mut files = Vec::new();
+    let (mut files, mut readings) = (Vec::new(), Vec::new());
     for (i, (id, _)) in pool.iter().take(cfg.per_turn_count).enumerate() {
         let record = records.get(id).ok_or_else(|| {
             EvalError::Data(format!(
@@ -450,6 +521,7 @@ fn per_turn_strips(
         let name = format!("{PER_TURN_DIR}/{id}.png");
         write_png(&dir.join(&name), &strip(&frames))?;
         files.push(name);
+        readings.push((*id, frames.iter().map(scene_score::read_scene).collect()));
         // Sidecar with the text of each frame (the report prints it under the strip).
         let shown: Vec<serde_json::Value> = turns
             .iter()
@@ -467,7 +539,7 @@ fn per_turn_strips(
         chatpainter_artifacts::write_atomic(dir.join(&json_name), &bytes)?;
         files.push(json_name);
     }
-    Ok(files)
+    Ok((files, readings))
 }
 
 /// Where `generate` and `eval` look for a run's generator stage when none is named: Stage-II

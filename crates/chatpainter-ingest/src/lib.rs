@@ -11,6 +11,7 @@ pub mod error;
 pub mod images;
 pub mod pipeline;
 pub mod quality;
+pub mod scene_score;
 pub mod sources;
 pub mod synth;
 pub mod tables;

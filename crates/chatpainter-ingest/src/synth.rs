@@ -88,8 +88,9 @@ fn pick<'a, T>(rng: &mut SplitMix, items: &'a [T]) -> &'a T {
     &items[rng.below(items.len())]
 }
 
-const SHAPES: [&str; 3] = ["circle", "square", "triangle"];
-const COLOURS: [(&str, [u8; 3]); 7] = [
+/// Shape kinds, colour and background palettes and columns: shared with [`crate::scene_score`].
+pub const SHAPES: [&str; 3] = ["circle", "square", "triangle"];
+pub const COLOURS: [(&str, [u8; 3]); 7] = [
     ("red", [220, 30, 30]),
     ("green", [30, 170, 50]),
     ("blue", [30, 60, 220]),
@@ -98,13 +99,18 @@ const COLOURS: [(&str, [u8; 3]); 7] = [
     ("orange", [250, 140, 20]),
     ("white", [245, 245, 245]),
 ];
-const BACKGROUNDS: [(&str, [u8; 3]); 4] = [
+pub const BACKGROUNDS: [(&str, [u8; 3]); 4] = [
     ("a blue sky", [120, 170, 235]),
     ("green grass", [70, 140, 60]),
     ("a sandy beach", [220, 200, 150]),
     ("a dark night", [25, 25, 45]),
 ];
-const COLUMNS: [&str; 3] = ["left", "middle", "right"];
+pub const COLUMNS: [&str; 3] = ["left", "middle", "right"];
+/// The background darkens linearly from the top row (×1) to the bottom (×(1 − this)).
+pub const SHADE_DROP: f32 = 0.25;
+/// Object radius as a fraction of the shorter image side.
+pub const LARGE_RADIUS: f32 = 0.16;
+pub const SMALL_RADIUS: f32 = 0.09;
 
 /// Ground truth of one object in a scene.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +121,9 @@ pub struct Object {
     pub position: String,
     pub large: bool,
 }
+
+/// The ground-truth file in the dataset folder: a JSON array of [`Scene`].
+pub const ATTRIBUTES_FILE: &str = "attributes.json";
 
 /// Ground truth of one image, written to `attributes.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,13 +251,11 @@ impl Scene {
                 format!("it is {}", self.background),
             ),
         ];
+        // Two rounds per object (the first names its column), so that three objects, the count
+        // and the background fit in ten rounds: every attribute the captions leave out is stated.
         for o in &self.objects {
             let the = format!("the {} on the {}", o.shape, o.position);
             qa.push((format!("what color is {the}"), o.colour.clone()));
-            qa.push((
-                format!("where is the {} {}", o.colour, o.shape),
-                format!("on the {}", o.position),
-            ));
             qa.push((
                 format!("is {the} big"),
                 if o.large {
@@ -284,7 +291,7 @@ impl Scene {
             .map_or([128; 3], |b| b.1);
         let mut rng = SplitMix::new(seed);
         let mut img = RgbImage::from_fn(w, h, |_, y| {
-            let shade = 1.0 - 0.25 * (y as f32 / h as f32);
+            let shade = 1.0 - SHADE_DROP * (y as f32 / h as f32);
             Rgb(bg.map(|c| (c as f32 * shade) as u8))
         });
         for p in img.pixels_mut() {
@@ -299,7 +306,7 @@ impl Scene {
             let column = COLUMNS.iter().position(|c| *c == o.position).unwrap_or(1) as f32;
             let cx = (column + 0.5) * w as f32 / 3.0;
             let cy = h as f32 * (0.35 + 0.3 * rng.unit());
-            let r = (w.min(h) as f32) * if o.large { 0.16 } else { 0.09 };
+            let r = (w.min(h) as f32) * if o.large { LARGE_RADIUS } else { SMALL_RADIUS };
             for y in 0..h {
                 for x in 0..w {
                     let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
@@ -425,10 +432,10 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<OutputFile>> {
 
     let attributes: Vec<&Scene> = scenes.iter().map(|(s, _)| s).collect();
     write_json(
-        &out.join("attributes.json"),
+        &out.join(ATTRIBUTES_FILE),
         &serde_json::to_value(attributes).unwrap_or_default(),
     )?;
-    files.push("attributes.json".into());
+    files.push(ATTRIBUTES_FILE.into());
     files.sort();
     files
         .iter()

@@ -433,6 +433,9 @@ impl Page<'_> {
                         .collect();
                     self.body.push_str("<h3>Protocol</h3>");
                     self.body.push_str(&table(&["field", "value"], &protocol));
+                    if let Some(scenes) = &m.scenes {
+                        self.scenes(scenes);
+                    }
                 }
             }
         }
@@ -440,6 +443,83 @@ impl Page<'_> {
         if sheet.exists() {
             self.body.push_str("<h3>Generated test images</h3>");
             self.figure(&sheet, "<code>eval/sheet.png</code>");
+        }
+    }
+
+    /// The scene scorer's table and the per-turn curve.
+    fn scenes(&mut self, scenes: &read::SceneMetrics) {
+        let _ = write!(
+            self.body,
+            "<h3 id=\"scene-scores\">Scene attributes against the ground truth</h3>\n<p>{}              generated images scored by <code>{}</code> against <code>{}</code>. Chance: a guess              drawn from the ground truth's own distribution.</p>",
+            scenes.images.images,
+            esc(&scenes.images.scorer),
+            esc(&scenes.attributes_file)
+        );
+        let pct = |v: f64| format!("{:.1} %", 100.0 * v);
+        let rows: Vec<Vec<String>> = scenes
+            .images
+            .attributes
+            .iter()
+            .map(|a| {
+                vec![
+                    esc(&a.name),
+                    esc(&a.visibility),
+                    format!("{} ({}/{})", pct(a.accuracy), a.correct, a.total),
+                    pct(a.chance),
+                ]
+            })
+            .collect();
+        self.body.push_str(&table(
+            &["attribute", "stated by", "accuracy", "chance"],
+            &rows,
+        ));
+        if scenes.per_turn.is_empty() {
+            return;
+        }
+        let names: Vec<&str> = scenes.per_turn[0]
+            .attributes
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        let series: Vec<(&str, Vec<(f64, f64)>)> = names
+            .iter()
+            .map(|name| {
+                let points = scenes
+                    .per_turn
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(t, s)| {
+                        s.attributes
+                            .iter()
+                            .find(|a| a.name == *name)
+                            .map(|a| ((t + 1) as f64, 100.0 * a.accuracy))
+                    })
+                    .collect();
+                (*name, points)
+            })
+            .collect();
+        let _ = write!(
+            self.body,
+            "<h3 id=\"per-turn-curve\">Accuracy after each turn</h3>\n<p>The per-turn strips              ({} dialogues): each frame sees the caption and the first <i>t</i> turns, with the              same noise.</p>",
+            scenes.per_turn[0].images
+        );
+        match plot::line_chart("accuracy (%) vs turns seen", &series) {
+            Ok(svg) => {
+                let _ = write!(
+                    self.body,
+                    "<div class=\"chart per-turn-curve\">{svg}<div class=\"legend\">"
+                );
+                for (i, (label, _)) in series.iter().enumerate() {
+                    let _ = write!(
+                        self.body,
+                        "<span><i style=\"background:{}\"></i>{}</span>",
+                        plot::css_color(i),
+                        esc(label)
+                    );
+                }
+                self.body.push_str("</div></div>\n");
+            }
+            Err(e) => self.warn(format!("per-turn curve: {e}")),
         }
     }
 

@@ -33,6 +33,38 @@ pub struct EvalMetrics {
     pub protocol: Protocol,
     pub inception_score: InceptionScore,
     pub fid: Fid,
+    /// Ground-truth scene scores (synthetic data only).
+    pub scenes: Option<SceneMetrics>,
+}
+
+/// `scenes` of `eval/metrics.json`: the scene scorer's accuracy per attribute over every
+/// generated image, and over the per-turn strips' frames after each number of turns.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SceneMetrics {
+    pub attributes_file: String,
+    pub images: SceneScores,
+    pub per_turn: Vec<SceneScores>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SceneScores {
+    pub scorer: String,
+    pub images: u64,
+    pub attributes: Vec<AttributeScore>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct AttributeScore {
+    pub name: String,
+    /// `caption-visible` or `dialogue-only`.
+    pub visibility: String,
+    pub correct: u64,
+    pub total: u64,
+    pub accuracy: f64,
+    pub chance: f64,
 }
 
 /// How the numbers were obtained; without it a score cannot be compared with another.

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::device::DeviceList;
+use crate::text_norm::TextNorm;
 
 /// Which conditioning the generator gets (model.md §10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +171,18 @@ pub struct TrainConfig {
     /// Stage-II: BatchNorm mode of the frozen Stage-I.
     #[serde(default)]
     pub stage1_batch_norm: Stage1BatchNorm,
+    /// Text vectors as embedded (`none`, the reference) or standardised per dimension
+    /// (`standardize`, see [`crate::text_norm`]). Stage-II must use its Stage-I run's choice.
+    #[serde(default)]
+    pub text_norm: TextNorm,
+    /// Random horizontal flips (the reference: true). Off for data whose captions or dialogues
+    /// say left and right, such as the synthetic scenes: a flip makes those words wrong.
+    #[serde(default = "default_flip")]
+    pub flip: bool,
+}
+
+fn default_flip() -> bool {
+    true
 }
 
 fn default_lr() -> f64 {
@@ -269,6 +282,8 @@ impl TrainConfig {
             device: DeviceList::default(),
             stage1: None,
             stage1_batch_norm: Stage1BatchNorm::BatchStats,
+            text_norm: TextNorm::None,
+            flip: true,
         }
     }
 

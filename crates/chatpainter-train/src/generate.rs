@@ -88,6 +88,9 @@ impl RunGenerator {
         let state = checkpoint::read_state(&ckpt)?;
         let (_, device) = device.devices();
         let net = state.network;
+        if let Some(stats) = &resolved.text_stats {
+            stats.check(net.caption_dim, net.dialogue_dim)?;
+        }
         let variant = resolved.train.variant;
         let seed = resolved.train.seed;
         let stage1_net = ResolvedNetwork {
@@ -175,6 +178,17 @@ impl RunGenerator {
         for (i, c) in conditions.iter().enumerate() {
             self.check(i, c)?;
         }
+        let standardised: Vec<Condition>;
+        let conditions = match &self.resolved.text_stats {
+            Some(stats) => {
+                standardised = conditions
+                    .iter()
+                    .map(|c| stats.apply_condition(c))
+                    .collect();
+                &standardised[..]
+            }
+            None => conditions,
+        };
         let mut out = Vec::with_capacity(conditions.len());
         let batch = batch_size.max(1);
         for (conds, seeds) in conditions.chunks(batch).zip(seeds.chunks(batch)) {

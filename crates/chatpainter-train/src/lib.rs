@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod model;
 pub mod reference_run;
 pub mod rng;
+pub mod text_norm;
 pub mod trainer;
 
 use std::path::PathBuf;
@@ -53,6 +54,7 @@ pub use data::{Geometry, StoredImage, TrainData, TrainItem};
 pub use device::{DeviceError, DeviceList};
 pub use metrics::StepMetrics;
 pub use model::{Stage1Generator, Stage2Generator, StageGenerator};
+pub use text_norm::{TextNorm, TextStats};
 pub use trainer::{
     ResolvedConfig, TrainSummary, load_checkpoint_networks, train_stage1, train_stage2,
 };

@@ -66,6 +66,7 @@ pub fn import_stage2_generator(
             checkpoint: pth.to_path_buf(),
             step: 0,
         }),
+        text_stats: None,
     };
     let json = serde_json::to_vec_pretty(&resolved)
         .map_err(|e| TrainError::Internal(format!("serialising the config: {e}")))?;

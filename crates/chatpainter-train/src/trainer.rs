@@ -34,6 +34,7 @@ use crate::metrics::{
 };
 use crate::model::{DeviceBatch, Stage1Generator, Stage2Generator, StageGenerator};
 use crate::rng::Xoshiro256;
+use crate::text_norm::{TextNorm, TextStats};
 
 /// RNG stream ids derived from the seed.
 const STREAM_DATA: u64 = 1;
@@ -57,6 +58,10 @@ pub struct ResolvedConfig {
     /// Stage-II: the Stage-I run it was built on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage1: Option<Stage1Origin>,
+    /// With `text_norm = "standardize"`: the statistics every text input is standardised with
+    /// (Stage-II copies its Stage-I run's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_stats: Option<TextStats>,
 }
 
 fn stage1_name() -> String {
@@ -224,12 +229,15 @@ pub fn train_stage1(
     cfg.validate()?;
     check_geometry(data, Geometry::STAGE1)?;
     let net = cfg.network(data.caption_dim, data.dialogue_width(cfg.variant))?;
+    let text_stats =
+        (cfg.text_norm == TextNorm::Standardize).then(|| TextStats::of(data, cfg.variant));
     let run = Run {
         cfg,
         data,
         out_dir,
         net,
         stage1: None,
+        text_stats,
     };
     run.train(
         |device| Ok(Stage1Generator::init(&net, cfg.variant, device, cfg.seed)),
@@ -271,6 +279,14 @@ pub fn train_stage2(
             s1.train.variant.name()
         )));
     }
+    if s1.train.text_norm != cfg.text_norm {
+        return Err(TrainError::Config(format!(
+            "text_norm: {:?} but the Stage-I run in {} used {:?} (its frozen G expects those inputs)",
+            cfg.text_norm,
+            stage1_dir.display(),
+            s1.train.text_norm
+        )));
+    }
     let widths = (data.caption_dim, data.dialogue_width(cfg.variant));
     let theirs = (s1.network.caption_dim, s1.network.dialogue_dim);
     if widths != theirs {
@@ -297,6 +313,7 @@ pub fn train_stage2(
         out_dir,
         net,
         stage1: Some(origin),
+        text_stats: s1.text_stats.clone(),
     };
     run.train(
         |device| {
@@ -308,6 +325,21 @@ pub fn train_stage2(
         progress,
         stop,
     )
+}
+
+/// A batch as the networks see it: assembled, then standardised when the run does that.
+fn batch_of(
+    data: &TrainData,
+    variant: Variant,
+    text_stats: Option<&TextStats>,
+    indices: &[usize],
+    augs: &[Augment],
+) -> Result<HostBatch, TrainError> {
+    let mut host = assemble(data, variant, indices, augs)?;
+    if let Some(stats) = text_stats {
+        stats.apply_batch(&mut host);
+    }
+    Ok(host)
 }
 
 fn check_geometry(data: &TrainData, want: Geometry) -> Result<(), TrainError> {
@@ -328,6 +360,7 @@ struct Run<'a> {
     out_dir: &'a Path,
     net: ResolvedNetwork,
     stage1: Option<Stage1Origin>,
+    text_stats: Option<TextStats>,
 }
 
 /// The logged terms of one step.
@@ -383,6 +416,7 @@ impl Run<'_> {
             steps_per_epoch: spe,
             total_steps: total,
             stage1: self.stage1.clone(),
+            text_stats: self.text_stats.clone(),
         };
         let json = serde_json::to_vec_pretty(&resolved)
             .map_err(|e| TrainError::Internal(format!("serialising the config: {e}")))?;
@@ -425,7 +459,7 @@ impl Run<'_> {
         state.config = cfg.clone();
 
         let mut metrics = MetricsWriter::open(out_dir, state.step)?;
-        let sampler = Sampler::new::<G>(cfg, data, &net)?;
+        let sampler = Sampler::new::<G>(cfg, data, &net, self.text_stats.as_ref())?;
         let mut last_checkpoint = checkpoint::latest(out_dir)?;
         let mut last_metrics = None;
         let mut stopped = false;
@@ -458,14 +492,19 @@ impl Run<'_> {
             let augs: Vec<Augment> = indices
                 .iter()
                 .map(|&i| {
-                    Augment::draw(
+                    let a = Augment::draw(
                         &mut state.data_rng,
                         data.items[i].captions.len(),
                         data.geometry,
-                    )
+                    );
+                    // The coin is drawn either way, so `flip` changes no other random choice.
+                    Augment {
+                        flip: a.flip && cfg.flip,
+                        ..a
+                    }
                 })
                 .collect();
-            let host = assemble(data, cfg.variant, &indices, &augs)?;
+            let host = batch_of(data, cfg.variant, self.text_stats.as_ref(), &indices, &augs)?;
             let noise = state.noise_rng.normals(batch * net.z_dim);
             let eps: Vec<Vec<f32>> = (0..G::CA_DRAWS)
                 .map(|_| state.noise_rng.normals(batch * net.cond_dim))
@@ -887,11 +926,12 @@ impl Sampler {
         cfg: &TrainConfig,
         data: &TrainData,
         net: &ResolvedNetwork,
+        text_stats: Option<&TextStats>,
     ) -> Result<Self, TrainError> {
         let count = cfg.sample_count.clamp(1, data.items.len());
         let indices: Vec<usize> = (0..count).collect();
         let augs = vec![Augment::center(data.geometry); count];
-        let host = assemble(data, cfg.variant, &indices, &augs)?;
+        let host = batch_of(data, cfg.variant, text_stats, &indices, &augs)?;
         let mut rng = Xoshiro256::new(cfg.seed, STREAM_SAMPLES);
         Ok(Self {
             count,
