@@ -51,8 +51,69 @@ pub fn dialogue(devices: Option<Devices>, overrides: &[String]) -> Result<()> {
     print!("{text}");
     let out = root().join("runs/dialogue-table.md");
     chatpainter_artifacts::write_atomic(&out, text.as_bytes())?;
-    eprintln!("[xtask] dialogue: table written to {}", out.display());
+    let page = root().join("runs/dialogue.html");
+    chatpainter_artifacts::write_atomic(&page, html(&text).as_bytes())?;
+    eprintln!(
+        "[xtask] dialogue: table in {}, the three sample sheets side by side in {}",
+        out.display(),
+        page.display()
+    );
     Ok(())
+}
+
+/// A page beside the runs: the tables, then each variant's eval sheet (real | generated) side by
+/// side, linked from the run folders (each run's own report has the rest).
+fn html(markdown: &str) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut body = String::new();
+    let mut in_table = false;
+    for line in markdown.lines() {
+        if line.starts_with("|---") {
+            continue;
+        }
+        if let Some(row) = line.strip_prefix('|') {
+            if !in_table {
+                body.push_str("<table>");
+                in_table = true;
+            }
+            body.push_str("<tr>");
+            for cell in row.trim_end_matches('|').split('|') {
+                let _ = write!(body, "<td>{}</td>", esc(cell.trim()));
+            }
+            body.push_str("</tr>\n");
+            continue;
+        }
+        if in_table {
+            body.push_str("</table>\n");
+            in_table = false;
+        }
+        if !line.trim().is_empty() {
+            let _ = writeln!(body, "<p>{}</p>", esc(line));
+        }
+    }
+    if in_table {
+        body.push_str("</table>\n");
+    }
+    body.push_str("<h2>Generated test images (real | generated)</h2><div class=\"cols\">");
+    for v in VARIANTS {
+        let _ = write!(
+            body,
+            "<figure><img src=\"dialogue-{v}/eval/sheet.png\" alt=\"{v}\"><figcaption>{v} \
+             (<a href=\"dialogue-{v}/report/index.html\">report</a>)</figcaption></figure>"
+        );
+    }
+    body.push_str("</div>");
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Does dialogue help?</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}td{{border:1px solid #ccc;padding:2px 8px}}\
+         table{{border-collapse:collapse;margin:1em 0}}.cols{{display:flex;gap:1em}}\
+         img{{image-rendering:pixelated}}</style></head><body><h1>Does dialogue help?</h1>\n\
+         {body}</body></html>\n"
+    )
 }
 
 fn read_metrics(path: &Path) -> Result<Value> {
@@ -76,8 +137,8 @@ pub fn table(metrics: &[Value]) -> Result<String> {
     for v in VARIANTS {
         let _ = write!(s, " {v} |");
     }
-    s.push_str(" chance |\n|---|---|");
-    s.push_str(&"---:|".repeat(VARIANTS.len() + 1));
+    s.push_str(" chance | majority |\n|---|---|");
+    s.push_str(&"---:|".repeat(VARIANTS.len() + 2));
     s.push('\n');
     for (row, a) in attributes.iter().enumerate() {
         let _ = write!(
@@ -89,7 +150,7 @@ pub fn table(metrics: &[Value]) -> Result<String> {
         for m in metrics {
             let _ = write!(s, " {} |", pct(&scores(m)[row]["accuracy"]));
         }
-        let _ = writeln!(s, " {} |", pct(&a["chance"]));
+        let _ = writeln!(s, " {} | {} |", pct(&a["chance"]), pct(&a["majority"]));
     }
     let images = metrics[0]["scenes"]["images"]["images"]
         .as_u64()

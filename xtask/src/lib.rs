@@ -137,6 +137,9 @@ pub fn check_run(run: &Path, pipeline: &Path) -> Result<()> {
                 );
             }
         }
+        if stage == "eval" && file.stages.iter().any(|s| s == "synth") {
+            check_scene_scores(&dir.join("metrics.json"))?;
+        }
         if stage == "report" {
             let report = outputs
                 .iter()
@@ -149,6 +152,62 @@ pub fn check_run(run: &Path, pipeline: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A synthetic run's eval must have scored its images against the ground truth: every
+/// attribute computed over some images (the smoke run is too short to learn, so only that the
+/// numbers exist is checked), and the per-turn curve when there are strips.
+fn check_scene_scores(metrics: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(metrics).with_context(|| metrics.display().to_string())?;
+    let m: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| metrics.display().to_string())?;
+    let scenes = &m["scenes"];
+    let attributes = scenes["images"]["attributes"]
+        .as_array()
+        .with_context(|| format!("{}: no scene scores on a synthetic run", metrics.display()))?;
+    let computed = |a: &serde_json::Value| {
+        a["total"].as_u64().unwrap_or(0) > 0
+            && a["accuracy"]
+                .as_f64()
+                .is_some_and(|v| (0.0..=1.0).contains(&v))
+            && a["chance"].as_f64().is_some_and(|v| v > 0.0 && v <= 1.0)
+    };
+    if attributes.len() != 7 || !attributes.iter().all(computed) {
+        bail!(
+            "{}: scene scores incomplete: {attributes:?}",
+            metrics.display()
+        );
+    }
+    let turns = scenes["per_turn"].as_array().map_or(0, Vec::len);
+    println!(
+        "[xtask] smoke: scene scores of {} images, per-turn curve over {turns} turns",
+        scenes["images"]["images"]
+    );
+    Ok(())
+}
+
+/// The smoke report in headless Chromium (`tests/report_browser.cjs`, playwright-core from npm
+/// into ~/.cache): no console errors, every image decodes, the metric and scene tables and the
+/// per-turn curve are on the page; the screenshot lands next to the report.
+fn report_browser_check(report_dir: &Path) -> Result<()> {
+    let modules = util::home().join(".cache/chatpainter-node");
+    let playwright = modules.join("node_modules/playwright-core");
+    if !playwright.is_dir() {
+        let mut install = Command::new("npm");
+        install
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&modules)
+            .arg("playwright-core@1.64.1");
+        run_checked(install)?;
+    }
+    let mut check = Command::new("node");
+    check
+        .arg(root().join("tests/report_browser.cjs"))
+        .arg(report_dir.join("index.html"))
+        .arg(report_dir.join("screenshot.png"))
+        .arg("--scenes")
+        .env("CHATPAINTER_PLAYWRIGHT", &playwright);
+    run_checked(check)
 }
 
 /// A Python venv (under ~/.cache) with pyarrow, polars and DuckDB, to check that our Parquet
@@ -210,6 +269,7 @@ pub fn ci() -> Result<()> {
     run_checked(test)?;
     let run = smoke(None)?;
     python_readers_check(&run.join("ingest"))?;
+    report_browser_check(&run.join("report"))?;
     smoke_variants(&run)?;
     libtorch_cpu_check()?;
     println!(

@@ -109,6 +109,9 @@ pub struct EvalFolderArgs {
     /// Inception Score splits.
     #[arg(long, default_value_t = 10)]
     pub splits: usize,
+    /// Score random subsets of this many images per split (the paper: 30000) instead of chunks.
+    #[arg(long)]
+    pub subset_size: Option<usize>,
     /// Seed of the IS shuffle.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -136,6 +139,7 @@ pub fn eval_folder(args: &EvalFolderArgs) -> Result<()> {
         weights: args.weights.clone(),
         splits: args.splits,
         seed: args.seed,
+        subset_size: args.subset_size,
     };
     let (_, device) = args.device.devices();
     let bar = ui::Bar::new();
@@ -192,4 +196,73 @@ pub fn bench(device: TrainDevice) -> Result<Vec<BenchRow>> {
         ));
     }
     Ok(rows)
+}
+
+/// `chatpainter score-scenes`.
+#[derive(Debug, Args)]
+pub struct ScoreScenesArgs {
+    /// Folder of `<image_id>.png` (square, 64 or 256 px training crops or whole scenes); other
+    /// file names are skipped.
+    pub images: PathBuf,
+    /// The synthetic dataset's `attributes.json` (e.g. `runs/<name>/synth/attributes.json`).
+    #[arg(long)]
+    pub attributes: PathBuf,
+    /// Which split's scenes the ids refer to.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Also write the scores as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn score_scenes(args: &ScoreScenesArgs) -> Result<()> {
+    use chatpainter_ingest::scene_score::{read_attributes, read_scene, score};
+    let truth: std::collections::BTreeMap<i64, _> = read_attributes(&args.attributes)?
+        .into_iter()
+        .filter(|s| s.split == args.split)
+        .map(|s| (s.image_id, s))
+        .collect();
+    let mut readings = Vec::new();
+    let entries =
+        std::fs::read_dir(&args.images).with_context(|| args.images.display().to_string())?;
+    for entry in entries {
+        let path = entry
+            .with_context(|| args.images.display().to_string())?
+            .path();
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".png"))
+            .and_then(|n| n.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let scene = truth.get(&id).with_context(|| {
+            format!(
+                "{}: image {id} has no `{}` scene in {}",
+                path.display(),
+                args.split,
+                args.attributes.display()
+            )
+        })?;
+        let img = image::open(&path)
+            .with_context(|| path.display().to_string())?
+            .to_rgb8();
+        readings.push((read_scene(&img), scene));
+    }
+    if readings.is_empty() {
+        anyhow::bail!("{}: no <image_id>.png files", args.images.display());
+    }
+    let scores = score(readings.iter().map(|(r, s)| (r, *s)));
+    print!(
+        "{} images scored by {}:\n{}",
+        scores.images,
+        scores.scorer,
+        chatpainter_eval::score::scene_table(&[("accuracy", &scores)])
+    );
+    if let Some(out) = &args.json {
+        let json = serde_json::to_vec_pretty(&scores)?;
+        chatpainter_artifacts::write_atomic(out, &json)?;
+    }
+    Ok(())
 }

@@ -99,6 +99,9 @@ pub enum Command {
     Eval(StageArgs),
     /// Inception Score and FID of a folder of images, in the eval stage's metrics.json shape.
     EvalFolder(eval_cmd::EvalFolderArgs),
+    /// Score a folder of `<image_id>.png` pictures of generated scenes against the synthetic
+    /// dataset's ground truth (`attributes.json`), e.g. images from another implementation.
+    ScoreScenes(eval_cmd::ScoreScenesArgs),
     /// A picture (or a per-turn strip) from a new caption and dialogue with a trained run.
     Generate(generate_cmd::GenerateArgs),
     /// The run as one self-contained HTML page, <run>/report/index.html (stages not run say so).
@@ -166,6 +169,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => report_cmd::report(&args),
         Command::Eval(args) => eval_cmd::eval_stage(&args),
         Command::EvalFolder(args) => eval_cmd::eval_folder(&args),
+        Command::ScoreScenes(args) => eval_cmd::score_scenes(&args),
         Command::Generate(args) => generate_cmd::generate_cmd(&args),
         Command::GpuCheck(args) => gpu_check::run(&args),
         Command::ImportNetg {

@@ -1,9 +1,14 @@
 //! Inception Score, exactly as evaluation.md §1 defines it, in f64.
 //!
-//! Rows are optionally shuffled with a recorded seed (class-sorted input gives very low
-//! per-split scores), split into S contiguous chunks `[k·N/S, (k+1)·N/S)`, and each chunk
-//! scores `exp(mean_i KL(p(y|x_i) ‖ p_k(y)))` with `p_k` the chunk's mean row. The result is
-//! the mean and the population (ddof 0) standard deviation of the chunk scores.
+//! Two ways to form the S splits, each scoring `exp(mean_i KL(p(y|x_i) ‖ p_k(y)))` with `p_k`
+//! the split's mean row; the result is the mean and the population (ddof 0) standard deviation
+//! of the split scores:
+//! - chunks (the common convention, `subset_size = None`): rows optionally shuffled with a
+//!   recorded seed (class-sorted input gives very low per-split scores), then S contiguous
+//!   chunks `[k·N/S, (k+1)·N/S)`;
+//! - random subsets (the ChatPainter paper's protocol: 10 subsets of 30k of its 40k images,
+//!   `subset_size = Some(m)`): split k is the first m rows of a permutation seeded with
+//!   SplitMix64(seed + k), so subsets overlap as independent draws do.
 //!
 //! The shuffle is a Fisher–Yates driven by SplitMix64 with Lemire's unbiased bounded draw,
 //! written out here (not `rand`) so that a recorded seed reproduces the same permutation
@@ -115,8 +120,11 @@ pub struct InceptionScoreConfig {
     /// Number of contiguous chunks S (10 by convention).
     pub splits: usize,
     /// Shuffle rows with this seed before splitting; `None` keeps the given order (only for
-    /// input already in random order, or for exact tests).
+    /// input already in random order, or for exact tests). Seeds the subsets too.
     pub shuffle_seed: Option<u64>,
+    /// Score S random subsets of this many rows instead of S chunks (the paper's protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset_size: Option<usize>,
 }
 
 impl InceptionScoreConfig {
@@ -125,6 +133,7 @@ impl InceptionScoreConfig {
         Self {
             splits: DEFAULT_SPLITS,
             shuffle_seed: Some(seed),
+            subset_size: None,
         }
     }
 }
@@ -201,15 +210,30 @@ pub fn inception_score(
             "Inception Score needs 1 ≤ splits ≤ rows, got splits = {s}, rows = {n}"
         )));
     }
+    if let Some(m) = config.subset_size
+        && (m == 0 || m > n)
+    {
+        return Err(EvalError::InvalidArgument(format!(
+            "Inception Score subsets need 1 ≤ subset_size ≤ rows, got {m} of {n} rows"
+        )));
+    }
+    let seed = config.shuffle_seed.unwrap_or(0);
     let order: Vec<usize> = match config.shuffle_seed {
-        Some(seed) => shuffle_permutation(n, seed),
-        None => (0..n).collect(),
+        Some(seed) if config.subset_size.is_none() => shuffle_permutation(n, seed),
+        _ => (0..n).collect(),
     };
     let mut split_scores = Vec::with_capacity(s);
     let mut marginal = vec![0.0f64; k];
     for chunk in 0..s {
-        let (lo, hi) = (chunk * n / s, (chunk + 1) * n / s);
-        let rows = &order[lo..hi];
+        let subset;
+        let rows = match config.subset_size {
+            Some(m) => {
+                let draw = SplitMix64(seed.wrapping_add(chunk as u64)).next_u64();
+                subset = shuffle_permutation(n, draw);
+                &subset[..m]
+            }
+            None => &order[chunk * n / s..(chunk + 1) * n / s],
+        };
         marginal.iter_mut().for_each(|m| *m = 0.0);
         for &r in rows {
             for (m, p) in marginal.iter_mut().zip(probs.row(r)) {
@@ -267,6 +291,7 @@ mod tests {
             InceptionScoreConfig {
                 splits: 10,
                 shuffle_seed: None,
+                subset_size: None,
             },
         ] {
             let is = inception_score(&p, cfg).unwrap();
@@ -286,6 +311,7 @@ mod tests {
             InceptionScoreConfig {
                 splits: 10,
                 shuffle_seed: None,
+                subset_size: None,
             },
         )
         .unwrap();
@@ -304,6 +330,7 @@ mod tests {
             InceptionScoreConfig {
                 splits: 10,
                 shuffle_seed: None,
+                subset_size: None,
             },
         )
         .unwrap();
@@ -333,6 +360,77 @@ mod tests {
             shuffle_permutation(10, 0),
             vec![4, 9, 2, 5, 1, 7, 6, 0, 3, 8]
         );
+    }
+
+    /// The score of a set of rows, straight from the definition in f64.
+    fn direct(p: &ProbabilityMatrix, rows: &[usize]) -> f64 {
+        let k = p.cols();
+        let marginal: Vec<f64> = (0..k)
+            .map(|c| rows.iter().map(|&r| p.row(r)[c]).sum::<f64>() / rows.len() as f64)
+            .collect();
+        let kl: f64 = rows
+            .iter()
+            .map(|&r| {
+                (0..k)
+                    .filter(|&c| p.row(r)[c] > 0.0)
+                    .map(|c| p.row(r)[c] * (p.row(r)[c] / marginal[c]).ln())
+                    .sum::<f64>()
+            })
+            .sum();
+        (kl / rows.len() as f64).exp()
+    }
+
+    fn random_probs(rows: usize, k: usize) -> ProbabilityMatrix {
+        let mut rng = SplitMix64(99);
+        let mut d = Vec::with_capacity(rows * k);
+        for _ in 0..rows {
+            let raw: Vec<f64> = (0..k)
+                .map(|_| (rng.next_u64() >> 11) as f64 + 1.0)
+                .collect();
+            let z: f64 = raw.iter().map(|v| v.powi(3)).sum();
+            d.extend(raw.iter().map(|v| v.powi(3) / z));
+        }
+        ProbabilityMatrix::new(rows, k, d).unwrap()
+    }
+
+    #[test]
+    fn chunks_and_subsets_match_a_direct_computation() {
+        let p = random_probs(400, 12);
+        let mean_std = |scores: &[f64]| {
+            let m = scores.iter().sum::<f64>() / scores.len() as f64;
+            let v = scores.iter().map(|s| (s - m).powi(2)).sum::<f64>() / scores.len() as f64;
+            (m, v.sqrt())
+        };
+        // Chunks of the seeded permutation.
+        let chunked = inception_score(&p, InceptionScoreConfig::new(5)).unwrap();
+        let perm = shuffle_permutation(400, 5);
+        let want: Vec<f64> = (0..10)
+            .map(|c| direct(&p, &perm[c * 40..(c + 1) * 40]))
+            .collect();
+        let (m, sd) = mean_std(&want);
+        assert!((chunked.mean - m).abs() < 1e-12 && (chunked.std - sd).abs() < 1e-12);
+        // Random subsets of 300 (the paper: 30k of 40k), seeded per subset.
+        let cfg = InceptionScoreConfig {
+            subset_size: Some(300),
+            ..InceptionScoreConfig::new(5)
+        };
+        let subsets = inception_score(&p, cfg).unwrap();
+        let want: Vec<f64> = (0..10u64)
+            .map(|c| {
+                let perm = shuffle_permutation(400, SplitMix64(5 + c).next_u64());
+                direct(&p, &perm[..300])
+            })
+            .collect();
+        let (m, sd) = mean_std(&want);
+        assert!((subsets.mean - m).abs() < 1e-12 && (subsets.std - sd).abs() < 1e-12);
+        assert_eq!(subsets.split_scores, want);
+        assert_ne!(subsets.split_scores, chunked.split_scores);
+        // Subsets larger than the set are refused.
+        let too_big = InceptionScoreConfig {
+            subset_size: Some(401),
+            ..cfg
+        };
+        assert!(inception_score(&p, too_big).is_err());
     }
 
     #[test]

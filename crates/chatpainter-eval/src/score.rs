@@ -126,6 +126,10 @@ pub struct Protocol {
     pub images: usize,
     /// Inception Score splits.
     pub splits: usize,
+    /// Images per split when the splits are random subsets (the paper's protocol); absent:
+    /// contiguous chunks of the seeded shuffle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset_size: Option<usize>,
     /// Seed of the IS shuffle (and, for the eval stage, of the generator noise).
     pub seed: u64,
     /// [`BackboneChoice::resize_label`].
@@ -205,7 +209,13 @@ impl MetricsFile {
     pub fn summary(&self) -> String {
         let b = &self.protocol.backbone;
         let is = match (&self.inception_score.mean, &self.inception_score.std) {
-            (Some(m), Some(s)) => format!("{m:.4} ± {s:.4} ({b}, {} splits)", self.protocol.splits),
+            (Some(m), Some(s)) => match self.protocol.subset_size {
+                Some(n) => format!(
+                    "{m:.4} ± {s:.4} ({b}, {} random subsets of {n})",
+                    self.protocol.splits
+                ),
+                None => format!("{m:.4} ± {s:.4} ({b}, {} splits)", self.protocol.splits),
+            },
             _ => format!(
                 "unavailable: {}",
                 self.inception_score.reason.as_deref().unwrap_or("?")
@@ -231,15 +241,15 @@ impl MetricsFile {
     }
 }
 
-/// A plain-text table: one row per attribute, one accuracy column per scored set, then chance
-/// (of the first set).
+/// A plain-text table: one row per attribute, one accuracy column per scored set, then the
+/// chance and majority baselines (of the first set).
 pub fn scene_table(columns: &[(&str, &chatpainter_ingest::scene_score::SceneScores)]) -> String {
     use std::fmt::Write;
     let mut out = format!("{:<13} {:<16}", "attribute", "stated by");
     for (name, _) in columns {
         let _ = write!(out, " {name:>26}");
     }
-    out.push_str("   chance\n");
+    out.push_str("   chance  majority\n");
     let Some((_, first)) = columns.first() else {
         return out;
     };
@@ -260,7 +270,12 @@ pub fn scene_table(columns: &[(&str, &chatpainter_ingest::scene_score::SceneScor
                 }
             }
         }
-        let _ = writeln!(out, "   {:>5.1} %", 100.0 * a.chance);
+        let _ = writeln!(
+            out,
+            "   {:>5.1} %   {:>5.1} %",
+            100.0 * a.chance,
+            100.0 * a.majority
+        );
     }
     out
 }
@@ -274,6 +289,9 @@ pub struct ScoreSettings {
     pub splits: usize,
     /// Seed of the IS shuffle.
     pub seed: u64,
+    /// Inception Score over `splits` random subsets of this many images (the paper's
+    /// protocol) instead of `splits` chunks.
+    pub subset_size: Option<usize>,
 }
 
 /// Where the FID reference statistics come from.
@@ -427,6 +445,7 @@ impl Scorer {
         let is = match runner.inception_score(InceptionScoreConfig {
             splits: self.settings.splits,
             shuffle_seed: Some(self.settings.seed),
+            subset_size: self.settings.subset_size,
         }) {
             Ok(s) if s.mean.is_finite() && s.std.is_finite() => IsEntry {
                 available: true,
@@ -487,6 +506,7 @@ impl Scorer {
             weights_sha256: self.provenance.as_ref().map(|p| p.sha256.clone()),
             images,
             splits: self.settings.splits,
+            subset_size: self.settings.subset_size,
             seed: self.settings.seed,
             resize: self.settings.backbone.resize_label().into(),
             generator_stage: None,
@@ -509,6 +529,7 @@ mod tests {
             weights: None,
             splits: 10,
             seed: 3,
+            subset_size: None,
         };
         let mut s = Scorer::new(&settings, &Device::flex()).unwrap();
         let img = image::RgbImage::new(8, 8);

@@ -83,6 +83,11 @@ pub struct EvalConfig {
     /// Inception Score splits.
     #[serde(default = "default_splits")]
     pub splits: usize,
+    /// Score the Inception Score over `splits` random subsets of this many images (the paper:
+    /// 10 subsets of 30,000 of its 40k generated images) instead of `splits` contiguous chunks
+    /// of a seeded shuffle (the common convention, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inception_subset: Option<usize>,
     /// Rows of `sheet.png`.
     #[serde(default = "default_sheet")]
     pub sheet_count: usize,
@@ -291,6 +296,7 @@ pub fn run_eval(
         weights: cfg.weights.as_deref().map(|w| run.resolve(w)),
         splits: cfg.splits,
         seed: cfg.seed,
+        subset_size: cfg.inception_subset,
     };
     let mut scorer = Scorer::new(&settings, &device)?;
     let truth = ground_truth(run, &ingest_dir)?;

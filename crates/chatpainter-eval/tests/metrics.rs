@@ -479,6 +479,7 @@ fn runner_scores_u8_images_end_to_end() {
         .inception_score(InceptionScoreConfig {
             splits: 2,
             shuffle_seed: Some(0),
+            subset_size: None,
         })
         .unwrap();
     // One image per split → each split's marginal is its own row → IS exactly 1.
@@ -520,6 +521,7 @@ fn inception_score_exact_values_at_imagenet_width() {
         InceptionScoreConfig {
             splits: 10,
             shuffle_seed: None,
+            subset_size: None,
         },
     )
     .unwrap();

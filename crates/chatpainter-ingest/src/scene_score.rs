@@ -25,8 +25,9 @@
 //!    of its bounding box it fills (square ≈ 1, circle ≈ π/4). Both survive a crop that cuts an
 //!    object vertically, and the blur of a 64 px image better than the fill ratio alone.
 //!
-//! Scores: per attribute, the share of correct readings and, beside it, the chance level: the
-//! accuracy of guessing at random from the ground truth's own distribution (Σ p²). Attributes the
+//! Scores: per attribute, the share of correct readings and, beside it, two baselines: chance,
+//! the accuracy of guessing at random from the ground truth's own distribution (Σ p²), and
+//! majority, the accuracy of always answering the most frequent value (max p). Attributes the
 //! captions state ("caption-visible": the shape of each object and the set of shape kinds) are
 //! kept apart from those only the dialogue states ("dialogue-only": background, count, which
 //! columns hold an object, each object's colour and size).
@@ -278,6 +279,9 @@ pub struct AttributeScore {
     pub accuracy: f64,
     /// Accuracy of a random guess drawn from the ground truth's distribution (Σ p²).
     pub chance: f64,
+    /// Accuracy of always answering the most frequent value (max p): what a generator that
+    /// ignores the text but draws the common case gets.
+    pub majority: f64,
     /// `(truth, read, count)` for every wrong reading, most frequent first.
     pub confusions: Vec<(String, String, usize)>,
 }
@@ -330,6 +334,7 @@ impl Tally {
         }
         let n = total.max(1) as f64;
         let chance = freq.values().map(|&c| (c as f64 / n).powi(2)).sum();
+        let majority = freq.values().max().map_or(0.0, |&c| c as f64 / n);
         let mut confusions: Vec<(String, String, usize)> = wrong
             .into_iter()
             .map(|((t, r), c)| (t.to_string(), r.to_string(), c))
@@ -342,6 +347,7 @@ impl Tally {
             total,
             accuracy: correct as f64 / n,
             chance,
+            majority,
             confusions,
         }
     }
@@ -428,6 +434,7 @@ mod tests {
         let s = t.finish("a", Visibility::DialogueOnly);
         assert_eq!((s.correct, s.total), (3, 4));
         assert!((s.chance - 0.5).abs() < 1e-12);
+        assert!((s.majority - 0.5).abs() < 1e-12);
         assert_eq!(s.confusions, vec![("x".into(), "y".into(), 1)]);
     }
 

@@ -51,6 +51,27 @@ pub fn batch_norm(c: usize, device: &Device) -> BatchNorm {
         .init(device)
 }
 
+thread_local! {
+    static BATCH_STATISTICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every inference-mode BatchNorm of this thread normalising by the batch's own
+/// statistics (train-mode arithmetic) while the running statistics are neither used nor
+/// updated. For training sample sheets: the reference draws them in train mode, and in the
+/// first hundreds of steps the running statistics lag so far behind that inference mode shows
+/// flat grey squares while the generator already draws structure; this shows the latter without
+/// changing the training state.
+pub fn with_batch_statistics<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BATCH_STATISTICS.with(|b| b.set(self.0));
+        }
+    }
+    let _restore = Restore(BATCH_STATISTICS.with(|b| b.replace(true)));
+    f()
+}
+
 /// A BatchNorm forward with PyTorch's running-variance rule.
 ///
 /// Train mode (an autodiff input and the layer's training flag on, Burn's own test) normalises
@@ -63,6 +84,9 @@ pub fn batch_norm(c: usize, device: &Device) -> BatchNorm {
 /// `[B, C, ...]` → same
 pub fn bn_forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     if !(x.device().is_autodiff() && bn.training.is_enabled()) {
+        if BATCH_STATISTICS.with(std::cell::Cell::get) {
+            return batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon).output;
+        }
         return bn.forward(x);
     }
     let dims = x.dims();

@@ -450,7 +450,9 @@ impl Page<'_> {
     fn scenes(&mut self, scenes: &read::SceneMetrics) {
         let _ = write!(
             self.body,
-            "<h3 id=\"scene-scores\">Scene attributes against the ground truth</h3>\n<p>{}              generated images scored by <code>{}</code> against <code>{}</code>. Chance: a guess              drawn from the ground truth's own distribution.</p>",
+            "<h3 id=\"scene-scores\">Scene attributes against the ground truth</h3>\n<p>{} generated images scored by \
+             <code>{}</code> against <code>{}</code>. Chance: a guess drawn from the ground \
+             truth's own distribution; majority: always the most frequent value.</p>",
             scenes.images.images,
             esc(&scenes.images.scorer),
             esc(&scenes.attributes_file)
@@ -466,11 +468,12 @@ impl Page<'_> {
                     esc(&a.visibility),
                     format!("{} ({}/{})", pct(a.accuracy), a.correct, a.total),
                     pct(a.chance),
+                    pct(a.majority),
                 ]
             })
             .collect();
         self.body.push_str(&table(
-            &["attribute", "stated by", "accuracy", "chance"],
+            &["attribute", "stated by", "accuracy", "chance", "majority"],
             &rows,
         ));
         if scenes.per_turn.is_empty() {
@@ -500,7 +503,9 @@ impl Page<'_> {
             .collect();
         let _ = write!(
             self.body,
-            "<h3 id=\"per-turn-curve\">Accuracy after each turn</h3>\n<p>The per-turn strips              ({} dialogues): each frame sees the caption and the first <i>t</i> turns, with the              same noise.</p>",
+            "<h3 id=\"per-turn-curve\">Accuracy after each turn</h3>\n<p>The per-turn strips ({} \
+             dialogues): each frame sees the caption and the first <i>t</i> turns, with the same \
+             noise.</p>",
             scenes.per_turn[0].images
         );
         match plot::line_chart("accuracy (%) vs turns seen", &series) {
@@ -665,7 +670,9 @@ impl Page<'_> {
         let _ = write!(
             self.body,
             "<p class=\"meta\">The newest {max} sheet(s) of each training stage, newest first; same \
-             conditions and noise at every step.</p><div class=\"cols\">"
+             conditions and noise at every step. Generated with BatchNorm on the sheet's own batch \
+             statistics (train-mode arithmetic, as the reference draws its sheets; the running \
+             statistics, which <code>eval</code> uses, are untouched).</p><div class=\"cols\">"
         );
         for (name, title, columns) in TRAINING {
             let _ = write!(

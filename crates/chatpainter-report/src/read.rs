@@ -65,6 +65,7 @@ pub struct AttributeScore {
     pub total: u64,
     pub accuracy: f64,
     pub chance: f64,
+    pub majority: f64,
 }
 
 /// How the numbers were obtained; without it a score cannot be compared with another.

@@ -22,8 +22,10 @@
 //! stage1_dialogue_rnn.safetensors recurrent variant: the BiLSTM (`lstm.weight_ih_l0`, …)
 //! ```
 //!
-//! Decisions: sample sheets run G in inference mode (BatchNorm running statistics) on a copy, so
-//! sampling never changes the training state; the non-finite guard checks every loss every step
+//! Decisions: sample sheets run G with batch-statistics BatchNorm (as the reference's train-mode
+//! sheets; inference mode shows flat grey for the first hundreds of steps, while the running
+//! statistics lag) on a copy whose running statistics are neither used nor updated, so sampling
+//! never changes the training state; the non-finite guard checks every loss every step
 //! and every weight before each checkpoint (a weight going NaN shows in the next step's losses).
 //!
 //! Determinism: all training randomness (order, crops, flips, captions, noise, CA eps) comes from

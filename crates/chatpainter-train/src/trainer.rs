@@ -946,8 +946,9 @@ impl Sampler {
         })
     }
 
-    /// G in inference mode (BatchNorm running statistics) on the fixed inputs: real | (Stage-I
-    /// image, in Stage-II) | generated.
+    /// G on the fixed inputs, its BatchNorms normalising with the sheet's own batch statistics
+    /// (as the reference, which draws sheets in train mode; the running statistics are neither
+    /// used nor changed): real | (Stage-I image, in Stage-II) | generated.
     fn write<G: StageGenerator>(
         &self,
         gnet: &G,
@@ -964,7 +965,10 @@ impl Sampler {
             .iter()
             .map(|e| tensor2(e.clone(), [n, self.net.cond_dim], device))
             .collect();
-        let out = g.generate(b.captions, &b.dialogue, noise, eps)?;
+        // Batch statistics, as the reference's train-mode sheets (running statistics untouched).
+        let out = chatpainter_nn::blocks::with_batch_statistics(|| {
+            g.generate(b.captions, &b.dialogue, noise, eps)
+        })?;
         let host = |t: Tensor<4>| -> (usize, Vec<f32>) {
             (t.dims()[3], t.into_data().iter::<f32>().collect())
         };
