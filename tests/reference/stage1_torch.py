@@ -166,6 +166,7 @@ def main():
     ap.add_argument("--kl", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--text-norm", choices=["standardize", "none"], default="standardize")
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
@@ -177,7 +178,10 @@ def main():
     cap_m = moments([rows[i]["captions"] for i in ids])
     key = "turns" if recurrent else "dialogue"
     dia_m = moments([rows[i][key] for i in ids]) if uses_dialogue else None
-    std = lambda v, m: (v - m[0]) * m[1]
+    if a.text_norm == "none":
+        std = lambda v, m: v
+    else:
+        std = lambda v, m: (v - m[0]) * m[1]
     cap_dim = cap_m[0].shape[0]
     dia_dim = dia_m[0].shape[0] if uses_dialogue else 0
     t_dim = cap_dim + (2 * a.hidden if recurrent else dia_dim)

@@ -27,9 +27,11 @@ pub fn run_dir(variant: &str) -> PathBuf {
     root().join("runs").join(format!("dialogue-{variant}"))
 }
 
-/// Runs the three variants (device `devices`, extra `--set` overrides) and prints the table.
+/// Runs the three variants (device `devices`, by default LibTorch on the CPU; extra `--set`
+/// overrides) and prints the table.
 pub fn dialogue(devices: Option<Devices>, overrides: &[String]) -> Result<()> {
     let pipeline = root().join("pipelines/dialogue.toml");
+    let devices = Some(devices.unwrap_or(Devices::TchCpu));
     for variant in VARIANTS {
         let mut sets = vec![format!("stage1.variant={variant}")];
         sets.extend(overrides.iter().cloned());

@@ -74,7 +74,7 @@ enum Cmd {
     Bench {
         #[arg(default_value = "all")]
         what: String,
-        /// `dialogue` only: where Stage-I and eval run (default: the pipeline's `tch-cpu`).
+        /// `dialogue` only: where Stage-I and eval run (default `tch-cpu`).
         #[arg(long)]
         devices: Option<String>,
         /// `dialogue` only: `key=value` overrides for every variant's run.

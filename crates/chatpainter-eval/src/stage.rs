@@ -418,7 +418,7 @@ pub fn run_eval(
     }
 
     // Per-turn strips of the first dialogues.
-    let mut strips: Vec<(i64, Vec<SceneReading>)> = Vec::new();
+    let mut strips: Vec<StripReading> = Vec::new();
     if variant != Variant::Stackgan && cfg.per_turn_count > 0 {
         let (written, frames) = per_turn_strips(
             cfg,
@@ -481,6 +481,9 @@ pub fn run_eval(
     })
 }
 
+/// One per-turn strip as the scene scorer read it: the image id and a reading per frame.
+type StripReading = (i64, Vec<SceneReading>);
+
 /// Strips for the first `per_turn_count` evaluated dialogues; returns the files written and
 /// each strip's frames as read by the scene scorer.
 fn per_turn_strips(
@@ -491,7 +494,7 @@ fn per_turn_strips(
     embed_dir: &Path,
     pool: &[(i64, Condition)],
     dir: &Path,
-) -> Result<(Vec<String>, Vec<(i64, Vec<SceneReading>)>)> {
+) -> Result<(Vec<String>, Vec<StripReading>)> {
     let encoders = RunEncoders::load(embed_dir)?;
     encoders.check_widths(variant, generator.caption_dim(), generator.dialogue_dim())?;
     let records_path = ingest_dir.join(chatpainter_ingest::pipeline::RECORDS_FILE);

@@ -508,11 +508,27 @@ impl Page<'_> {
              noise.</p>",
             scenes.per_turn[0].images
         );
-        match plot::line_chart("accuracy (%) vs turns seen", &series) {
+        self.chart(
+            "accuracy (%) vs turns seen",
+            "turns seen",
+            "chart per-turn-curve",
+            &series,
+        );
+    }
+
+    /// One line chart with its legend, in a `<div class="{class}">`; a drawing error is a warning.
+    fn chart(
+        &mut self,
+        title: &str,
+        x_label: &str,
+        class: &str,
+        series: &[(&str, Vec<(f64, f64)>)],
+    ) {
+        match plot::line_chart(title, x_label, series) {
             Ok(svg) => {
                 let _ = write!(
                     self.body,
-                    "<div class=\"chart per-turn-curve\">{svg}<div class=\"legend\">"
+                    "<div class=\"{class}\">{svg}<div class=\"legend\">"
                 );
                 for (i, (label, _)) in series.iter().enumerate() {
                     let _ = write!(
@@ -524,7 +540,7 @@ impl Page<'_> {
                 }
                 self.body.push_str("</div></div>\n");
             }
-            Err(e) => self.warn(format!("per-turn curve: {e}")),
+            Err(e) => self.warn(format!("chart {title}: {e}")),
         }
     }
 
@@ -642,24 +658,7 @@ impl Page<'_> {
             if series.is_empty() {
                 continue;
             }
-            match plot::line_chart(title, &series) {
-                Ok(svg) => {
-                    let _ = write!(
-                        self.body,
-                        "<div class=\"chart\">{svg}<div class=\"legend\">"
-                    );
-                    for (i, (label, _)) in series.iter().enumerate() {
-                        let _ = write!(
-                            self.body,
-                            "<span><i style=\"background:{}\"></i>{}</span>",
-                            plot::css_color(i),
-                            esc(label)
-                        );
-                    }
-                    self.body.push_str("</div></div>");
-                }
-                Err(e) => self.warn(format!("chart {title}: {e}")),
-            }
+            self.chart(title, "step", "chart", &series);
         }
         self.body.push_str("</div>\n");
     }

@@ -75,12 +75,17 @@ fn padded(lo: f64, hi: f64) -> (f64, f64) {
     }
 }
 
-/// One line chart of `series` (label, points) against the step, as an `<svg>` element.
+/// One line chart of `series` (label, points) against x (`x_label`: the step of training curves,
+/// the number of turns of the per-turn curve), as an `<svg>` element.
 ///
 /// # Errors
 /// The plotting library's message when drawing fails; there is nothing to draw when every series
 /// is empty.
-pub fn line_chart(title: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Result<String, String> {
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> Result<String, String> {
     let all = series.iter().flat_map(|(_, p)| p.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in all {
@@ -109,7 +114,7 @@ pub fn line_chart(title: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Result<Str
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
-            .x_desc("step")
+            .x_desc(x_label)
             // Steps are integers: no more ticks than steps, and no label on a fractional one.
             .x_labels(((x1 - x0) as usize + 1).clamp(2, 6))
             .y_labels(6)
@@ -160,6 +165,7 @@ mod tests {
     fn chart_is_svg_with_text_and_no_url() {
         let svg = line_chart(
             "Losses",
+            "step",
             &[
                 ("d_loss", vec![(1.0, 1.0), (2.0, 0.5)]),
                 ("g_loss", vec![(1.0, 2.0)]),
@@ -170,7 +176,7 @@ mod tests {
         assert!(svg.contains("Losses") && svg.contains("<text"));
         assert!(!svg.contains("http"));
         // A single point and a constant value still draw.
-        assert!(line_chart("lr", &[("lr_g", vec![(3.0, 2e-4)])]).is_ok());
-        assert!(line_chart("none", &[("x", vec![])]).is_err());
+        assert!(line_chart("lr", "step", &[("lr_g", vec![(3.0, 2e-4)])]).is_ok());
+        assert!(line_chart("none", "step", &[("x", vec![])]).is_err());
     }
 }
