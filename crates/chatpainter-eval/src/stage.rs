@@ -211,12 +211,12 @@ fn ground_truth(run: &RunDir, ingest_dir: &Path) -> Result<Option<GroundTruth>> 
 fn score_readings<'a>(
     truth: &'a BTreeMap<(String, i64), Scene>,
     split: &str,
-    readings: impl IntoIterator<Item = &'a (i64, SceneReading)>,
+    readings: impl IntoIterator<Item = (i64, &'a SceneReading)>,
 ) -> scene_score::SceneScores {
     scene_score::score(
         readings
             .into_iter()
-            .filter_map(|(id, r)| truth.get(&(split.to_string(), *id)).map(|s| (r, s))),
+            .filter_map(|(id, r)| truth.get(&(split.to_string(), id)).map(|s| (r, s))),
     )
 }
 
@@ -436,11 +436,10 @@ pub fn run_eval(
         let turns = strips.iter().map(|(_, f)| f.len()).max().unwrap_or(0);
         let per_turn = (0..turns)
             .map(|t| {
-                let at_t: Vec<(i64, SceneReading)> = strips
+                let at_t = strips
                     .iter()
-                    .filter_map(|(id, f)| f.get(t).map(|r| (*id, r.clone())))
-                    .collect();
-                score_readings(&truth, &cfg.split, &at_t)
+                    .filter_map(|(id, f)| f.get(t).map(|r| (*id, r)));
+                score_readings(&truth, &cfg.split, at_t)
             })
             .collect();
         SceneMetrics {
@@ -449,7 +448,7 @@ pub fn run_eval(
                 .unwrap_or(&path)
                 .display()
                 .to_string(),
-            images: score_readings(&truth, &cfg.split, &readings),
+            images: score_readings(&truth, &cfg.split, readings.iter().map(|(id, r)| (*id, r))),
             per_turn,
         }
     });

@@ -376,11 +376,13 @@ pub struct Augment {
 
 impl Augment {
     /// Draws crop corner, flip and caption (in that order) for an image with `n_captions`.
-    pub fn draw(rng: &mut Xoshiro256, n_captions: usize, geometry: Geometry) -> Self {
+    /// Without `flips` the coin is still drawn (and ignored), so turning flips off changes no
+    /// other random choice.
+    pub fn draw(rng: &mut Xoshiro256, n_captions: usize, geometry: Geometry, flips: bool) -> Self {
         let span = (geometry.load - geometry.crop + 1) as u64;
         let x0 = rng.below(span) as usize;
         let y0 = rng.below(span) as usize;
-        let flip = rng.coin();
+        let flip = rng.coin() && flips;
         let caption = rng.below(n_captions.max(1) as u64) as usize;
         Self {
             x0,
@@ -582,7 +584,9 @@ mod tests {
     #[test]
     fn augment_draws_cover_the_ranges() {
         let mut rng = Xoshiro256::new(3, 0);
-        let draws: Vec<Augment> = (0..2000).map(|_| Augment::draw(&mut rng, 5, G1)).collect();
+        let draws: Vec<Augment> = (0..2000)
+            .map(|_| Augment::draw(&mut rng, 5, G1, true))
+            .collect();
         assert!(
             draws
                 .iter()
@@ -591,6 +595,17 @@ mod tests {
         assert!(draws.iter().any(|a| a.x0 == 0) && draws.iter().any(|a| a.x0 == 12));
         let flips = draws.iter().filter(|a| a.flip).count();
         assert!((800..1200).contains(&flips), "{flips}");
+    }
+
+    #[test]
+    fn turning_flips_off_changes_no_other_draw() {
+        let (mut on, mut off) = (Xoshiro256::new(5, 0), Xoshiro256::new(5, 0));
+        for _ in 0..200 {
+            let a = Augment::draw(&mut on, 5, G1, true);
+            let b = Augment::draw(&mut off, 5, G1, false);
+            assert_eq!(Augment { flip: false, ..a }, b);
+        }
+        assert_eq!(on.below(1 << 40), off.below(1 << 40));
     }
 
     #[test]

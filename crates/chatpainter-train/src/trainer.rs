@@ -492,16 +492,12 @@ impl Run<'_> {
             let augs: Vec<Augment> = indices
                 .iter()
                 .map(|&i| {
-                    let a = Augment::draw(
+                    Augment::draw(
                         &mut state.data_rng,
                         data.items[i].captions.len(),
                         data.geometry,
-                    );
-                    // The coin is drawn either way, so `flip` changes no other random choice.
-                    Augment {
-                        flip: a.flip && cfg.flip,
-                        ..a
-                    }
+                        cfg.flip,
+                    )
                 })
                 .collect();
             let host = batch_of(data, cfg.variant, self.text_stats.as_ref(), &indices, &augs)?;
