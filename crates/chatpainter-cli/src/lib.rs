@@ -482,9 +482,61 @@ fn embed_stage(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
 }
 
 /// `train stage1` / `train stage2`: one stage runner for both (the train crate shares the loop).
+/// Under an MPI launcher every rank runs this; rank 0 owns the stage directory and the others
+/// follow its decisions. A rank that fails ends the whole job (no rank waits forever).
 fn train_stage(args: &StageArgs, stage: &str) -> Result<()> {
-    use chatpainter_artifacts::Freshness;
+    let world = chatpainter_train::World::from_launcher()?;
+    let outcome = train_stage_as(args, stage, &world);
+    if let Err(e) = &outcome
+        && world.size() > 1
+    {
+        eprintln!(
+            "error: rank {} of {}: {e:#}; stopping every rank",
+            world.rank(),
+            world.size()
+        );
+        world.abort(1);
+    }
+    outcome
+}
+
+/// The training data of a stage's geometry, from the run's ingest and embed stages.
+fn train_data(run: &RunDir, stage: &str) -> Result<chatpainter_train::TrainData> {
     use chatpainter_train::Geometry;
+    let geometry = if stage == "stage1" {
+        Geometry::STAGE1
+    } else {
+        Geometry::STAGE2
+    };
+    Ok(chatpainter_train::TrainData::load(
+        &run.stage("ingest"),
+        &run.stage("embed"),
+        "train",
+        geometry,
+    )?)
+}
+
+/// Trains `stage` of `run` (this rank's part of it).
+fn train_on(
+    run: &RunDir,
+    cfg: &chatpainter_train::TrainConfig,
+    stage: &str,
+    stage1_dir: &Path,
+    progress: &dyn chatpainter_artifacts::Progress,
+    stop: &std::sync::atomic::AtomicBool,
+    world: &chatpainter_train::World,
+) -> Result<chatpainter_train::TrainSummary> {
+    let data = train_data(run, stage)?;
+    let dir = &run.stage(stage);
+    Ok(if stage == "stage1" {
+        chatpainter_train::train_stage1(cfg, &data, dir, progress, stop, world)?
+    } else {
+        chatpainter_train::train_stage2(cfg, &data, stage1_dir, dir, progress, stop, world)?
+    })
+}
+
+fn train_stage_as(args: &StageArgs, stage: &str, world: &chatpainter_train::World) -> Result<()> {
+    use chatpainter_artifacts::Freshness;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let (pipeline, run) = load(args)?;
@@ -503,6 +555,21 @@ fn train_stage(args: &StageArgs, stage: &str) -> Result<()> {
             args.pipeline.display()
         );
     }
+    let stage1_dir = run.resolve(&stage1_path);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // Installing twice (several stages in one process) is refused by ctrlc; the first handler stays.
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    if !world.is_root() {
+        // Rank 0 decides whether the stage runs and writes everything; this rank trains.
+        ui::init_logging(None)?;
+        let skip = world.broadcast_bytes(Vec::new()) == [1];
+        if !skip {
+            let none = chatpainter_artifacts::NoProgress;
+            train_on(&run, &cfg, stage, &stage1_dir, &none, &stop, world)?;
+        }
+        return Ok(());
+    }
     let dir = run.create_stage(stage)?;
     ui::init_logging(Some(&dir.join("log.txt")))?;
     let mut inputs = vec!["run:ingest", "run:embed"];
@@ -510,7 +577,6 @@ fn train_stage(args: &StageArgs, stage: &str) -> Result<()> {
         inputs.push(&stage1_path);
     }
     let mut upstream = upstream_of(&run, &inputs)?;
-    let stage1_dir = run.resolve(&stage1_path);
     if stage == "stage2" && !stage1_path.starts_with("run:") {
         // A Stage-I run outside this run directory: its manifest still pins it.
         let digest = Manifest::digest_on_disk(&stage1_dir).with_context(|| {
@@ -530,6 +596,9 @@ fn train_stage(args: &StageArgs, stage: &str) -> Result<()> {
     // changed only in run length, intervals or devices. They go with --force, new upstream
     // artifacts, or a change to anything that shapes the training.
     let fresh = chatpainter_artifacts::manifest::freshness(&dir, &key)?;
+    // The other ranks follow this decision (the same one `run_stage` makes below).
+    let skip = matches!(fresh, Freshness::Current) && !args.force;
+    world.broadcast_bytes(vec![u8::from(skip)]);
     let checkpoints = dir.join("checkpoints");
     if checkpoints.exists() && (args.force || matches!(fresh, Freshness::Stale(_))) {
         let keep = !args.force && resumable(&dir, &key, &cfg)?;
@@ -542,10 +611,6 @@ fn train_stage(args: &StageArgs, stage: &str) -> Result<()> {
                 .with_context(|| checkpoints.display().to_string())?;
         }
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    // Installing twice (several stages in one process) is refused by ctrlc; the first handler stays.
-    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     let bar = ui::Bar::new();
     let outcome = run_stage(
         &dir,
@@ -554,22 +619,7 @@ fn train_stage(args: &StageArgs, stage: &str) -> Result<()> {
         args.force,
         &toml::to_string(&cfg)?,
         |dir| -> Result<StageOutput> {
-            let geometry = if stage == "stage1" {
-                Geometry::STAGE1
-            } else {
-                Geometry::STAGE2
-            };
-            let data = chatpainter_train::TrainData::load(
-                &run.stage("ingest"),
-                &run.stage("embed"),
-                "train",
-                geometry,
-            )?;
-            let summary = if stage == "stage1" {
-                chatpainter_train::train_stage1(&cfg, &data, dir, &bar, &stop)?
-            } else {
-                chatpainter_train::train_stage2(&cfg, &data, &stage1_dir, dir, &bar, &stop)?
-            };
+            let summary = train_on(&run, &cfg, stage, &stage1_dir, &bar, &stop, world)?;
             if summary.stopped {
                 bail!(
                     "{stage}: interrupted; checkpoint at step {} written, rerun the same command to resume",

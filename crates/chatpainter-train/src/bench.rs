@@ -13,6 +13,7 @@ use crate::config::{TrainConfig, TrainDevice, Variant};
 use crate::data::HostBatch;
 use crate::model::{Stage1Generator, Stage2Generator, StageGenerator};
 use crate::rng::Xoshiro256;
+use crate::ranks::World;
 use crate::trainer::{StepInputs, adam, train_step};
 
 /// Rows per device and batch size: median ms/step over `steps` after one warm-up step,
@@ -63,15 +64,15 @@ pub fn stage2_rows(
                 };
                 let t0 = Instant::now();
                 // The step reads its losses back, so the device has finished when it returns.
-                let (g2, d2, _) = train_step(
+                let (g2, d2, _, _) = train_step(
                     g,
                     d,
-                    &[],
                     &mut opt_g,
                     &mut opt_d,
                     (2e-4, 2e-4),
                     inputs,
-                    std::slice::from_ref(&dev),
+                    &dev,
+                    &World::single(),
                 )?;
                 (g, d) = (g2, d2);
                 if i > 0 {

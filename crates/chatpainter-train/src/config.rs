@@ -7,7 +7,6 @@ use chatpainter_nn::{DialogueVariant, StackGanConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::device::DeviceList;
 use crate::text_norm::TextNorm;
 
 /// Which conditioning the generator gets (model.md §10).
@@ -33,7 +32,10 @@ impl Variant {
 }
 
 /// Where the training runs, written in configs and on the command line as `cpu` (Burn's flex
-/// backend; alias `flex`), `tch-cpu` (LibTorch on the CPU) or `cuda:N` (LibTorch CUDA device N).
+/// backend; alias `flex`), `tch-cpu` (LibTorch on the CPU), `cuda:N` (LibTorch CUDA device N) or
+/// `cuda` (the GPU of the rank's local index: rank k of a machine binds to `cuda:k`; `cuda:0`
+/// without data-parallel ranks). Data-parallel training runs one process per device (see
+/// [`crate::ranks`]), each naming its own device, so there is no list form.
 /// The LibTorch devices exist only in builds with the `tch` cargo feature; other builds refuse
 /// them at parse time with a message saying how to build with it (see [`crate::device`], which
 /// also maps each choice to Burn devices). Keeping the choice here, not a backend type, lets a
@@ -50,6 +52,9 @@ pub enum TrainDevice {
     /// LibTorch CUDA device with this index.
     #[cfg(feature = "tch")]
     Cuda(usize),
+    /// LibTorch CUDA device of the rank's local index ([`TrainDevice::for_local_rank`]).
+    #[cfg(feature = "tch")]
+    CudaLocalRank,
 }
 
 /// Network widths: a named preset, then single-key overrides. The caption and dialogue widths
@@ -161,10 +166,10 @@ pub struct TrainConfig {
     /// Conditions (and real images) on a sample sheet.
     #[serde(default = "default_sample_count")]
     pub sample_count: usize,
-    /// `cpu` (default), `tch-cpu`, `cuda:0`, or a list for data-parallel replicas
-    /// (`cuda:0,cuda:1`; `cpu,cpu` exercises the same path without GPUs).
+    /// `cpu` (default), `tch-cpu`, `cuda:N`, or `cuda` (each data-parallel rank on the GPU of
+    /// its local index).
     #[serde(default)]
-    pub device: DeviceList,
+    pub device: TrainDevice,
     /// Stage-II: the Stage-I stage directory (`run:stage1` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage1: Option<String>,
@@ -279,7 +284,7 @@ impl TrainConfig {
             log_every: default_log_every(),
             keep_checkpoints: default_keep(),
             sample_count: 4,
-            device: DeviceList::default(),
+            device: TrainDevice::default(),
             stage1: None,
             stage1_batch_norm: Stage1BatchNorm::BatchStats,
             text_norm: TextNorm::None,
@@ -443,7 +448,7 @@ impl TrainConfig {
             sample_every: 0,
             log_every: 0,
             keep_checkpoints: 0,
-            device: DeviceList::default(),
+            device: TrainDevice::default(),
             ..self.clone()
         }
     }
@@ -460,7 +465,7 @@ mod tests {
         let c: TrainConfig = serde_json::from_str(json).expect("parse");
         assert_eq!(c.adam, AdamSettings::default());
         assert_eq!(c.lr_g, 2e-4);
-        assert_eq!(c.device, DeviceList::default());
+        assert_eq!(c.device, TrainDevice::default());
         c.validate().expect("valid");
         let r = c.network(64, 32).expect("resolve");
         assert_eq!(
@@ -473,12 +478,12 @@ mod tests {
             r#"{"variant":"stackgan","batch_size":8,"epochs":1,"device":"flex"}"#,
         )
         .expect("alias");
-        assert_eq!(dev.device.as_slice(), &[TrainDevice::Cpu]);
-        let two: TrainConfig = serde_json::from_str(
+        assert_eq!(dev.device, TrainDevice::Cpu);
+        let two = serde_json::from_str::<TrainConfig>(
             r#"{"variant":"stackgan","batch_size":8,"epochs":1,"device":"cpu,cpu"}"#,
         )
-        .expect("list");
-        assert_eq!(two.device.as_slice().len(), 2);
+        .expect_err("lists are gone");
+        assert!(two.to_string().contains("mpirun"), "{two}");
     }
 
     #[test]

@@ -437,32 +437,6 @@ pub struct HostBatch {
     pub lengths: Vec<usize>,
 }
 
-impl HostBatch {
-    /// Splits into `n` contiguous shards of equal size (data-parallel replicas); `size` must be
-    /// a multiple of `n`.
-    pub fn split(self, n: usize) -> Vec<HostBatch> {
-        let per = self.size / n.max(1);
-        let chunk = |v: &[f32], k: usize| {
-            let w = v.len() / self.size.max(1);
-            v[k * per * w..(k + 1) * per * w].to_vec()
-        };
-        (0..n)
-            .map(|k| HostBatch {
-                size: per,
-                crop: self.crop,
-                images: chunk(&self.images, k),
-                captions: chunk(&self.captions, k),
-                dialogue: chunk(&self.dialogue, k),
-                lengths: self
-                    .lengths
-                    .get(k * per..(k + 1) * per)
-                    .map(<[usize]>::to_vec)
-                    .unwrap_or_default(),
-            })
-            .collect()
-    }
-}
-
 /// Builds the batch of `indices` with the given augmentations (decoding and pixels in parallel).
 ///
 /// # Errors

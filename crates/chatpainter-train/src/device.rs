@@ -1,6 +1,6 @@
-//! Device choice: the text forms of [`TrainDevice`] (`cpu`, `tch-cpu`, `cuda:N`), the list form
-//! for data-parallel training ([`DeviceList`], `cuda:0,cuda:1` or `cpu,cpu`), and the mapping of
-//! each choice to Burn devices.
+//! Device choice: the text forms of [`TrainDevice`] (`cpu`, `tch-cpu`, `cuda:N`, `cuda` for the
+//! rank's local GPU) and the mapping of each choice to Burn devices. Data-parallel training runs
+//! one process per device ([`crate::ranks`]); a list of devices is refused with that advice.
 //!
 //! The LibTorch devices need the `tch` cargo feature; a build without it refuses them when the
 //! text is parsed (config, checkpoint state or command line) with a [`DeviceError`] saying how to
@@ -12,7 +12,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::tensor::{Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::config::TrainDevice;
@@ -21,10 +20,15 @@ use crate::config::TrainDevice;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeviceError {
     /// Not one of the known forms.
-    #[error(
-        "device `{0}`: unknown (known: cpu, tch-cpu, cuda:N, or a comma-separated list of them)"
-    )]
+    #[error("device `{0}`: unknown (known: cpu, tch-cpu, cuda:N, cuda)")]
     Unknown(String),
+    /// A comma-separated list: the old one-process data-parallel form.
+    #[error(
+        "device `{0}`: one process trains on one device; for data-parallel training start one \
+         rank per device (`mpirun -n 2 chatpainter train …` with device `cpu` or `cuda`, or \
+         `cargo xtask run … --devices {0}`)"
+    )]
+    List(String),
     /// A LibTorch device in a build without the `tch` feature.
     #[error(
         "device `{0}` runs on LibTorch, which this build of chatpainter leaves out: build with \
@@ -32,9 +36,6 @@ pub enum DeviceError {
          with LIBTORCH set, see spec/libtorch.md), or use `cpu`"
     )]
     NeedsTch(String),
-    /// An empty device list.
-    #[error("device list `{0}` is empty")]
-    EmptyList(String),
     /// The device exists in this build but failed its first use (no GPU, no driver, …).
     #[error("device `{device}` is not usable here: {message}")]
     Unusable { device: String, message: String },
@@ -54,6 +55,8 @@ impl fmt::Display for TrainDevice {
             Self::TchCpu => f.write_str("tch-cpu"),
             #[cfg(feature = "tch")]
             Self::Cuda(i) => write!(f, "cuda:{i}"),
+            #[cfg(feature = "tch")]
+            Self::CudaLocalRank => f.write_str("cuda"),
         }
     }
 }
@@ -66,12 +69,17 @@ impl FromStr for TrainDevice {
         let cuda_index = t
             .strip_prefix("cuda:")
             .and_then(|n| n.parse::<usize>().ok());
+        if t.contains(',') {
+            return Err(DeviceError::List(t.to_owned()));
+        }
         match t {
             "cpu" | "flex" => Ok(Self::Cpu),
             #[cfg(feature = "tch")]
             "tch-cpu" => Ok(Self::TchCpu),
+            #[cfg(feature = "tch")]
+            "cuda" => Ok(Self::CudaLocalRank),
             #[cfg(not(feature = "tch"))]
-            "tch-cpu" => Err(DeviceError::NeedsTch(t.to_owned())),
+            "tch-cpu" | "cuda" => Err(DeviceError::NeedsTch(t.to_owned())),
             _ => match cuda_index {
                 #[cfg(feature = "tch")]
                 Some(i) => Ok(Self::Cuda(i)),
@@ -111,6 +119,8 @@ impl TrainDevice {
             Self::TchCpu => Device::libtorch(),
             #[cfg(feature = "tch")]
             Self::Cuda(i) => Device::libtorch_cuda(i),
+            #[cfg(feature = "tch")]
+            Self::CudaLocalRank => Device::libtorch_cuda(0),
         };
         (inference.clone().autodiff(), inference)
     }
@@ -160,103 +170,17 @@ impl TrainDevice {
         }
     }
 
-    /// Parses the list form (`cuda:0,cuda:1`, `cpu,cpu`, or one device).
-    ///
-    /// # Errors
-    /// The first entry's [`DeviceError`], or [`DeviceError::EmptyList`].
-    pub fn parse_list(s: &str) -> Result<Vec<Self>, DeviceError> {
-        Ok(s.parse::<DeviceList>()?.0)
-    }
-}
-
-/// One or more devices for data-parallel training (one replica per entry; the same device may
-/// repeat, e.g. `cpu,cpu` tests the data-parallel path without GPUs). Written as a
-/// comma-separated string in configs and on the command line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct DeviceList(Vec<TrainDevice>);
-
-impl DeviceList {
-    /// A list of one device.
-    pub fn single(device: TrainDevice) -> Self {
-        Self(vec![device])
-    }
-
-    /// The devices, in replica order (never empty).
-    pub fn as_slice(&self) -> &[TrainDevice] {
-        &self.0
-    }
-
-    /// The first device: the one that holds the optimiser state and the exported weights.
-    pub fn primary(&self) -> TrainDevice {
-        self.0.first().copied().unwrap_or_default()
-    }
-
-    /// [`TrainDevice::devices`] of every entry.
-    pub fn devices(&self) -> Vec<(Device, Device)> {
-        self.0.iter().map(|d| d.devices()).collect()
-    }
-
-    /// [`TrainDevice::probe`] of every distinct entry.
-    ///
-    /// # Errors
-    /// The first failing device's error.
-    pub fn probe(&self) -> Result<(), DeviceError> {
-        let mut seen = Vec::new();
-        for d in &self.0 {
-            if !seen.contains(d) {
-                d.probe()?;
-                seen.push(*d);
+    /// The device of the data-parallel rank with this local index: `cuda` becomes
+    /// `cuda:<local rank>`, every other choice stays as it is.
+    pub fn for_local_rank(self, local_rank: usize) -> Self {
+        match self {
+            #[cfg(feature = "tch")]
+            Self::CudaLocalRank => Self::Cuda(local_rank),
+            other => {
+                let _ = local_rank;
+                other
             }
         }
-        Ok(())
-    }
-}
-
-impl Default for DeviceList {
-    fn default() -> Self {
-        Self::single(TrainDevice::Cpu)
-    }
-}
-
-impl FromStr for DeviceList {
-    type Err = DeviceError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let devices = s
-            .split(',')
-            .filter(|p| !p.trim().is_empty())
-            .map(str::parse)
-            .collect::<Result<Vec<TrainDevice>, _>>()?;
-        if devices.is_empty() {
-            return Err(DeviceError::EmptyList(s.to_owned()));
-        }
-        Ok(Self(devices))
-    }
-}
-
-impl fmt::Display for DeviceList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, d) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{d}")?;
-        }
-        Ok(())
-    }
-}
-
-impl TryFrom<String> for DeviceList {
-    type Error = DeviceError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<DeviceList> for String {
-    fn from(d: DeviceList) -> Self {
-        d.to_string()
     }
 }
 
@@ -271,14 +195,11 @@ mod tests {
         assert_eq!(TrainDevice::Cpu.to_string(), "cpu");
         let json = serde_json::to_string(&TrainDevice::Cpu).expect("ser");
         assert_eq!(json, "\"cpu\"");
-        let list: DeviceList = "cpu, cpu".parse().expect("list");
-        assert_eq!(list.as_slice(), &[TrainDevice::Cpu, TrainDevice::Cpu]);
-        assert_eq!(list.to_string(), "cpu,cpu");
-        assert_eq!(list.devices().len(), 2);
         assert!(matches!(
-            "".parse::<DeviceList>(),
-            Err(DeviceError::EmptyList(_))
+            "cpu, cpu".parse::<TrainDevice>(),
+            Err(DeviceError::List(_))
         ));
+        assert_eq!(TrainDevice::Cpu.for_local_rank(3), TrainDevice::Cpu);
         assert!(matches!(
             "gpu".parse::<TrainDevice>(),
             Err(DeviceError::Unknown(_))
@@ -293,7 +214,7 @@ mod tests {
     #[cfg(not(feature = "tch"))]
     #[test]
     fn libtorch_devices_need_the_feature() {
-        for s in ["tch-cpu", "cuda:0", "cuda:3"] {
+        for s in ["tch-cpu", "cuda:0", "cuda:3", "cuda"] {
             let e = s.parse::<TrainDevice>().expect_err("refused");
             assert_eq!(e, DeviceError::NeedsTch(s.into()));
             let msg = e.to_string();
@@ -302,8 +223,6 @@ mod tests {
                 "{msg}"
             );
         }
-        let e = TrainDevice::parse_list("cuda:0,cuda:1").expect_err("refused");
-        assert_eq!(e, DeviceError::NeedsTch("cuda:0".into()));
         let e = serde_json::from_str::<TrainDevice>("\"tch-cpu\"").expect_err("refused");
         assert!(e.to_string().contains("--features tch"), "{e}");
     }
@@ -314,9 +233,11 @@ mod tests {
         assert_eq!("tch-cpu".parse::<TrainDevice>(), Ok(TrainDevice::TchCpu));
         assert_eq!("cuda:1".parse::<TrainDevice>(), Ok(TrainDevice::Cuda(1)));
         assert_eq!(TrainDevice::Cuda(1).to_string(), "cuda:1");
+        assert_eq!("cuda".parse::<TrainDevice>(), Ok(TrainDevice::CudaLocalRank));
+        assert_eq!(TrainDevice::CudaLocalRank.to_string(), "cuda");
         assert_eq!(
-            TrainDevice::parse_list("cuda:0,cuda:1"),
-            Ok(vec![TrainDevice::Cuda(0), TrainDevice::Cuda(1)])
+            TrainDevice::CudaLocalRank.for_local_rank(1),
+            TrainDevice::Cuda(1)
         );
         TrainDevice::TchCpu.probe().expect("libtorch CPU works");
     }

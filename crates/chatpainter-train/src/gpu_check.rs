@@ -24,10 +24,10 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::config::{AdamSettings, ResolvedNetwork, TrainDevice, Variant};
 use crate::data::HostBatch;
-use crate::device::DeviceList;
 use crate::export::first_non_finite;
 use crate::model::Stage1Generator;
 use crate::rng::Xoshiro256;
+use crate::ranks::World;
 use crate::trainer::{StepInputs, train_step};
 
 /// Image side of Stage-I.
@@ -372,15 +372,15 @@ impl Trainee {
             step: 1,
             kl_coeff: s.kl_coeff,
         };
-        let (gnet, d, l) = train_step(
+        let (gnet, d, l, _) = train_step(
             self.gnet.clone(),
             self.d.clone(),
-            &[],
             &mut self.opt_g,
             &mut self.opt_d,
             (s.lr, s.lr),
             step_inputs,
-            std::slice::from_ref(&self.device),
+            &self.device,
+            &World::single(),
         )?;
         (self.gnet, self.d) = (gnet, d);
         Ok(StepLosses {
@@ -643,9 +643,10 @@ pub fn write_report(report: &GpuCheckReport, dir: &Path) -> Result<(), TrainErro
 pub fn bench_devices() -> Result<Vec<TrainDevice>, TrainError> {
     if let Ok(list) = std::env::var("CHATPAINTER_BENCH_DEVICES") {
         let mut out = Vec::new();
-        for d in list.parse::<DeviceList>()?.as_slice() {
-            if !out.contains(d) {
-                out.push(*d);
+        for part in list.split(',').filter(|p| !p.trim().is_empty()) {
+            let d: TrainDevice = part.parse()?;
+            if !out.contains(&d) {
+                out.push(d);
             }
         }
         return Ok(out);

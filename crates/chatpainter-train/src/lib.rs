@@ -31,7 +31,11 @@
 //! Determinism: all training randomness (order, crops, flips, captions, noise, CA eps) comes from
 //! [`rng::Xoshiro256`] streams stored in checkpoints; the device RNG only initialises the
 //! networks. On the flex CPU backend a resumed run ends bit-identical to an uninterrupted one
-//! (tested). Data-parallel training (issue 4 §3) is not implemented yet.
+//! (tested).
+//!
+//! Data-parallel training ([`ranks`]): one process per device, started by `mpirun` / `srun`;
+//! rank 0 broadcasts its state, every rank trains on its contiguous share of each global batch,
+//! gradients are averaged over the ranks before each optimiser step, and only rank 0 writes.
 
 pub mod bench;
 pub mod checkpoint;
@@ -44,6 +48,7 @@ pub mod gpu_check;
 pub mod import;
 pub mod metrics;
 pub mod model;
+pub mod ranks;
 pub mod reference_run;
 pub mod rng;
 pub mod text_norm;
@@ -53,7 +58,8 @@ use std::path::PathBuf;
 
 pub use config::{AdamSettings, NetworkConfig, ResolvedNetwork, TrainConfig, TrainDevice, Variant};
 pub use data::{Geometry, StoredImage, TrainData, TrainItem};
-pub use device::{DeviceError, DeviceList};
+pub use device::DeviceError;
+pub use ranks::World;
 pub use metrics::StepMetrics;
 pub use model::{Stage1Generator, Stage2Generator, StageGenerator};
 pub use text_norm::{TextNorm, TextStats};

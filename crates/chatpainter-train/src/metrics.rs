@@ -37,6 +37,10 @@ pub struct StepMetrics {
     pub lr_d: f64,
     pub step_ms: f64,
     pub images_per_s: f64,
+    /// Data-parallel runs: milliseconds of this step spent averaging gradients and losses over
+    /// the ranks (host copies and MPI all-reduce).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_ms: Option<f64>,
 }
 
 /// Appends metric lines, flushing each.
@@ -238,6 +242,7 @@ mod tests {
             lr_d: 2e-4,
             step_ms: 1.0,
             images_per_s: 1.0,
+            sync_ms: None,
         };
         let mut w = MetricsWriter::open(dir.path(), 0).expect("open");
         for s in 1..=5 {

@@ -44,7 +44,7 @@ pub fn import_stage2_generator(
     cfg.validate()?;
     let stage1_net = cfg.network(caption_dim, dialogue_dim)?;
     let net = cfg.network2(&stage1_net)?;
-    let (device, _) = cfg.device.primary().devices();
+    let (device, _) = cfg.device.devices();
     let (g1, _) = Stage1Generator::init(&stage1_net, cfg.variant, &device, cfg.seed);
     let (g2, d) = Stage2Generator::init(&net, cfg.variant, g1, &device, cfg.seed)?;
     let (g, report) = load_reference_pth(g2.g, pth)?;
@@ -82,6 +82,7 @@ pub fn import_stage2_generator(
         lr_halvings: 0,
         config: cfg.clone(),
         network: net,
+        world_size: 1,
     };
     let opt = adam(cfg);
     checkpoint::save(out_dir, &state, &g2, &d, &opt, &opt, 1)?;

@@ -14,7 +14,7 @@ use chatpainter_train::metrics::{METRICS_FILE, SAMPLES_DIR, read_metrics};
 use chatpainter_train::rng::Xoshiro256;
 use chatpainter_train::{
     Geometry, StoredImage, TrainConfig, TrainData, TrainError, TrainItem, Variant,
-    load_checkpoint_networks, train_stage1,
+    World, load_checkpoint_networks, train_stage1,
 };
 
 const CAPTION_DIM: usize = 12;
@@ -69,7 +69,14 @@ fn run(
     dir: &Path,
     stop: bool,
 ) -> Result<chatpainter_train::TrainSummary, TrainError> {
-    train_stage1(cfg, data, dir, &NoProgress, &AtomicBool::new(stop))
+    train_stage1(
+        cfg,
+        data,
+        dir,
+        &NoProgress,
+        &AtomicBool::new(stop),
+        &World::single(),
+    )
 }
 
 fn final_weights(
@@ -479,7 +486,16 @@ mod stage2 {
 
     fn run2(cfg: &TrainConfig, s1: &Path, dir: &Path) -> chatpainter_train::TrainSummary {
         let data = synthetic_at(Geometry::STAGE2, 6, 12);
-        train_stage2(cfg, &data, s1, dir, &NoProgress, &AtomicBool::new(false)).expect("stage2")
+        train_stage2(
+            cfg,
+            &data,
+            s1,
+            dir,
+            &NoProgress,
+            &AtomicBool::new(false),
+            &World::single(),
+        )
+        .expect("stage2")
     }
 
     fn tensors(path: &Path) -> HashMap<String, Vec<u8>> {
@@ -658,6 +674,7 @@ mod stage2 {
             &root.path().join("x"),
             &NoProgress,
             &never,
+            &World::single(),
         )
         .expect_err("variant");
         assert!(err.to_string().contains("variant"), "{err}");
@@ -670,6 +687,7 @@ mod stage2 {
             &root.path().join("y"),
             &NoProgress,
             &never,
+            &World::single(),
         )
         .expect_err("cond_dim");
         assert!(err.to_string().contains("cond_dim"), "{err}");
@@ -681,6 +699,7 @@ mod stage2 {
             &root.path().join("z"),
             &NoProgress,
             &never,
+            &World::single(),
         )
         .expect_err("geometry");
         assert!(err.to_string().contains("304"), "{err}");
@@ -691,6 +710,7 @@ mod stage2 {
             &root.path().join("w"),
             &NoProgress,
             &never,
+            &World::single(),
         )
         .expect_err("no stage1");
         assert!(err.to_string().contains("config.json"), "{err}");
@@ -932,7 +952,7 @@ mod tch_cpu {
     fn train_stage1_runs_on_tch_cpu() {
         let data = super::synthetic(10, 5);
         let mut cfg = super::config(chatpainter_train::Variant::ChatpainterRecurrent, 3);
-        cfg.device = chatpainter_train::DeviceList::single(TrainDevice::TchCpu);
+        cfg.device = TrainDevice::TchCpu;
         let root = tempfile::tempdir().expect("tmp");
         let summary = super::run(&cfg, &data, root.path(), false).expect("train on tch-cpu");
         assert_eq!(summary.steps, 3);
