@@ -171,30 +171,35 @@ pub enum Libtorch {
     Cuda,
 }
 
-/// What `--devices` asks for.
+/// What `--devices` asks for: one device, or one data-parallel rank per listed device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Devices {
-    /// Burn's flex CPU backend (no libtorch).
-    Cpu,
-    /// LibTorch on the CPU.
-    TchCpu,
-    /// LibTorch CUDA devices, by index (data-parallel when several).
+    /// Burn's flex CPU backend, this many ranks (`cpu`, `cpu,cpu`).
+    Cpu(usize),
+    /// LibTorch on the CPU, this many ranks (`tch-cpu`, `tch-cpu,tch-cpu`).
+    TchCpu(usize),
+    /// LibTorch CUDA devices, by index, one rank each (`cuda:0`, `cuda:0,1`, `cuda:0,cuda:1`).
     Cuda(Vec<u32>),
 }
 
 impl std::str::FromStr for Devices {
     type Err = anyhow::Error;
 
-    /// `cpu`, `flex`, `tch-cpu`, `cuda:0`, `cuda:0,1` or `cuda:0,cuda:1`.
     fn from_str(s: &str) -> Result<Self> {
         let s = s.trim();
-        match s {
-            "cpu" | "flex" => return Ok(Self::Cpu),
-            "tch-cpu" => return Ok(Self::TchCpu),
-            _ => {}
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let all = |name: &[&str]| parts.iter().all(|p| name.contains(p));
+        if all(&["cpu", "flex"]) {
+            return Ok(Self::Cpu(parts.len()));
+        }
+        if all(&["tch-cpu"]) {
+            return Ok(Self::TchCpu(parts.len()));
         }
         let Some(rest) = s.strip_prefix("cuda:") else {
-            bail!("--devices {s}: expected cpu, tch-cpu, cuda:0 or cuda:0,1,…");
+            bail!(
+                "--devices {s}: expected cpu, tch-cpu or cuda:0, or a list of one kind for \
+                 data-parallel ranks (cpu,cpu; cuda:0,1)"
+            );
         };
         let mut ids = Vec::new();
         for part in rest.split(',') {
@@ -213,16 +218,40 @@ impl std::str::FromStr for Devices {
 }
 
 impl Devices {
-    /// The value of the stages' `device` key: `cpu`, `tch-cpu`, `cuda:0`, `cuda:0,cuda:1`.
-    pub fn value(&self) -> String {
+    /// Data-parallel ranks of the training stages.
+    pub fn ranks(&self) -> usize {
         match self {
-            Self::Cpu => "cpu".into(),
-            Self::TchCpu => "tch-cpu".into(),
-            Self::Cuda(ids) => ids
-                .iter()
-                .map(|i| format!("cuda:{i}"))
-                .collect::<Vec<_>>()
-                .join(","),
+            Self::Cpu(n) | Self::TchCpu(n) => *n,
+            Self::Cuda(ids) => ids.len(),
+        }
+    }
+
+    /// The training stages' `device` key: each rank's device. Several GPUs become `cuda` (rank
+    /// k of the machine on `cuda:k`) with [`Devices::visible_gpus`] naming the listed ones.
+    pub fn train_value(&self) -> String {
+        match self {
+            Self::Cuda(ids) if ids.len() > 1 => "cuda".into(),
+            _ => self.eval_value(),
+        }
+    }
+
+    /// The eval stage's `device` key: the first listed device (eval runs in one process).
+    pub fn eval_value(&self) -> String {
+        match self {
+            Self::Cpu(_) => "cpu".into(),
+            Self::TchCpu(_) => "tch-cpu".into(),
+            Self::Cuda(ids) => format!("cuda:{}", ids.first().copied().unwrap_or(0)),
+        }
+    }
+
+    /// `CUDA_VISIBLE_DEVICES` for data-parallel GPU ranks: the listed GPUs, so that local rank k
+    /// binds to the k-th of them.
+    pub fn visible_gpus(&self) -> Option<String> {
+        match self {
+            Self::Cuda(ids) if ids.len() > 1 => {
+                Some(ids.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+            }
+            _ => None,
         }
     }
 }
@@ -283,11 +312,20 @@ mod tests {
 
     #[test]
     fn devices() -> Result<()> {
-        assert_eq!("cpu".parse::<Devices>()?, Devices::Cpu);
-        assert_eq!("cuda:0,1".parse::<Devices>()?.value(), "cuda:0,cuda:1");
-        assert_eq!("cuda:0,cuda:2".parse::<Devices>()?.value(), "cuda:0,cuda:2");
-        assert_eq!("tch-cpu".parse::<Devices>()?.value(), "tch-cpu");
+        assert_eq!("cpu".parse::<Devices>()?, Devices::Cpu(1));
+        let two = "cpu, cpu".parse::<Devices>()?;
+        assert_eq!(
+            (two.ranks(), two.train_value(), two.eval_value()),
+            (2, "cpu".into(), "cpu".into())
+        );
+        let gpus = "cuda:0,cuda:2".parse::<Devices>()?;
+        assert_eq!((gpus.ranks(), gpus.train_value()), (2, "cuda".into()));
+        assert_eq!(gpus.eval_value(), "cuda:0");
+        assert_eq!(gpus.visible_gpus().as_deref(), Some("0,2"));
+        assert_eq!("cuda:1".parse::<Devices>()?.train_value(), "cuda:1");
+        assert_eq!("tch-cpu".parse::<Devices>()?.train_value(), "tch-cpu");
         assert!("gpu".parse::<Devices>().is_err());
+        assert!("cpu,tch-cpu".parse::<Devices>().is_err());
         assert!("cuda:0,0".parse::<Devices>().is_err());
         assert_eq!(libtorch_for("cuda:0,cuda:1"), Some(Libtorch::Cuda));
         assert_eq!(libtorch_for("tch-cpu"), Some(Libtorch::Cpu));

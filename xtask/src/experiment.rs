@@ -31,7 +31,7 @@ pub fn run_dir(variant: &str) -> PathBuf {
 /// overrides) and prints the table.
 pub fn dialogue(devices: Option<Devices>, overrides: &[String]) -> Result<()> {
     let pipeline = root().join("pipelines/dialogue.toml");
-    let devices = Some(devices.unwrap_or(Devices::TchCpu));
+    let devices = Some(devices.unwrap_or(Devices::TchCpu(1)));
     for variant in VARIANTS {
         let mut sets = vec![format!("stage1.variant={variant}")];
         sets.extend(overrides.iter().cloned());

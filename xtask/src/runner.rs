@@ -3,7 +3,9 @@
 //! resuming training are the CLI's job (manifests and checkpoints); xtask picks the range,
 //! passes `--force`, `--set` and the devices through, and reports what each stage did.
 
-use crate::dag::{DEVICE_STAGES, Devices, Libtorch, PipelineFile, libtorch_for, subcommand};
+use crate::dag::{
+    DEVICE_STAGES, Devices, Libtorch, PipelineFile, TRAINING_STAGES, libtorch_for, subcommand,
+};
 use crate::setup::LibtorchPaths;
 use crate::util::{self, root, show};
 use anyhow::{Context, Result, bail};
@@ -47,6 +49,40 @@ pub enum Profile {
     Release,
 }
 
+/// Whether `build_cli` adds the `mpi` feature (data-parallel ranks; needs Open MPI and
+/// libclang): set for runs with several ranks and by `ci`, whose test build has it too (one
+/// feature set, so the smoke binary does not rebuild the crates above chatpainter-train).
+static MPI_BUILDS: AtomicBool = AtomicBool::new(false);
+
+/// From now on, build `chatpainter` with the `mpi` feature.
+pub fn build_with_mpi() {
+    MPI_BUILDS.store(true, Ordering::SeqCst);
+}
+
+/// `mpirun` for `ranks` data-parallel ranks on this machine, each with its share of the cores
+/// for LibTorch's threads (flex sizes its own pool from the MPI world): `--oversubscribe`
+/// allows more ranks than cores, `--bind-to none` avoids binding failures in containers, and
+/// Open MPI is allowed to run as root (CI runs as root).
+pub fn mpirun(ranks: usize, gpus: Option<&str>) -> Command {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / ranks).max(1).to_string();
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "-n",
+        &ranks.to_string(),
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+    ])
+    .args(["-x", &format!("OMP_NUM_THREADS={threads}")])
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    if let Some(ids) = gpus {
+        cmd.env("CUDA_VISIBLE_DEVICES", ids);
+    }
+    cmd
+}
+
 /// Builds `chatpainter` (or takes `$CHATPAINTER_BIN`) for the given libtorch need.
 ///
 /// Libtorch builds use the libtorch that `cargo xtask setup libtorch` prepared, with `LIBTORCH`
@@ -73,6 +109,9 @@ pub fn build_cli(libtorch: Option<Libtorch>, profile: Profile) -> Result<Binary>
     let mut target = util::target_dir()?;
     let mut build = util::cargo();
     build.args(["build", "--quiet", "-p", "chatpainter-cli"]);
+    if MPI_BUILDS.load(Ordering::SeqCst) {
+        build.args(["--features", "mpi"]);
+    }
     if profile == Profile::Release {
         build.arg("--release");
     }
@@ -235,10 +274,19 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
         }
     }
     let mut overrides = opts.overrides.clone();
+    let ranks = opts.devices.as_ref().map_or(1, Devices::ranks);
     if let Some(devices) = &opts.devices {
         for stage in DEVICE_STAGES.iter().filter(|s| file.has(s)) {
-            overrides.push(format!("{stage}.device=\"{}\"", devices.value()));
+            let value = if TRAINING_STAGES.contains(stage) {
+                devices.train_value()
+            } else {
+                devices.eval_value()
+            };
+            overrides.push(format!("{stage}.device=\"{value}\""));
         }
+    }
+    if ranks > 1 {
+        build_with_mpi();
     }
     // The strongest libtorch need of any stage decides the build: every stage parses the whole
     // file, so a `cuda:0` in stage1 must parse even when only ingest runs.
@@ -265,7 +313,18 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
         );
     }
     for stage in &selected {
-        let mut cmd = bin.command();
+        // Training stages run as one process per device under mpirun.
+        let mut cmd = if ranks > 1 && TRAINING_STAGES.contains(&stage.as_str()) {
+            let gpus = opts.devices.as_ref().and_then(Devices::visible_gpus);
+            let mut c = mpirun(ranks, gpus.as_deref());
+            c.arg(&bin.path);
+            for (k, v) in &bin.env {
+                c.env(k, v);
+            }
+            c
+        } else {
+            bin.command()
+        };
         cmd.args(subcommand(stage))
             .arg("--pipeline")
             .arg(&opts.pipeline)

@@ -59,6 +59,18 @@ pub fn run_stage<E: From<ArtifactError>>(
     })
 }
 
+/// Whether process `pid` runs: it has a `/proc` entry and is not a zombie (a killed process
+/// whose parent has not collected it yet, e.g. a data-parallel rank orphaned by `mpirun`).
+fn process_alive(pid: &str) -> bool {
+    match std::fs::read_to_string(Path::new("/proc").join(pid).join("stat")) {
+        // `pid (comm) state …`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 /// `<stage>/.lock` holds the pid of the process running the stage; a second process refuses to
 /// run the same stage, and a lock whose process is gone (killed) is taken over.
 struct StageLock {
@@ -82,7 +94,7 @@ impl StageLock {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let pid = std::fs::read_to_string(&path).unwrap_or_default();
                     let pid = pid.trim();
-                    if !pid.is_empty() && Path::new("/proc").join(pid).exists() {
+                    if !pid.is_empty() && process_alive(pid) {
                         return Err(ArtifactError::contract(
                             dir,
                             format!(

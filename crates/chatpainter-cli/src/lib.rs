@@ -648,7 +648,8 @@ fn resumable(dir: &Path, key: &StageKey, cfg: &chatpainter_train::TrainConfig) -
         Some(old) => old.key.upstream == key.upstream,
         None => true,
     };
-    let Some(latest) = chatpainter_train::checkpoint::latest(dir)? else {
+    // Damaged checkpoints are skipped here and set aside by the training run.
+    let (Some(latest), _) = chatpainter_train::checkpoint::newest_intact(dir)? else {
         return Ok(false);
     };
     let state = chatpainter_train::checkpoint::read_state(&latest)?;

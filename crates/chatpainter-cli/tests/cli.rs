@@ -664,3 +664,249 @@ fn eval_with_weights_computes_metrics_and_eval_folder_agrees() {
     assert!((folder_fid - fid).abs() <= 1e-6 * fid.abs().max(1.0), "{f}");
     assert!(f["protocol"]["generator_stage"].is_null());
 }
+
+/// `synth`, `ingest` and `embed` of the smoke pipeline in a fresh run directory.
+fn smoke_data() -> Env {
+    let e = smoke_env();
+    for stage in ["synth", "ingest", "embed"] {
+        ok(cli(&e, &[stage]));
+    }
+    e
+}
+
+/// `train stage1` of the smoke pipeline with `--set` values (under `launcher` when given).
+fn train_stage1(e: &Env, launcher: Option<Command>, sets: &[&str]) -> Command {
+    let bin = env!("CARGO_BIN_EXE_chatpainter");
+    let mut cmd = match launcher {
+        Some(mut l) => {
+            l.arg(bin);
+            l
+        }
+        None => Command::new(bin),
+    };
+    cmd.args(["train", "stage1", "--pipeline"])
+        .arg(&e.pipeline)
+        .arg("--run")
+        .arg(&e.run)
+        .env("CI", "1");
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    cmd
+}
+
+fn summary(e: &Env, stage: &str) -> serde_json::Value {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(e.run.join(stage).join("manifest.json")).unwrap())
+            .unwrap();
+    m["summary"].clone()
+}
+
+/// A newest checkpoint damaged after it was written (a truncated weights file) is detected by
+/// its checksums and named; the rerun sets it aside and resumes from the newest intact one.
+#[test]
+fn a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous() {
+    let e = smoke_data();
+    let sets = |steps: &'static str| {
+        [
+            steps,
+            "stage1.checkpoint_every=3",
+            "stage1.keep_checkpoints=3",
+            "stage1.sample_every=0",
+        ]
+    };
+    ok(train_stage1(&e, None, &sets("stage1.max_steps=6"))
+        .output()
+        .unwrap());
+    let newest = e.run.join("stage1/checkpoints/step-000000006");
+    let g = newest.join("g.bpk");
+    let len = std::fs::metadata(&g).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&g)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let out = train_stage1(&e, None, &sets("stage1.max_steps=9"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert!(
+        stderr.contains("step-000000006/g.bpk") && stderr.contains("damaged"),
+        "{stderr}"
+    );
+    assert_eq!(summary(&e, "stage1")["resumed_from"], 3);
+    assert!(
+        e.run
+            .join("stage1/checkpoints/step-000000006.damaged")
+            .is_dir()
+    );
+    assert!(e.run.join("stage1/checkpoints/step-000000009").is_dir());
+}
+
+/// Data-parallel ranks under `mpirun` (CPU ranks; the same code path as GPUs on a cluster).
+#[cfg(feature = "mpi")]
+mod ranks {
+    use super::*;
+    use chatpainter_train::ranks::mpirun;
+
+    /// Pids of the processes whose parent is `parent` and whose name starts with `chatpainter`.
+    fn ranks_of(parent: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid …
+            let Some((head, tail)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            let ppid = tail.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(parent) && head.contains("(chatpainter") {
+                out.extend(head.split(' ').next().and_then(|p| p.parse::<u32>().ok()));
+            }
+        }
+        out
+    }
+
+    /// kill -9 of one rank mid-run ends the job within seconds (non-zero); the rerun resumes
+    /// and ends byte-identical to an uninterrupted 2-rank run.
+    #[test]
+    fn a_rank_killed_with_sigkill_ends_the_job_and_the_rerun_resumes_bit_identical() {
+        let a = smoke_data();
+        let b = smoke_env();
+        for stage in ["synth", "ingest", "embed"] {
+            copy_tree(&a.run.join(stage), &b.run.join(stage));
+        }
+        let sets = [
+            "stage1.max_steps=30",
+            "stage1.checkpoint_every=4",
+            "stage1.sample_every=0",
+        ];
+        let mut job = train_stage1(&a, Some(mpirun(2)), &sets)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let checkpoints = a.run.join("stage1/checkpoints");
+        let started = Instant::now();
+        let has_checkpoint = || {
+            std::fs::read_dir(&checkpoints).is_ok_and(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+            })
+        };
+        while !has_checkpoint() && started.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(has_checkpoint(), "no checkpoint within 120 s");
+        let ranks = ranks_of(job.id());
+        assert_eq!(ranks.len(), 2, "rank processes under mpirun: {ranks:?}");
+        let killed = Instant::now();
+        let status = Command::new("kill")
+            .args(["-9", &ranks[1].to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let code = loop {
+            if let Some(code) = job.try_wait().unwrap() {
+                break code;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(20),
+                "the job still runs 20 s after a rank died"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = killed.elapsed();
+        assert!(!code.success(), "the job must fail when a rank dies");
+        assert!(
+            took < Duration::from_secs(10),
+            "job ended {took:?} after the kill"
+        );
+        // The surviving rank is gone too (or a zombie nobody has collected yet).
+        let alive = |pid: &u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, r)| !r.starts_with('Z'))
+            })
+        };
+        while ranks.iter().any(alive) {
+            assert!(
+                killed.elapsed() < Duration::from_secs(10),
+                "a rank still runs 10 s after another died"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!a.run.join("stage1/manifest.json").exists());
+        ok(train_stage1(&a, Some(mpirun(2)), &sets).output().unwrap());
+        ok(train_stage1(&b, Some(mpirun(2)), &sets).output().unwrap());
+        let s = summary(&a, "stage1");
+        assert!(
+            s["resumed_from"].as_u64().is_some_and(|r| r > 0 && r < 30),
+            "the rerun must resume mid-run: {s}"
+        );
+        assert_eq!(s["ranks"], 2);
+        for f in [
+            "stage1_g.safetensors",
+            "stage1_d.safetensors",
+            "stage1_dialogue_rnn.safetensors",
+        ] {
+            let (x, y) = (
+                std::fs::read(a.run.join("stage1").join(f)).unwrap(),
+                std::fs::read(b.run.join("stage1").join(f)).unwrap(),
+            );
+            assert!(
+                x == y,
+                "{f}: resumed 2-rank run differs from the uninterrupted one"
+            );
+        }
+        // Every step's losses too (all but the timing fields of metrics.jsonl).
+        let losses = |e: &Env| -> Vec<String> {
+            std::fs::read_to_string(e.run.join("stage1/metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let mut m: serde_json::Value = serde_json::from_str(l).unwrap();
+                    for k in ["step_ms", "images_per_s", "sync_ms"] {
+                        m.as_object_mut().unwrap().remove(k);
+                    }
+                    m.to_string()
+                })
+                .collect()
+        };
+        assert_eq!(losses(&a), losses(&b));
+    }
+
+    /// A checkpoint written by one rank resumes with two, and the reverse; the run says so.
+    #[test]
+    fn the_world_size_may_change_on_resume() {
+        let e = smoke_data();
+        let sets =
+            |steps: &'static str| [steps, "stage1.checkpoint_every=3", "stage1.sample_every=0"];
+        ok(train_stage1(&e, None, &sets("stage1.max_steps=3"))
+            .output()
+            .unwrap());
+        let out = ok(
+            train_stage1(&e, Some(mpirun(2)), &sets("stage1.max_steps=6"))
+                .output()
+                .unwrap(),
+        );
+        assert!(out.contains("written by 1 rank(s) with 2 rank(s)"), "{out}");
+        let s = summary(&e, "stage1");
+        assert_eq!(
+            (s["resumed_from"].as_u64(), s["ranks"].as_u64()),
+            (Some(3), Some(2))
+        );
+        let out = ok(train_stage1(&e, None, &sets("stage1.max_steps=9"))
+            .output()
+            .unwrap());
+        assert!(out.contains("written by 2 rank(s) with 1 rank(s)"), "{out}");
+        let s = summary(&e, "stage1");
+        assert_eq!(
+            (s["resumed_from"].as_u64(), s["ranks"].as_u64()),
+            (Some(6), Some(1))
+        );
+    }
+}

@@ -12,8 +12,8 @@ use crate::TrainError;
 use crate::config::{TrainConfig, TrainDevice, Variant};
 use crate::data::HostBatch;
 use crate::model::{Stage1Generator, Stage2Generator, StageGenerator};
-use crate::rng::Xoshiro256;
 use crate::ranks::World;
+use crate::rng::Xoshiro256;
 use crate::trainer::{StepInputs, adam, train_step};
 
 /// Rows per device and batch size: median ms/step over `steps` after one warm-up step,

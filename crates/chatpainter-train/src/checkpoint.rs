@@ -205,8 +205,7 @@ pub fn write_into<G: Module, D: Module>(
     }
     let json = serde_json::to_vec_pretty(&sums)
         .map_err(|e| TrainError::Internal(format!("serialising the checksums: {e}")))?;
-    chatpainter_artifacts::write_atomic(dir.join(CHECKSUMS_FILE), &json)
-        .map_err(TrainError::from)
+    chatpainter_artifacts::write_atomic(dir.join(CHECKSUMS_FILE), &json).map_err(TrainError::from)
 }
 
 /// Checks a checkpoint against the checksums recorded when it was written: every file present
@@ -255,38 +254,58 @@ pub fn verify(checkpoint: &Path) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// The newest checkpoint that passes [`verify`]. Each damaged newer one is reported (a warning
-/// naming the file) and renamed to `step-…​.damaged` beside the others, so that it is neither
-/// resumed from nor pruned, and the run can write that step again.
+/// The newest checkpoint that passes [`verify`], and each newer one that does not, with what is
+/// wrong with it (nothing is changed on disk).
+///
+/// # Errors
+/// IO errors listing the checkpoints.
+pub fn newest_intact(stage_dir: &Path) -> Result<(Option<PathBuf>, Vec<Damaged>), TrainError> {
+    let mut damaged = Vec::new();
+    for (step, dir) in list(stage_dir)?.into_iter().rev() {
+        match verify(&dir) {
+            Ok(()) => return Ok((Some(dir), damaged)),
+            Err(error) => damaged.push(Damaged { step, dir, error }),
+        }
+    }
+    Ok((None, damaged))
+}
+
+/// A checkpoint that failed [`verify`].
+#[derive(Debug)]
+pub struct Damaged {
+    pub step: u64,
+    pub dir: PathBuf,
+    pub error: TrainError,
+}
+
+/// [`newest_intact`], with each damaged newer checkpoint reported (a warning naming the file)
+/// and renamed to `step-…​.damaged` beside the others, so that it is neither resumed from nor
+/// pruned, and the run can write that step again.
 ///
 /// # Errors
 /// IO errors listing or renaming the checkpoints.
 pub fn latest_intact(stage_dir: &Path) -> Result<Option<PathBuf>, TrainError> {
-    for (step, dir) in list(stage_dir)?.into_iter().rev() {
-        match verify(&dir) {
-            Ok(()) => return Ok(Some(dir)),
-            Err(e) => {
-                let mut aside = dir.with_file_name(format!("{}{DAMAGED_SUFFIX}", dir_name(step)));
-                let mut k = 1;
-                while aside.exists() {
-                    aside =
-                        dir.with_file_name(format!("{}{DAMAGED_SUFFIX}.{k}", dir_name(step)));
-                    k += 1;
-                }
-                std::fs::rename(&dir, &aside).map_err(|e| TrainError::io(&dir, e))?;
-                tracing::warn!(
-                    "checkpoint of step {step} is damaged ({e}); set aside as {}, resuming from \
-                     the previous intact checkpoint",
-                    aside.display()
-                );
-                eprintln!(
-                    "warning: checkpoint of step {step} is damaged ({e}); set aside as {}",
-                    aside.display()
-                );
-            }
+    let (intact, damaged) = newest_intact(stage_dir)?;
+    for Damaged { step, dir, error } in damaged {
+        let name = |k: usize| match k {
+            0 => format!("{}{DAMAGED_SUFFIX}", dir_name(step)),
+            k => format!("{}{DAMAGED_SUFFIX}.{k}", dir_name(step)),
+        };
+        let mut k = 0;
+        while dir.with_file_name(name(k)).exists() {
+            k += 1;
         }
+        let aside = dir.with_file_name(name(k));
+        std::fs::rename(&dir, &aside).map_err(|e| TrainError::io(&dir, e))?;
+        let message = format!(
+            "warning: checkpoint of step {step} is damaged ({error}); set aside as {}, resuming \
+             from the previous intact checkpoint",
+            aside.display()
+        );
+        tracing::warn!("{message}");
+        eprintln!("{message}");
     }
-    Ok(None)
+    Ok(intact)
 }
 
 /// A checkpoint directory as one byte string (each file as name length, name, size, bytes), for
@@ -325,7 +344,9 @@ pub fn unpack(bytes: &[u8], dir: &Path) -> Result<(), TrainError> {
     };
     for _ in 0..FILES.len() + 1 {
         let len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| bad())?) as usize;
-        let name = std::str::from_utf8(take(len)?).map_err(|_| bad())?.to_owned();
+        let name = std::str::from_utf8(take(len)?)
+            .map_err(|_| bad())?
+            .to_owned();
         if !FILES.contains(&name.as_str()) && name != CHECKSUMS_FILE {
             return Err(bad());
         }

@@ -233,7 +233,10 @@ mod tests {
         assert_eq!("tch-cpu".parse::<TrainDevice>(), Ok(TrainDevice::TchCpu));
         assert_eq!("cuda:1".parse::<TrainDevice>(), Ok(TrainDevice::Cuda(1)));
         assert_eq!(TrainDevice::Cuda(1).to_string(), "cuda:1");
-        assert_eq!("cuda".parse::<TrainDevice>(), Ok(TrainDevice::CudaLocalRank));
+        assert_eq!(
+            "cuda".parse::<TrainDevice>(),
+            Ok(TrainDevice::CudaLocalRank)
+        );
         assert_eq!(TrainDevice::CudaLocalRank.to_string(), "cuda");
         assert_eq!(
             TrainDevice::CudaLocalRank.for_local_rank(1),

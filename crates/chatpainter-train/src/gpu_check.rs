@@ -26,8 +26,8 @@ use crate::config::{AdamSettings, ResolvedNetwork, TrainDevice, Variant};
 use crate::data::HostBatch;
 use crate::export::first_non_finite;
 use crate::model::Stage1Generator;
-use crate::rng::Xoshiro256;
 use crate::ranks::World;
+use crate::rng::Xoshiro256;
 use crate::trainer::{StepInputs, train_step};
 
 /// Image side of Stage-I.

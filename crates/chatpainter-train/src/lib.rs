@@ -59,9 +59,9 @@ use std::path::PathBuf;
 pub use config::{AdamSettings, NetworkConfig, ResolvedNetwork, TrainConfig, TrainDevice, Variant};
 pub use data::{Geometry, StoredImage, TrainData, TrainItem};
 pub use device::DeviceError;
-pub use ranks::World;
 pub use metrics::StepMetrics;
 pub use model::{Stage1Generator, Stage2Generator, StageGenerator};
+pub use ranks::World;
 pub use text_norm::{TextNorm, TextStats};
 pub use trainer::{
     ResolvedConfig, TrainSummary, load_checkpoint_networks, train_stage1, train_stage2,

@@ -226,7 +226,11 @@ impl World {
 
     /// Averages `grads` (this rank's gradients of `module`) over the ranks: one all-reduce of all
     /// of them packed into a single host buffer (device memory → host → MPI → device).
-    pub fn average_gradients<M: Module>(&self, grads: GradientsParams, module: &M) -> GradientsParams {
+    pub fn average_gradients<M: Module>(
+        &self,
+        grads: GradientsParams,
+        module: &M,
+    ) -> GradientsParams {
         if self.size == 1 {
             return grads;
         }
@@ -320,8 +324,14 @@ impl ModuleVisitor for Unpack<'_> {
 /// Open MPI's permission to run as root (CI runs as root; Open MPI refuses otherwise).
 pub fn mpirun(ranks: usize) -> std::process::Command {
     let mut cmd = std::process::Command::new("mpirun");
-    cmd.args(["-n", &ranks.to_string(), "--oversubscribe", "--bind-to", "none"])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    cmd.args([
+        "-n",
+        &ranks.to_string(),
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+    ])
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
     cmd
 }

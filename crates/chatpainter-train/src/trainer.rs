@@ -30,8 +30,8 @@ use std::time::Instant;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use chatpainter_artifacts::{OutputFile, Progress};
-use chatpainter_nn::loss::{discriminator_loss, generator_loss};
 use chatpainter_nn::Stage1D;
+use chatpainter_nn::loss::{discriminator_loss, generator_loss};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -630,12 +630,7 @@ impl Run<'_> {
 
     /// Rank 0: the newest intact checkpoint's state (damaged newer ones set aside), or a fresh
     /// start. The other ranks get theirs from rank 0 ([`share_root_state`]).
-    fn start<G: StageGenerator>(
-        &self,
-        gnet: G,
-        d: G::D,
-        n: usize,
-    ) -> Result<Start<G>, TrainError> {
+    fn start<G: StageGenerator>(&self, gnet: G, d: G::D, n: usize) -> Result<Start<G>, TrainError> {
         let cfg = self.cfg;
         let (opt_g, opt_d) = (adam(cfg), adam(cfg));
         let fresh = || {
@@ -1069,7 +1064,6 @@ impl Sampler {
     }
 }
 
-
 #[cfg(all(test, feature = "mpi"))]
 mod tests {
     use super::*;
@@ -1200,7 +1194,10 @@ mod tests {
         let (g3, d3, l3) = run(&World::single(), share);
         assert_eq!(l2, l3, "{stage}: 2 ranks vs 1 rank on a share");
         assert!(
-            g2.iter().chain(&d2).zip(g3.iter().chain(&d3)).all(|(a, b)| a.values == b.values),
+            g2.iter()
+                .chain(&d2)
+                .zip(g3.iter().chain(&d3))
+                .all(|(a, b)| a.values == b.values),
             "{stage}: 2 ranks vs 1 rank on a share: weights differ"
         );
         let steps = if all_steps_vs_global { l1.len() } else { 1 };
@@ -1235,12 +1232,20 @@ mod tests {
                 compared += 1;
             }
         }
-        assert!(!all_steps_vs_global || compared > 1000, "{stage}: {compared}");
+        assert!(
+            !all_steps_vs_global || compared > 1000,
+            "{stage}: {compared}"
+        );
         // Replicas identical: rank 0's weights, bit for bit, on every rank (the running
         // statistics too: every share is the same here).
         let hash = chatpainter_artifacts::sha256_bytes(&mine);
         let root = world.broadcast_bytes(hash.clone().into_bytes());
-        assert_eq!(root, hash.as_bytes(), "{stage}: rank {} drifted", world.rank());
+        assert_eq!(
+            root,
+            hash.as_bytes(),
+            "{stage}: rank {} drifted",
+            world.rank()
+        );
         // The weights moved (the comparison is not of two untouched copies).
         let (g0, _) = init(3);
         let moved = tensor_values(&g0)

@@ -13,8 +13,8 @@ use chatpainter_train::export::tensor_values;
 use chatpainter_train::metrics::{METRICS_FILE, SAMPLES_DIR, read_metrics};
 use chatpainter_train::rng::Xoshiro256;
 use chatpainter_train::{
-    Geometry, StoredImage, TrainConfig, TrainData, TrainError, TrainItem, Variant,
-    World, load_checkpoint_networks, train_stage1,
+    Geometry, StoredImage, TrainConfig, TrainData, TrainError, TrainItem, Variant, World,
+    load_checkpoint_networks, train_stage1,
 };
 
 const CAPTION_DIM: usize = 12;
