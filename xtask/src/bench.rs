@@ -268,6 +268,84 @@ fn bench_ingest() -> Result<Vec<Row>> {
     ])
 }
 
+/// `cargo xtask bench scaling`: Stage-I images/s with 1 and 2 data-parallel CPU ranks (each
+/// rank gets its share of the cores) and, with 2 ranks, the share of a Stage-I and a Stage-II
+/// step spent averaging gradients (host copies + MPI all-reduce; `sync_ms` of `metrics.jsonl`).
+/// Medians over the steps after the first five.
+pub fn scaling() -> Result<()> {
+    let pipeline = root().join("pipelines/smoke.toml");
+    let sets = [
+        "synth.train_images=256",
+        "stage1.max_steps=40",
+        "stage1.batch_size=32",
+        "stage1.network.gf_dim=32",
+        "stage1.network.df_dim=16",
+        "stage1.checkpoint_every=0",
+        "stage1.sample_every=0",
+        "stage2.max_steps=12",
+        "stage2.batch_size=4",
+        "stage2.checkpoint_every=0",
+        "stage2.sample_every=0",
+    ];
+    let mut rows = Vec::new();
+    for ranks in [1usize, 2] {
+        let run = root().join(format!("runs/bench-scaling-{ranks}"));
+        crate::runner::run_pipeline(&crate::runner::RunOptions {
+            pipeline: pipeline.clone(),
+            run: Some(run.clone()),
+            to: Some("stage2".into()),
+            force: vec!["stage1".into(), "stage2".into()],
+            devices: Some(crate::dag::Devices::Cpu(ranks)),
+            overrides: sets.iter().map(|s| (*s).to_string()).collect(),
+            quiet: true,
+            ..Default::default()
+        })?;
+        for (stage, widths) in [
+            ("stage1", "gf 32 / df 16, caption+BiLSTM, batch 32"),
+            ("stage2", "smoke widths (gf 8 / df 8), batch 4"),
+        ] {
+            let text = std::fs::read_to_string(run.join(stage).join("metrics.jsonl"))?;
+            let mut step = Vec::new();
+            let mut sync = Vec::new();
+            for line in text.lines().skip(5) {
+                let m: serde_json::Value = serde_json::from_str(line)?;
+                step.push(m["step_ms"].as_f64().unwrap_or(f64::NAN));
+                sync.extend(m["sync_ms"].as_f64());
+            }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+            };
+            let (step_ms, sync_ms) = (median(&mut step), median(&mut sync));
+            let batch = if stage == "stage1" { 32.0 } else { 4.0 };
+            let conditions = format!(
+                "{ranks} CPU rank(s) on {} cores, flex, {widths}, median of {} steps",
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+                step.len()
+            );
+            rows.push(Row {
+                name: format!("{stage} step, {ranks} rank(s)"),
+                value: batch * 1e3 / step_ms,
+                unit: "images/s".into(),
+                conditions: conditions.clone(),
+            });
+            if ranks > 1 {
+                rows.push(Row {
+                    name: format!("{stage} gradient all-reduce, {ranks} ranks"),
+                    value: sync_ms,
+                    unit: format!(
+                        "ms/step ({:.1} % of {step_ms:.0} ms)",
+                        100.0 * sync_ms / step_ms
+                    ),
+                    conditions,
+                });
+            }
+        }
+    }
+    println!("{}", table(&rows));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,7 +70,8 @@ enum Cmd {
     /// Download the pretrained MiniLM weights (same as `setup minilm`).
     FetchModels,
     /// Benchmarks (ingest, embed, stage1, stage2, eval or all); prints one table. `dialogue`
-    /// runs the three-variant experiment on generated scenes (tens of minutes; not in `all`).
+    /// runs the three-variant experiment on generated scenes (tens of minutes; not in `all`);
+    /// `scaling` trains with 1 and 2 data-parallel CPU ranks (needs Open MPI; not in `all`).
     Bench {
         #[arg(default_value = "all")]
         what: String,
@@ -141,6 +142,7 @@ fn dispatch(command: Cmd) -> Result<()> {
             let devices = devices.map(|d| d.parse()).transpose()?;
             xtask::experiment::dialogue(devices, &sets)
         }
+        Cmd::Bench { what, .. } if what == "scaling" => xtask::bench::scaling(),
         Cmd::Bench { what, .. } => xtask::bench::bench(&what),
         Cmd::GpuCheck { out } => xtask::gpu_check::gpu_check(out),
     }

@@ -871,7 +871,7 @@ pub(crate) struct StepInputs {
 
 impl StepInputs {
     /// The batch, noise and CA eps as tensors on `device`.
-    fn to_device(self, device: &Device) -> (DeviceBatch, Tensor<2>, Vec<Tensor<2>>) {
+    fn into_device(self, device: &Device) -> (DeviceBatch, Tensor<2>, Vec<Tensor<2>>) {
         let rows = self.host.size;
         let b = DeviceBatch::new(self.host, self.variant, &self.net, device);
         let z = tensor2(self.noise, [rows, self.net.z_dim], device);
@@ -900,7 +900,7 @@ pub(crate) fn train_step<G: StageGenerator>(
     world: &World,
 ) -> Result<(G, G::D, StepLosses, f64), TrainError> {
     let (step, kl_coeff) = (inputs.step, inputs.kl_coeff);
-    let (b, z, eps) = inputs.to_device(device);
+    let (b, z, eps) = inputs.into_device(device);
     let mut synced = 0.0;
     // D phase: G forward, D loss on real / wrong / detached fake.
     let out = gnet.generate(b.captions, &b.dialogue, z, eps)?;
