@@ -1,11 +1,18 @@
 //! The embedding cache: content-addressed by (encoder identity, normalised text).
 //!
 //! `<cache_dir>/<encoder fingerprint>/` holds `encoder.json` (the [`EncoderIdentity`]) and
-//! `part-NNNNN.parquet` files of `(key: fixed_size_binary(32) = sha256 of the normalised text,
-//! vector: fixed_size_list<float32, dim>)`. One folder per encoder identity means vectors of two
-//! encoders (or two weight files, or two text rules) can never mix. New vectors are appended as
-//! new parts, each written atomically: a killed build keeps every finished part and resumes
-//! from there.
+//! `part-NNNNN-<writer>.parquet` files of `(key: fixed_size_binary(32) = sha256 of the normalised
+//! text, vector: fixed_size_list<float32, dim>)`, each stamped (Parquet key-value metadata
+//! `chatpainter.encoder`) with the fingerprint of the encoder that wrote it. One folder per
+//! encoder identity means vectors of two encoders (or two weight files, or two text rules) can
+//! never mix. New vectors are appended as new parts, each written atomically: a killed build
+//! keeps every finished part and resumes from there.
+//!
+//! Several writers may share a cache folder at once (two pipelines embedding at the same time)
+//! without a lock: a part's name carries a token unique to its writer, so two writers never
+//! publish to the same name, and every vector read back is checked against the key stored in its
+//! row and the part's encoder stamp, so an index that does not match its files is an error, never
+//! a wrong vector.
 //!
 //! Memory: only an index (key → part, row; ≈60 bytes a text) is held. Vectors stay on disk
 //! and are read back part by part by [`EncoderCache::gather`], so a 4800-d Skip-Thought cache
@@ -23,6 +30,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub type Key = [u8; 32];
+
+/// Parquet key-value metadata naming the encoder fingerprint of a part.
+const ENCODER_METADATA: &str = "chatpainter.encoder";
 
 /// The cache key of a text: sha256 of its whitespace-normalised form.
 pub fn key_of(normalised: &str) -> Key {
@@ -45,6 +55,9 @@ pub struct EncoderCache {
     /// Number of the next part file: one past the highest on disk, so a gap left by a
     /// deleted part is never overwritten.
     next_number: usize,
+    /// This writer's token in its part names (process id and clock), so that writers sharing
+    /// the folder never write the same name even when they count to the same number.
+    writer: String,
 }
 
 fn err(path: &Path, message: impl std::fmt::Display) -> EmbedError {
@@ -71,19 +84,23 @@ impl EncoderCache {
         let dir = cache_dir.join(identity.fingerprint());
         std::fs::create_dir_all(&dir).map_err(|source| EmbedError::io(&dir, source))?;
         let id_path = dir.join("encoder.json");
-        if id_path.exists() {
-            let bytes = std::fs::read(&id_path).map_err(|e| EmbedError::io(&id_path, e))?;
-            let stored: EncoderIdentity =
-                serde_json::from_slice(&bytes).map_err(|e| err(&id_path, e))?;
-            if &stored != identity {
-                return Err(err(
-                    &id_path,
-                    format!("belongs to encoder {stored:?}, not {identity:?}"),
-                ));
-            }
-        } else {
+        if !id_path.exists() {
             let json = serde_json::to_vec_pretty(identity).map_err(|e| err(&id_path, e))?;
-            write_atomic(&id_path, &json).map_err(|e| err(&id_path, e))?;
+            // Another writer may be creating it at the same moment: then theirs is checked.
+            if let Err(e) = write_atomic(&id_path, &json)
+                && !id_path.exists()
+            {
+                return Err(err(&id_path, e));
+            }
+        }
+        let bytes = std::fs::read(&id_path).map_err(|e| EmbedError::io(&id_path, e))?;
+        let stored: EncoderIdentity =
+            serde_json::from_slice(&bytes).map_err(|e| err(&id_path, e))?;
+        if &stored != identity {
+            return Err(err(
+                &id_path,
+                format!("belongs to encoder {stored:?}, not {identity:?}"),
+            ));
         }
         let mut parts: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(|source| EmbedError::io(&dir, source))?
@@ -99,16 +116,14 @@ impl EncoderCache {
             .iter()
             .filter_map(|p| {
                 let name = p.file_name()?.to_str()?;
-                name.strip_prefix("part-")?
-                    .strip_suffix(".parquet")?
-                    .parse::<usize>()
-                    .ok()
+                let rest = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+                rest.split('-').next()?.parse::<usize>().ok()
             })
             .max()
             .map_or(0, |n| n + 1);
         let mut index = HashMap::new();
         for (number, part) in parts.iter().enumerate() {
-            let keys = read_keys(part, identity.dim)?;
+            let keys = read_keys(part, identity)?;
             for (row, key) in keys.into_iter().enumerate() {
                 // A later part wins; both hold the same vector anyway (same key, same encoder).
                 index.insert(
@@ -126,6 +141,7 @@ impl EncoderCache {
             parts,
             index,
             next_number,
+            writer: writer_token(),
         })
     }
 
@@ -195,7 +211,7 @@ impl EncoderCache {
             let path = &self.parts[part];
             let mut next = 0;
             let mut offset = 0usize;
-            for_each_batch(path, dim, |_, values| {
+            for_each_batch(path, &self.identity, |stored, values| {
                 let n = values.len() / dim.max(1);
                 while let Some(&(row, i)) = rows.get(next) {
                     let row = row as usize;
@@ -203,6 +219,18 @@ impl EncoderCache {
                         break;
                     }
                     let local = row - offset;
+                    // The row must hold the vector of the text asked for.
+                    if stored.value(local) != keys[i] {
+                        return Err(err(
+                            path,
+                            format!(
+                                "row {row} holds key {}, the index expected {}: the part was \
+                                 replaced after the cache was opened",
+                                hex::encode(stored.value(local)),
+                                hex::encode(keys[i])
+                            ),
+                        ));
+                    }
                     sink(i, &values[local * dim..(local + 1) * dim])?;
                     next += 1;
                 }
@@ -277,9 +305,10 @@ impl EncoderCache {
 
     fn write_part(&mut self, keys: &[Key], values: Vec<f32>) -> Result<(), EmbedError> {
         let number = self.parts.len();
-        let path = self
-            .dir
-            .join(format!("part-{:05}.parquet", self.next_number));
+        let path = self.dir.join(format!(
+            "part-{:05}-{}.parquet",
+            self.next_number, self.writer
+        ));
         let dim = self.identity.dim as i32;
         let schema = Arc::new(Schema::new(vec![
             Field::new("key", DataType::FixedSizeBinary(32), false),
@@ -305,7 +334,14 @@ impl EncoderCache {
             RecordBatch::try_new(schema.clone(), vec![Arc::new(key_array), Arc::new(vectors)])
                 .map_err(|e| err(&path, e))?;
         let file = AtomicFile::create(&path).map_err(|e| err(&path, e))?;
-        let mut writer = ArrowWriter::try_new(file, schema, None).map_err(|e| err(&path, e))?;
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+                ENCODER_METADATA.to_string(),
+                self.identity.fingerprint(),
+            )]))
+            .build();
+        let mut writer =
+            ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| err(&path, e))?;
         writer.write(&batch).map_err(|e| err(&path, e))?;
         writer
             .into_inner()
@@ -327,12 +363,43 @@ impl EncoderCache {
     }
 }
 
+/// A token unique to this writer among the writers sharing a cache folder.
+fn writer_token() -> String {
+    static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let digest = Sha256::digest(format!("{}-{nanos}-{n}", std::process::id()).as_bytes());
+    hex::encode(&digest[..6])
+}
+
+/// Opens a part, checking its encoder stamp (parts written before stamps have none and are
+/// accepted: they sit in their encoder's folder) and its columns.
 fn open_part(
     path: &Path,
-    dim: usize,
+    identity: &EncoderIdentity,
 ) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>, EmbedError> {
+    let dim = identity.dim;
     let file = std::fs::File::open(path).map_err(|e| EmbedError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(path, e))?;
+    let stamp = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|e| e.key == ENCODER_METADATA))
+        .and_then(|e| e.value.clone());
+    if let Some(stamp) = stamp
+        && stamp != identity.fingerprint()
+    {
+        return Err(err(
+            path,
+            format!(
+                "written by encoder {stamp}, this cache folder is encoder {}",
+                identity.fingerprint()
+            ),
+        ));
+    }
     let schema = builder.schema();
     let key_ok = schema
         .field_with_name("key")
@@ -363,8 +430,8 @@ fn open_part(
 }
 
 /// The keys of one part, in row order (the vector column is not decoded).
-fn read_keys(path: &Path, dim: usize) -> Result<Vec<Key>, EmbedError> {
-    let builder = open_part(path, dim)?;
+fn read_keys(path: &Path, identity: &EncoderIdentity) -> Result<Vec<Key>, EmbedError> {
+    let builder = open_part(path, identity)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), ["key"]);
     let reader = builder
         .with_projection(mask)
@@ -393,10 +460,13 @@ fn read_keys(path: &Path, dim: usize) -> Result<Vec<Key>, EmbedError> {
 /// Streams one part's record batches as (keys, row-major vector values).
 fn for_each_batch(
     path: &Path,
-    dim: usize,
+    identity: &EncoderIdentity,
     mut f: impl FnMut(&FixedSizeBinaryArray, &[f32]) -> Result<(), EmbedError>,
 ) -> Result<(), EmbedError> {
-    let reader = open_part(path, dim)?.build().map_err(|e| err(path, e))?;
+    let dim = identity.dim;
+    let reader = open_part(path, identity)?
+        .build()
+        .map_err(|e| err(path, e))?;
     for batch in reader {
         let batch = batch.map_err(|e| err(path, e))?;
         let keys = batch

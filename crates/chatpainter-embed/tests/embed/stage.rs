@@ -396,13 +396,85 @@ fn cache_keeps_an_index_and_reads_parts_on_demand() -> TestResult {
     // A part lost in the middle: its texts are encoded again into a new part, and no
     // finished part is overwritten.
     let folder = dir.path().join(enc.identity().fingerprint());
-    std::fs::remove_file(folder.join("part-00001.parquet"))?;
+    let numbered = |n: &str| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with(&format!("part-{n}-")))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let second = numbered("00001");
+    assert_eq!(second.len(), 1, "{second:?}");
+    std::fs::remove_file(&second[0])?;
     let mut cache = EncoderCache::open(dir.path(), enc.identity())?;
     assert_eq!(cache.len(), 7);
     let stats = cache.fill(&enc, &texts, 2, 3, &NoProgress)?;
     assert_eq!((stats.encoded, stats.reused), (3, 7));
-    assert!(folder.join("part-00004.parquet").is_file());
+    assert_eq!(numbered("00004").len(), 1);
     assert_eq!(EncoderCache::open(dir.path(), enc.identity())?.len(), 10);
+
+    // A part replaced behind an open cache's back (what a second writer publishing to the same
+    // name would do) is an error naming the row, never a wrong vector.
+    let cache = EncoderCache::open(dir.path(), enc.identity())?;
+    let first = numbered("00000");
+    let fourth = numbered("00004");
+    std::fs::copy(&fourth[0], &first[0])?;
+    let keys: Vec<_> = texts.iter().map(|t| key_of(t)).collect();
+    let err = cache
+        .gather(&keys, |_, _| Ok(()))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("the index expected"), "{err}");
+    Ok(())
+}
+
+/// Two writers filling one cache folder at the same time (overlapping texts, the same part
+/// numbers): every vector read back afterwards equals a fresh encode of its text.
+#[test]
+fn concurrent_writers_never_mix_vectors() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let enc = HashingEncoder::new(16)?;
+    let texts: Vec<String> = (0..400)
+        .map(|i| format!("turn {i} of a dialogue"))
+        .collect();
+    let halves = [&texts[..260], &texts[140..]];
+    std::thread::scope(|scope| -> TestResult {
+        let handles: Vec<_> = halves
+            .iter()
+            .map(|part| {
+                let (dir, enc) = (dir.path(), &enc);
+                scope.spawn(move || -> Result<(), chatpainter_embed::EmbedError> {
+                    let mut cache = EncoderCache::open(dir, enc.identity())?;
+                    cache.fill(enc, part, 8, 16, &NoProgress)?;
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| "writer panicked")??;
+        }
+        Ok(())
+    })?;
+    let cache = EncoderCache::open(dir.path(), enc.identity())?;
+    assert_eq!(cache.len(), texts.len());
+    let keys: Vec<_> = texts.iter().map(|t| key_of(t)).collect();
+    let mut got = vec![Vec::new(); keys.len()];
+    cache.gather(&keys, |i, v| {
+        got[i] = v.to_vec();
+        Ok(())
+    })?;
+    for (i, t) in texts.iter().enumerate() {
+        assert_eq!(got[i], enc.encode_batch(&[t])?.data, "text {i}");
+    }
     Ok(())
 }
 
