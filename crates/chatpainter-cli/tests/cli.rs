@@ -319,38 +319,17 @@ fn stage1_killed_with_sigkill_resumes_bit_identical() {
         "stage1.checkpoint_every=4",
         "stage1.sample_every=0",
     ];
-    let train = |e: &Env| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatpainter"));
-        cmd.args(["train", "stage1", "--pipeline"])
-            .arg(&e.pipeline)
-            .arg("--run")
-            .arg(&e.run)
-            .env("CI", "1");
-        for s in sets {
-            cmd.args(["--set", s]);
-        }
-        cmd
-    };
+    let train = |e: &Env| train_stage1(e, None, &sets);
     let mut child = train(&a)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     // SIGKILL once the first checkpoint is on disk.
-    let checkpoints = a.run.join("stage1/checkpoints");
-    let started = Instant::now();
-    let has_checkpoint = || {
-        std::fs::read_dir(&checkpoints).is_ok_and(|d| {
-            d.filter_map(Result::ok)
-                .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
-        })
-    };
-    while !has_checkpoint() && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let checkpointed = wait_for_checkpoint(&a, Duration::from_secs(60));
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
-    assert!(has_checkpoint(), "no checkpoint within 60 s");
+    assert!(checkpointed, "no checkpoint within 60 s");
     assert!(
         !a.run.join("stage1/manifest.json").exists(),
         "killed before the end: the stage must not look finished"
@@ -358,13 +337,10 @@ fn stage1_killed_with_sigkill_resumes_bit_identical() {
     assert!(!a.run.join("stage1/stage1_g.safetensors").exists());
     ok(train(&a).output().unwrap());
     ok(train(&b).output().unwrap());
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(a.run.join("stage1/manifest.json")).unwrap())
-            .unwrap();
-    let resumed = manifest["summary"]["resumed_from"].as_u64();
+    let s = summary(&a, "stage1");
     assert!(
-        resumed.is_some_and(|s| s > 0 && s < 30),
-        "the rerun must resume mid-run: {manifest}"
+        s["resumed_from"].as_u64().is_some_and(|r| r > 0 && r < 30),
+        "the rerun must resume mid-run: {s}"
     );
     for f in [
         "stage1_g.safetensors",
@@ -695,6 +671,22 @@ fn train_stage1(e: &Env, launcher: Option<Command>, sets: &[&str]) -> Command {
     cmd
 }
 
+/// Waits (up to `limit`) until Stage-I of `e` has a checkpoint on disk; whether it has.
+fn wait_for_checkpoint(e: &Env, limit: Duration) -> bool {
+    let checkpoints = e.run.join("stage1/checkpoints");
+    let has_checkpoint = || {
+        std::fs::read_dir(&checkpoints).is_ok_and(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        })
+    };
+    let started = Instant::now();
+    while !has_checkpoint() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    has_checkpoint()
+}
+
 fn summary(e: &Env, stage: &str) -> serde_json::Value {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(e.run.join(stage).join("manifest.json")).unwrap())
@@ -789,18 +781,10 @@ mod ranks {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let checkpoints = a.run.join("stage1/checkpoints");
-        let started = Instant::now();
-        let has_checkpoint = || {
-            std::fs::read_dir(&checkpoints).is_ok_and(|d| {
-                d.filter_map(Result::ok)
-                    .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
-            })
-        };
-        while !has_checkpoint() && started.elapsed() < Duration::from_secs(120) {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        assert!(has_checkpoint(), "no checkpoint within 120 s");
+        assert!(
+            wait_for_checkpoint(&a, Duration::from_secs(120)),
+            "no checkpoint within 120 s"
+        );
         let ranks = ranks_of(job.id());
         assert_eq!(ranks.len(), 2, "rank processes under mpirun: {ranks:?}");
         let killed = Instant::now();

@@ -21,6 +21,15 @@ use crate::TrainError;
 /// Slurm's `srun --mpi=pmix`) and PMI-1/2 launchers (`PMI_RANK`) announce a rank.
 const LAUNCHER_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"];
 
+/// The element types the collectives reduce (`f32` gradients, `f64` losses and flags).
+#[cfg(feature = "mpi")]
+pub trait Number: Copy + mpi::datatype::Equivalence {}
+/// The element types the collectives reduce (`f32` gradients, `f64` losses and flags).
+#[cfg(not(feature = "mpi"))]
+pub trait Number: Copy {}
+impl Number for f32 {}
+impl Number for f64 {}
+
 /// This process's place among the data-parallel ranks.
 pub struct World {
     rank: usize,
@@ -169,20 +178,7 @@ impl World {
     }
 
     /// Element-wise sum over the ranks, in place.
-    pub fn sum_f32(&self, values: &mut [f32]) {
-        #[cfg(feature = "mpi")]
-        if let Some(m) = &self.mpi {
-            use mpi::collective::SystemOperation;
-            use mpi::traits::CommunicatorCollectives;
-            let send = values.to_vec();
-            m.world
-                .all_reduce_into(&send[..], values, SystemOperation::sum());
-        }
-        let _ = values;
-    }
-
-    /// Element-wise sum over the ranks, in place.
-    pub fn sum_f64(&self, values: &mut [f64]) {
+    pub fn sum<T: Number>(&self, values: &mut [T]) {
         #[cfg(feature = "mpi")]
         if let Some(m) = &self.mpi {
             use mpi::collective::SystemOperation;
@@ -197,7 +193,7 @@ impl World {
     /// Element-wise mean over the ranks, in place.
     pub fn mean_f64(&self, values: &mut [f64]) {
         if self.size > 1 {
-            self.sum_f64(values);
+            self.sum(values);
             for v in values.iter_mut() {
                 *v /= self.size as f64;
             }
@@ -207,7 +203,7 @@ impl World {
     /// Whether `flag` is set on any rank.
     pub fn any(&self, flag: bool) -> bool {
         let mut v = [f64::from(u8::from(flag))];
-        self.sum_f64(&mut v);
+        self.sum(&mut v);
         v[0] > 0.0
     }
 
@@ -245,7 +241,7 @@ impl World {
             mut flat,
             parts,
         } = pack;
-        self.sum_f32(&mut flat);
+        self.sum(&mut flat);
         let scale = 1.0 / self.size as f32;
         for v in &mut flat {
             *v *= scale;

@@ -462,22 +462,17 @@ impl Run<'_> {
         state.config = cfg.clone();
         state.world_size = ranks;
 
-        let mut metrics = match root {
-            true => Some(MetricsWriter::open(out_dir, state.step)?),
-            false => None,
-        };
-        let sampler = match root {
-            true => Some(Sampler::new::<G>(
-                cfg,
-                data,
-                &net,
-                self.text_stats.as_ref(),
-            )?),
-            false => None,
-        };
-        let mut last_checkpoint = match root {
-            true => checkpoint::latest(out_dir)?,
-            false => None,
+        // Rank 0 writes; the other ranks have no writers.
+        let mut metrics = root
+            .then(|| MetricsWriter::open(out_dir, state.step))
+            .transpose()?;
+        let sampler = root
+            .then(|| Sampler::new::<G>(cfg, data, &net, self.text_stats.as_ref()))
+            .transpose()?;
+        let mut last_checkpoint = if root {
+            checkpoint::latest(out_dir)?
+        } else {
+            None
         };
         let mut last_metrics = None;
         let mut stopped = false;
@@ -633,11 +628,17 @@ impl Run<'_> {
     fn start<G: StageGenerator>(&self, gnet: G, d: G::D, n: usize) -> Result<Start<G>, TrainError> {
         let cfg = self.cfg;
         let (opt_g, opt_d) = (adam(cfg), adam(cfg));
-        let fresh = || {
+        let resume_from = if self.world.is_root() {
+            checkpoint::remove_partial(self.out_dir)?;
+            checkpoint::latest_intact(self.out_dir)?
+        } else {
+            None
+        };
+        let Some(dir) = resume_from else {
             let mut data_rng = Xoshiro256::new(cfg.seed, STREAM_DATA);
             let mut permutation: Vec<u32> = (0..n as u32).collect();
             data_rng.shuffle(&mut permutation);
-            TrainState {
+            let state = TrainState {
                 format: CHECKPOINT_FORMAT,
                 step: 0,
                 epoch: 0,
@@ -649,26 +650,13 @@ impl Run<'_> {
                 config: cfg.clone(),
                 network: self.net,
                 world_size: self.world.size(),
-            }
-        };
-        if !self.world.is_root() {
+            };
             return Ok(Start {
                 gnet,
                 d,
                 opt_g,
                 opt_d,
-                state: fresh(),
-                resumed_from: None,
-            });
-        }
-        checkpoint::remove_partial(self.out_dir)?;
-        let Some(dir) = checkpoint::latest_intact(self.out_dir)? else {
-            return Ok(Start {
-                gnet,
-                d,
-                opt_g,
-                opt_d,
-                state: fresh(),
+                state,
                 resumed_from: None,
             });
         };
