@@ -16,7 +16,8 @@
 //! config.json                     resolved config + network sizes + steps per epoch (ResolvedConfig)
 //! metrics.jsonl                   one StepMetrics JSON object per optimiser step
 //! samples/step-000000100.png      real 64×64 crops | generated, at fixed noise and conditions
-//! checkpoints/step-000000100/     g.bpk d.bpk opt_g.bpk opt_d.bpk state.json (newest N kept)
+//! checkpoints/step-000000100/     g.bpk d.bpk opt_g.bpk opt_d.bpk state.json checksums.json
+//!                                 (newest N kept; a damaged one is set aside as step-….damaged)
 //! stage1_g.safetensors            reference PyTorch names (STAGE1_G state_dict), end of run
 //! stage1_d.safetensors            reference names (STAGE1_D)
 //! stage1_dialogue_rnn.safetensors recurrent variant: the BiLSTM (`lstm.weight_ih_l0`, …)
