@@ -37,3 +37,115 @@ pub fn run(what: &str) -> Result<Vec<BenchRow>> {
         other => bail!("bench {other}: unknown benchmark"),
     }
 }
+
+/// `chatpainter bench-step`: one training step at any widths; the arguments and the JSON line
+/// are those of `tests/reference/step_torch.py`, the PyTorch reference of the same step.
+#[derive(Debug, clap::Args)]
+pub struct StepArgs {
+    /// 1 (64x64) or 2 (256x256 on a frozen Stage-I G).
+    #[arg(long, default_value_t = 1)]
+    pub stage: u8,
+    /// stackgan, chatpainter-nonrecurrent or chatpainter-recurrent.
+    #[arg(long, default_value = "stackgan")]
+    pub variant: String,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Stage-I widths.
+    #[arg(long, default_value_t = 32)]
+    pub gf: usize,
+    #[arg(long, default_value_t = 32)]
+    pub df: usize,
+    /// Stage-II widths and residual blocks.
+    #[arg(long, default_value_t = 32)]
+    pub s2_gf: usize,
+    #[arg(long, default_value_t = 16)]
+    pub s2_df: usize,
+    #[arg(long, default_value_t = 2)]
+    pub r_num: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub caption_dim: usize,
+    /// Whole-dialogue (non-recurrent) or per-turn (recurrent) vector width.
+    #[arg(long, default_value_t = 4800)]
+    pub dialogue_dim: usize,
+    #[arg(long, default_value_t = 10)]
+    pub turns: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub rnn_hidden: usize,
+    #[arg(long, default_value_t = 128)]
+    pub cond_dim: usize,
+    #[arg(long, default_value_t = 100)]
+    pub z_dim: usize,
+    /// cpu (flex), tch-cpu, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32 or bf16 (mixed precision).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl StepArgs {
+    /// The benchmark these arguments describe.
+    ///
+    /// # Errors
+    /// An unknown stage, variant, device or precision.
+    pub fn options(&self) -> Result<chatpainter_train::bench::StepBenchOptions> {
+        use chatpainter_train::config::Stage2Widths;
+        use chatpainter_train::gpu_check::StepSetup;
+        let variant: chatpainter_train::Variant =
+            serde_json::from_value(serde_json::Value::String(self.variant.clone())).map_err(
+                |_| {
+                    anyhow::anyhow!(
+                        "--variant {}: unknown (known: stackgan, chatpainter-nonrecurrent, chatpainter-recurrent)",
+                        self.variant
+                    )
+                },
+            )?;
+        let (dialogue_dim, rnn_hidden, turns) = match variant {
+            chatpainter_train::Variant::Stackgan => (0, 0, 0),
+            chatpainter_train::Variant::ChatpainterNonrecurrent => (self.dialogue_dim, 0, 0),
+            chatpainter_train::Variant::ChatpainterRecurrent => {
+                (self.dialogue_dim, self.rnn_hidden, self.turns)
+            }
+        };
+        let mut setup = StepSetup::bench_reduced(self.batch);
+        setup.name = "bench-step".into();
+        setup.variant = variant;
+        setup.turns = turns;
+        setup.seed = self.seed;
+        setup.net = chatpainter_train::ResolvedNetwork {
+            z_dim: self.z_dim,
+            caption_dim: self.caption_dim,
+            dialogue_dim,
+            rnn_hidden,
+            cond_dim: self.cond_dim,
+            gf_dim: self.gf,
+            df_dim: self.df,
+            stage2: None,
+        };
+        let stage2 = match self.stage {
+            1 => None,
+            2 => Some(Stage2Widths {
+                gf_dim: self.s2_gf,
+                df_dim: self.s2_df,
+                r_num: self.r_num,
+                // The reference: the frozen Stage-I G's BatchNorms stay in train mode.
+                stage1_bn_batch_stats: true,
+            }),
+            other => bail!("--stage {other}: must be 1 or 2"),
+        };
+        Ok(chatpainter_train::bench::StepBenchOptions {
+            setup,
+            stage2,
+            device: self.device.parse()?,
+            precision: self.precision.parse()?,
+            warmup: self.warmup,
+            steps: self.steps,
+        })
+    }
+}

@@ -130,6 +130,9 @@ pub enum Command {
         /// embed, stage1, stage2 or eval.
         what: String,
     },
+    /// Time one training step of either stage at any widths, on random inputs; prints one JSON
+    /// line, field for field what the PyTorch reference `tests/reference/step_torch.py` prints.
+    BenchStep(bench::StepArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +198,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 out.display(),
                 report.ignored.len()
             );
+            Ok(())
+        }
+        Command::BenchStep(args) => {
+            let report = chatpainter_train::bench::step_bench(&args.options()?)?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Bench { what } => {

@@ -11,7 +11,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::activation::{leaky_relu, relu, sigmoid};
 use burn::tensor::module::{batch_norm_train, interpolate};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 
 /// LeakyReLU slope used everywhere in the reference code.
 pub const LEAKY_SLOPE: f64 = 0.2;
@@ -98,19 +98,26 @@ pub fn bn_forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     };
     let device = x.device();
     let result = batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+    // Running statistics stay float32 when the step computes in bfloat16.
     let m = bn.momentum;
     let running_mean = bn
         .running_mean
         .value_sync()
         .to_device(&device)
         .mul_scalar(1.0 - m)
-        .add(result.mean.detach().mul_scalar(m));
+        .add(result.mean.detach().cast(FloatDType::F32).mul_scalar(m));
     let running_var = bn
         .running_var
         .value_sync()
         .to_device(&device)
         .mul_scalar(1.0 - m)
-        .add(result.variance.detach().mul_scalar(m * unbiased));
+        .add(
+            result
+                .variance
+                .detach()
+                .cast(FloatDType::F32)
+                .mul_scalar(m * unbiased),
+        );
     bn.running_mean.update(running_mean.detach());
     bn.running_var.update(running_var.detach());
     result.output

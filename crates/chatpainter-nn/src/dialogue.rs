@@ -89,7 +89,8 @@ impl LstmDirection {
     ) -> Tensor<2> {
         let [b, t, d] = x.dims();
         let h4 = 4 * self.hidden;
-        let device = x.device();
+        // The state in the input's precision (bfloat16 under mixed precision).
+        let (device, dtype) = (x.device(), x.dtype());
         // The input projection of every slot in one matmul; only the recurrent part is sequential.
         let xw = x
             .reshape([b * t, d])
@@ -98,8 +99,8 @@ impl LstmDirection {
             .reshape([b, t, h4]);
         let w_hh_t = self.weight_hh.val().transpose();
         let b_hh = self.bias_hh.val().unsqueeze::<2>();
-        let mut h = Tensor::<2>::zeros([b, self.hidden], &device);
-        let mut c = Tensor::<2>::zeros([b, self.hidden], &device);
+        let mut h = Tensor::<2>::zeros([b, self.hidden], (&device, dtype));
+        let mut c = Tensor::<2>::zeros([b, self.hidden], (&device, dtype));
         for s in steps {
             let gates = xw.clone().narrow(1, s, 1).reshape([b, h4])
                 + h.clone().matmul(w_hh_t.clone())

@@ -2,7 +2,7 @@
 //! (mean, log terms clamped at −100), the CA KL term, and the Stage-I / Stage-II discriminator and
 //! generator compositions with the shift-by-one wrong pairs.
 
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use crate::{Discriminator, NnError};
 
@@ -25,11 +25,18 @@ fn clamped_log<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     safe + correction
 }
 
+/// Losses are computed in float32 whatever precision the networks ran in (as PyTorch's autocast
+/// does for `binary_cross_entropy`, `exp` and `log`): a bfloat16 log has 3 significant digits.
+fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.cast(FloatDType::F32)
+}
+
 /// `nn.BCELoss()(probs, targets)`: `−mean(y·max(log p, −100) + (1−y)·max(log(1−p), −100))`.
 ///
 /// # Shapes
 /// `probs`, `targets`: `[N]` → `[1]`
 pub fn bce(probs: Tensor<1>, targets: Tensor<1>) -> Tensor<1> {
+    let (probs, targets) = (to_f32(probs), to_f32(targets));
     let log_p = clamped_log(probs.clone());
     let log_q = clamped_log(probs.neg().add_scalar(1.0));
     let ones_minus_y = targets.clone().neg().add_scalar(1.0);
@@ -41,6 +48,7 @@ pub fn bce(probs: Tensor<1>, targets: Tensor<1>) -> Tensor<1> {
 /// # Shapes
 /// `[N]` → `[1]`
 pub fn bce_const(probs: Tensor<1>, label: f64) -> Tensor<1> {
+    let probs = to_f32(probs);
     let targets = probs.full_like(label);
     bce(probs, targets)
 }
@@ -50,6 +58,7 @@ pub fn bce_const(probs: Tensor<1>, label: f64) -> Tensor<1> {
 /// # Shapes
 /// `mu`, `logvar`: `[B, Nc]` → `[1]`
 pub fn kl_loss(mu: Tensor<2>, logvar: Tensor<2>) -> Tensor<1> {
+    let (mu, logvar) = (to_f32(mu), to_f32(logvar));
     let inner = logvar.clone().add_scalar(1.0) - mu.powi_scalar(2) - logvar.exp();
     inner.mean().mul_scalar(-0.5)
 }

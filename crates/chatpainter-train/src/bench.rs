@@ -3,15 +3,21 @@
 //! gf 128 / df 64 / 4 residual blocks, caption-only, 1024-d captions) for a few batch sizes, per
 //! device. Random weights and inputs: speed does not depend on them.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
+use burn::optim::AdamConfig;
 use chatpainter_artifacts::BenchRow;
 use chatpainter_artifacts::bench::peak_rss_mib;
+use chatpainter_nn::count_trainable;
+use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::config::{TrainConfig, TrainDevice, Variant};
+use crate::config::{ResolvedNetwork, Stage2Widths, TrainConfig, TrainDevice, Variant};
 use crate::data::HostBatch;
+use crate::gpu_check::{HostInputs, StepSetup, Timing};
 use crate::model::{Stage1Generator, Stage2Generator, StageGenerator};
+use crate::precision::Precision;
 use crate::ranks::World;
 use crate::rng::Xoshiro256;
 use crate::trainer::{StepInputs, adam, train_step};
@@ -61,6 +67,7 @@ pub fn stage2_rows(
                     net,
                     step: i as u64 + 1,
                     kl_coeff: cfg.kl_coeff,
+                    precision: Precision::F32,
                 };
                 let t0 = Instant::now();
                 // The step reads its losses back, so the device has finished when it returns.
@@ -108,4 +115,246 @@ pub fn stage2_rows(
         }
     }
     Ok(rows)
+}
+
+/// What `chatpainter bench-step` measures: one training step of either stage, at any widths,
+/// with random inputs of the real shapes. `tests/reference/step_torch.py` takes the same
+/// arguments and prints the same JSON, so `cargo xtask bench parity` can put the two side by side.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepBenchOptions {
+    /// Stage-I widths, variant, batch, seed (its `net.stage2` is ignored).
+    pub setup: StepSetup,
+    /// `Some` for a Stage-II step on top of a frozen Stage-I G of `setup.net`.
+    pub stage2: Option<Stage2Widths>,
+    pub device: TrainDevice,
+    pub precision: Precision,
+    pub warmup: usize,
+    pub steps: usize,
+}
+
+/// The JSON line `chatpainter bench-step` prints (field for field what the PyTorch reference
+/// prints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepBenchReport {
+    /// `chatpainter`.
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    pub version: String,
+    pub device: String,
+    pub stage: u8,
+    pub variant: String,
+    pub precision: String,
+    pub batch: usize,
+    pub widths: ResolvedNetwork,
+    /// Trainable parameters of the generator side (CA, G, the BiLSTM; Stage-II: only what it
+    /// trains) and of D.
+    pub params_g: usize,
+    pub params_d: usize,
+    /// Intra-op threads: rayon's pool (flex) or `OMP_NUM_THREADS` (LibTorch), as set.
+    pub threads: String,
+    pub warmup: usize,
+    pub steps: usize,
+    pub step_ms: Vec<f64>,
+    pub median_ms: f64,
+    pub images_per_s: f64,
+    /// The last step's losses.
+    pub losses: BTreeMap<String, f64>,
+    pub finite: bool,
+}
+
+/// Runs `warmup + steps` trainer steps on random inputs (two input sets, drawn before timing,
+/// alternating) and times the last `steps`.
+///
+/// # Errors
+/// An unusable device; step errors (a non-finite loss names itself).
+pub fn step_bench(o: &StepBenchOptions) -> Result<StepBenchReport, TrainError> {
+    o.device.probe()?;
+    let (dev, _) = o.device.devices();
+    let s = &o.setup;
+    let s1 = ResolvedNetwork {
+        stage2: None,
+        ..s.net
+    };
+    let (g1, d1) = Stage1Generator::init(&s1, s.variant, &dev, s.seed);
+    match o.stage2 {
+        None => time_stage(g1, d1, o, s1, 64),
+        Some(w) => {
+            let net = ResolvedNetwork {
+                stage2: Some(w),
+                ..s1
+            };
+            let (g2, d2) = Stage2Generator::init(&net, s.variant, g1, &dev, s.seed)?;
+            time_stage(g2, d2, o, net, 256)
+        }
+    }
+}
+
+fn time_stage<G: StageGenerator>(
+    mut gnet: G,
+    mut d: G::D,
+    o: &StepBenchOptions,
+    net: ResolvedNetwork,
+    side: usize,
+) -> Result<StepBenchReport, TrainError> {
+    let s = &o.setup;
+    let (dev, _) = o.device.devices();
+    let adam = AdamConfig::new()
+        .with_beta_1(s.adam.beta1 as f32)
+        .with_beta_2(s.adam.beta2 as f32)
+        .with_epsilon(s.adam.eps as f32);
+    let (mut opt_g, mut opt_d) = (adam.init(), adam.init());
+    let (params_g, params_d) = (count_trainable(&gnet), count_trainable(&d));
+    let mut step_ms = Vec::with_capacity(o.steps);
+    let mut last = None;
+    for i in 0..o.warmup + o.steps {
+        // Drawn outside the timed region; uploading them is part of the step, as in training.
+        let step_inputs = random_inputs::<G>(s, &net, side, o.precision, 1 + (i % 2) as u64);
+        let t0 = Instant::now();
+        // The step reads its losses back, so the device has finished when it returns.
+        let (g2, d2, losses, _) = train_step(
+            gnet,
+            d,
+            &mut opt_g,
+            &mut opt_d,
+            (s.lr, s.lr),
+            step_inputs,
+            &dev,
+            &World::single(),
+        )?;
+        if i >= o.warmup {
+            step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        (gnet, d, last) = (g2, d2, Some(losses));
+    }
+    let timing = Timing::from_steps(o.warmup, step_ms, s.batch);
+    let losses: BTreeMap<String, f64> = last
+        .map(|l| {
+            [("d_loss", l.d_loss), ("g_loss", l.g_loss), ("kl", l.kl)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(StepBenchReport {
+        implementation: "chatpainter".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        device: o.device.to_string(),
+        stage: if o.stage2.is_some() { 2 } else { 1 },
+        variant: s.variant.name().into(),
+        precision: o.precision.to_string(),
+        batch: s.batch,
+        widths: net,
+        params_g,
+        params_d,
+        threads: intra_op_threads(o.device),
+        warmup: o.warmup,
+        steps: o.steps,
+        finite: losses.values().all(|v| v.is_finite()),
+        step_ms: timing.step_ms,
+        median_ms: timing.median_ms,
+        images_per_s: timing.images_per_s,
+        losses,
+    })
+}
+
+/// One step's random inputs of the real shapes: images uniform in `[-1, 1]` at `side`, text
+/// vectors, noise and CA eps standard normal, drawn from `(setup.seed, stream)`.
+fn random_inputs<G: StageGenerator>(
+    s: &StepSetup,
+    net: &ResolvedNetwork,
+    side: usize,
+    precision: Precision,
+    stream: u64,
+) -> StepInputs {
+    let text = HostInputs::random(s, stream);
+    let mut rng = Xoshiro256::new(s.seed, 200 + stream);
+    StepInputs {
+        host: HostBatch {
+            size: s.batch,
+            crop: side,
+            images: (0..s.batch * 3 * side * side)
+                .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+                .collect(),
+            captions: text.captions,
+            dialogue: text.dialogue,
+            lengths: text.lengths,
+        },
+        noise: text.noise,
+        eps: (0..G::CA_DRAWS)
+            .map(|_| rng.normals(s.batch * net.cond_dim))
+            .collect(),
+        variant: s.variant,
+        net: *net,
+        step: 1,
+        kl_coeff: s.kl_coeff,
+        precision,
+    }
+}
+
+/// How many threads the device's kernels use, as the environment sets them.
+pub fn intra_op_threads(device: TrainDevice) -> String {
+    if device.is_libtorch() {
+        // libgomp's busy-waiting makes LibTorch CPU steps up to 15× slower when the cores are
+        // shared: OMP_WAIT_POLICY=PASSIVE avoids it, so a figure must say how it ran.
+        let omp = |k: &str| std::env::var(k).unwrap_or_else(|_| "unset".into());
+        format!(
+            "OMP_NUM_THREADS={} OMP_WAIT_POLICY={}",
+            omp("OMP_NUM_THREADS"),
+            omp("OMP_WAIT_POLICY")
+        )
+    } else {
+        format!("rayon {}", rayon::current_num_threads())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smoke(stage2: bool, precision: Precision) -> StepBenchOptions {
+        StepBenchOptions {
+            setup: StepSetup::smoke_recurrent(4),
+            stage2: stage2.then_some(Stage2Widths {
+                gf_dim: 8,
+                df_dim: 4,
+                r_num: 1,
+                stage1_bn_batch_stats: true,
+            }),
+            device: TrainDevice::Cpu,
+            precision,
+            warmup: 1,
+            steps: 2,
+        }
+    }
+
+    #[test]
+    fn both_stages_report_every_field() {
+        for stage2 in [false, true] {
+            let r = step_bench(&smoke(stage2, Precision::F32)).expect("bench");
+            assert_eq!(r.stage, if stage2 { 2 } else { 1 });
+            assert_eq!(r.step_ms.len(), 2);
+            assert!(r.finite && r.median_ms > 0.0, "{r:?}");
+            assert!(r.params_g > 0 && r.params_d > 0);
+            let json = serde_json::to_string(&r).expect("json");
+            assert!(json.contains("\"impl\":\"chatpainter\""), "{json}");
+        }
+    }
+
+    /// bf16 mixed precision trains: finite losses, near the f32 step's (bf16 keeps 8 bits of
+    /// mantissa, so the D terms of the first steps agree to about 1e-2).
+    #[test]
+    fn bf16_steps_are_finite_and_near_f32() {
+        for stage2 in [false, true] {
+            let a = step_bench(&smoke(stage2, Precision::F32)).expect("f32");
+            let b = step_bench(&smoke(stage2, Precision::Bf16)).expect("bf16");
+            assert!(b.finite, "{b:?}");
+            for (k, va) in &a.losses {
+                let vb = b.losses[k];
+                assert!(
+                    (va - vb).abs() <= 0.05 + 0.05 * va.abs(),
+                    "stage2={stage2} {k}: f32 {va} vs bf16 {vb}"
+                );
+            }
+        }
+    }
 }

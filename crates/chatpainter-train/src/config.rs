@@ -7,6 +7,7 @@ use chatpainter_nn::{DialogueVariant, StackGanConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+use crate::precision::Precision;
 use crate::text_norm::TextNorm;
 
 /// Which conditioning the generator gets (model.md §10).
@@ -184,6 +185,9 @@ pub struct TrainConfig {
     /// say left and right, such as the synthetic scenes: a flip makes those words wrong.
     #[serde(default = "default_flip")]
     pub flip: bool,
+    /// `f32` (default, the reference) or `bf16` mixed precision (see [`crate::precision`]).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 fn default_flip() -> bool {
@@ -289,6 +293,7 @@ impl TrainConfig {
             stage1_batch_norm: Stage1BatchNorm::BatchStats,
             text_norm: TextNorm::None,
             flip: true,
+            precision: Precision::F32,
         }
     }
 

@@ -371,6 +371,7 @@ impl Trainee {
             net: s.net,
             step: 1,
             kl_coeff: s.kl_coeff,
+            precision: crate::precision::Precision::F32,
         };
         let (gnet, d, l, _) = train_step(
             self.gnet.clone(),
@@ -415,7 +416,7 @@ pub struct Timing {
 }
 
 impl Timing {
-    fn from_steps(warmup_steps: usize, step_ms: Vec<f64>, batch: usize) -> Self {
+    pub(crate) fn from_steps(warmup_steps: usize, step_ms: Vec<f64>, batch: usize) -> Self {
         let mut sorted = step_ms.clone();
         sorted.sort_by(f64::total_cmp);
         let median_ms = match sorted.len() {

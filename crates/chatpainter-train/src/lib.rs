@@ -49,6 +49,7 @@ pub mod gpu_check;
 pub mod import;
 pub mod metrics;
 pub mod model;
+pub mod precision;
 pub mod ranks;
 pub mod reference_run;
 pub mod rng;
@@ -62,6 +63,7 @@ pub use data::{Geometry, StoredImage, TrainData, TrainItem};
 pub use device::DeviceError;
 pub use metrics::StepMetrics;
 pub use model::{Stage1Generator, Stage2Generator, StageGenerator};
+pub use precision::Precision;
 pub use ranks::World;
 pub use text_norm::{TextNorm, TextStats};
 pub use trainer::{

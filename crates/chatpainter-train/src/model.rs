@@ -18,6 +18,7 @@ use crate::TrainError;
 use crate::config::{ResolvedNetwork, Variant};
 use crate::data::HostBatch;
 use crate::export::export_safetensors;
+use crate::precision::Precision;
 
 /// The G side of one stage: what G's optimiser updates (frozen parts inside are not), and how it
 /// turns a batch's conditions and noise into images.
@@ -172,6 +173,21 @@ impl DeviceBatch {
             real,
             captions,
             dialogue,
+        }
+    }
+
+    /// The batch in a step's compute precision.
+    pub fn cast(self, precision: Precision) -> Self {
+        Self {
+            real: precision.input(self.real),
+            captions: precision.input(self.captions),
+            dialogue: match self.dialogue {
+                DialogueInput::None => DialogueInput::None,
+                DialogueInput::Whole(t) => DialogueInput::Whole(precision.input(t)),
+                DialogueInput::Turns(t, lengths) => {
+                    DialogueInput::Turns(precision.input(t), lengths)
+                }
+            },
         }
     }
 }

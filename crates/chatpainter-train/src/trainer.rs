@@ -43,6 +43,7 @@ use crate::metrics::{
     METRICS_FILE, MetricsWriter, SAMPLES_DIR, SheetColumn, StepMetrics, sample_sheet_png,
 };
 use crate::model::{DeviceBatch, Stage1Generator, Stage2Generator, StageGenerator};
+use crate::precision::Precision;
 use crate::ranks::World;
 use crate::rng::Xoshiro256;
 use crate::text_norm::{TextNorm, TextStats};
@@ -735,6 +736,7 @@ impl Run<'_> {
             net,
             step,
             kl_coeff: cfg.kl_coeff,
+            precision: cfg.precision,
         })
     }
 }
@@ -855,18 +857,19 @@ pub(crate) struct StepInputs {
     pub net: ResolvedNetwork,
     pub step: u64,
     pub kl_coeff: f64,
+    pub precision: Precision,
 }
 
 impl StepInputs {
-    /// The batch, noise and CA eps as tensors on `device`.
+    /// The batch, noise and CA eps as tensors on `device`, in the compute precision.
     fn into_device(self, device: &Device) -> (DeviceBatch, Tensor<2>, Vec<Tensor<2>>) {
-        let rows = self.host.size;
-        let b = DeviceBatch::new(self.host, self.variant, &self.net, device);
-        let z = tensor2(self.noise, [rows, self.net.z_dim], device);
+        let (rows, p) = (self.host.size, self.precision);
+        let b = DeviceBatch::new(self.host, self.variant, &self.net, device).cast(p);
+        let z = p.input(tensor2(self.noise, [rows, self.net.z_dim], device));
         let eps = self
             .eps
             .into_iter()
-            .map(|e| tensor2(e, [rows, self.net.cond_dim], device))
+            .map(|e| p.input(tensor2(e, [rows, self.net.cond_dim], device)))
             .collect();
         (b, z, eps)
     }
@@ -887,12 +890,20 @@ pub(crate) fn train_step<G: StageGenerator>(
     device: &Device,
     world: &World,
 ) -> Result<(G, G::D, StepLosses, f64), TrainError> {
-    let (step, kl_coeff) = (inputs.step, inputs.kl_coeff);
+    let (step, kl_coeff, precision) = (inputs.step, inputs.kl_coeff, inputs.precision);
     let (b, z, eps) = inputs.into_device(device);
     let mut synced = 0.0;
-    // D phase: G forward, D loss on real / wrong / detached fake.
-    let out = gnet.generate(b.captions, &b.dialogue, z, eps)?;
-    let dl = discriminator_loss(&d, b.real, out.fake.clone(), out.mu.clone())?;
+    // D phase: G forward, D loss on real / wrong / detached fake. The networks compute in the
+    // step's precision; the gradients land on the f32 parameters of `gnet` and `d`.
+    let out = precision
+        .compute(&gnet)
+        .generate(b.captions, &b.dialogue, z, eps)?;
+    let dl = discriminator_loss(
+        &precision.compute(&d),
+        b.real,
+        out.fake.clone(),
+        out.mu.clone(),
+    )?;
     let has_uncond = dl.uncond_real.is_some();
     let optional = |t: &Option<Tensor<1>>| t.as_ref().map_or(0.0, scalar);
     let mut terms = [
@@ -922,7 +933,13 @@ pub(crate) fn train_step<G: StageGenerator>(
     guard(step, &checks)?;
     let d = opt_d.step(lr_d, d, grads);
     // G phase: the same fakes through the updated D (no new G forward).
-    let gl = generator_loss(&d, out.fake, out.mu, out.logvar, kl_coeff);
+    let gl = generator_loss(
+        &precision.compute(&d),
+        out.fake,
+        out.mu,
+        out.logvar,
+        kl_coeff,
+    );
     let mut terms = [scalar(&gl.total), scalar(&gl.adversarial), scalar(&gl.kl)];
     let grads = GradientsParams::from_grads(gl.total.backward(), &gnet);
     let t0 = Instant::now();
@@ -1148,6 +1165,7 @@ mod tests {
             variant,
             net: *net,
             step: 1,
+            precision: Precision::F32,
             kl_coeff: 1.0,
         };
         let device = Device::flex().autodiff();
