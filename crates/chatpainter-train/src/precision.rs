@@ -164,7 +164,7 @@ mod tests {
                 .remove::<4>(conv.weight.id)
                 .expect("the f32 weight has a gradient");
             assert_eq!(g.dtype(), DType::F32);
-            g.into_data().to_vec().expect("f32")
+            g.into_data().try_to_vec::<f32>().expect("f32")
         };
         let (g32, g16) = (grad(Precision::F32), grad(Precision::Bf16));
         let dot =
