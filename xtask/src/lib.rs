@@ -13,6 +13,7 @@ pub mod bench;
 pub mod dag;
 pub mod experiment;
 pub mod gpu_check;
+pub mod parity;
 pub mod runner;
 pub mod setup;
 pub mod status;

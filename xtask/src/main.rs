@@ -71,7 +71,9 @@ enum Cmd {
     FetchModels,
     /// Benchmarks (ingest, embed, stage1, stage2, eval or all); prints one table. `dialogue`
     /// runs the three-variant experiment on generated scenes (tens of minutes; not in `all`);
-    /// `scaling` trains with 1 and 2 data-parallel CPU ranks (needs Open MPI; not in `all`).
+    /// `scaling` trains with 1 and 2 data-parallel CPU ranks (needs Open MPI; not in `all`);
+    /// `parity` runs our step and MiniLM beside the PyTorch references (needs `setup
+    /// torch-reference`; not in `all`).
     Bench {
         #[arg(default_value = "all")]
         what: String,
@@ -143,6 +145,7 @@ fn dispatch(command: Cmd) -> Result<()> {
             xtask::experiment::dialogue(devices, &sets)
         }
         Cmd::Bench { what, .. } if what == "scaling" => xtask::bench::scaling(),
+        Cmd::Bench { what, .. } if what == "parity" => xtask::parity::parity(),
         Cmd::Bench { what, .. } => xtask::bench::bench(&what),
         Cmd::GpuCheck { out } => xtask::gpu_check::gpu_check(out),
     }

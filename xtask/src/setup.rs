@@ -163,6 +163,9 @@ impl LibtorchPaths {
 pub enum Part {
     Libtorch,
     Minilm,
+    /// A Python venv with the pinned PyTorch + transformers of `tests/reference/` (for
+    /// `bench parity`; not needed by CI).
+    TorchReference,
 }
 
 pub fn parse_parts(args: &[String]) -> Result<Vec<Part>> {
@@ -171,8 +174,11 @@ pub fn parse_parts(args: &[String]) -> Result<Vec<Part>> {
         let add: &[Part] = match a.as_str() {
             "libtorch" => &[Part::Libtorch],
             "minilm" => &[Part::Minilm],
+            "torch-reference" => &[Part::TorchReference],
             "all" => &[Part::Libtorch, Part::Minilm],
-            other => bail!("setup {other}: unknown part (known: libtorch, minilm, all)"),
+            other => {
+                bail!("setup {other}: unknown part (known: libtorch, minilm, torch-reference, all)")
+            }
         };
         for p in add {
             if !parts.contains(p) {
@@ -204,7 +210,17 @@ pub fn setup(args: &[String]) -> Result<()> {
             },
             minilm.display()
         );
-        println!("usage: cargo xtask setup [libtorch] [minilm] [all]");
+        let venv = torch_reference_venv();
+        println!(
+            "torch-reference: {} ({})",
+            if venv.join("bin/python").is_file() {
+                "present"
+            } else {
+                "not made"
+            },
+            venv.display()
+        );
+        println!("usage: cargo xtask setup [libtorch] [minilm] [torch-reference] [all]");
         return Ok(());
     }
     for p in parts {
@@ -214,6 +230,7 @@ pub fn setup(args: &[String]) -> Result<()> {
                 println!("\n{}", paths.env_lines());
             }
             Part::Minilm => crate::fetch_models()?,
+            Part::TorchReference => setup_torch_reference()?,
         }
     }
     Ok(())
@@ -395,6 +412,30 @@ fn fetch_wheel(dl: &Path, wheel: &Wheel) -> Result<PathBuf> {
     }
     println!("libtorch: {} downloaded, sha256 verified", wheel.file);
     Ok(file)
+}
+
+/// Where `setup torch-reference` makes its venv.
+pub fn torch_reference_venv() -> PathBuf {
+    home().join(".cache/chatpainter-torch-venv")
+}
+
+/// A venv with `tests/reference/requirements.txt` (PyTorch from PyPI, ≈ 3 GB with its CUDA
+/// libraries, which the CPU runs do not load). Reuses the venv if it has them already.
+fn setup_torch_reference() -> Result<()> {
+    let venv = torch_reference_venv();
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        let mut create = Command::new("python3");
+        create.args(["-m", "venv"]).arg(&venv);
+        util::run_checked(create).context("creating the PyTorch reference venv")?;
+    }
+    let mut install = Command::new(&python);
+    install
+        .args(["-m", "pip", "install", "--quiet", "-r"])
+        .arg(crate::util::root().join("tests/reference/requirements.txt"));
+    util::run_checked(install).context("installing the PyTorch reference's packages")?;
+    println!("torch-reference: ready ({})", python.display());
+    Ok(())
 }
 
 /// `python3 -m pip`, or the pip of a venv made for the purpose if the system one has none.

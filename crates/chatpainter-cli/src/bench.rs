@@ -4,6 +4,7 @@
 
 use anyhow::{Result, bail};
 use chatpainter_artifacts::BenchRow;
+use std::path::PathBuf;
 
 /// Runs one benchmark by name.
 pub fn run(what: &str) -> Result<Vec<BenchRow>> {
@@ -148,4 +149,71 @@ impl StepArgs {
             steps: self.steps,
         })
     }
+}
+
+/// `chatpainter bench-encode`: MiniLM on a fixed set of generated texts, timed per pass; the
+/// texts can be written out so `tests/reference/minilm_transformers.py` encodes the same ones.
+#[derive(Debug, clap::Args)]
+pub struct EncodeArgs {
+    /// short-turns or dialogues.
+    #[arg(long, default_value = "short-turns")]
+    pub kind: String,
+    #[arg(long, default_value_t = 512)]
+    pub count: usize,
+    /// Timed passes over all the texts (after one untimed pass).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Write the texts here (a JSON array of strings).
+    #[arg(long)]
+    pub texts_out: Option<PathBuf>,
+    /// Write the vectors here: little-endian float32, one 384-d row per text, in text order.
+    #[arg(long)]
+    pub vectors_out: Option<PathBuf>,
+}
+
+/// Times the encoder; returns the JSON line (the reference prints the same fields).
+///
+/// # Errors
+/// An unknown kind; a missing MiniLM folder (`cargo xtask fetch-models`); write errors.
+pub fn encode(args: &EncodeArgs) -> Result<serde_json::Value> {
+    use chatpainter_embed::TextEncoder;
+    let texts =
+        chatpainter_embed::bench::parity_texts(&args.kind, args.count).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--kind {}: unknown (known: short-turns, dialogues)",
+                args.kind
+            )
+        })?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    if let Some(path) = &args.texts_out {
+        chatpainter_artifacts::write_atomic(path, &serde_json::to_vec(&texts)?)?;
+    }
+    let config = chatpainter_embed::MiniLmConfig::from_default_dir();
+    let encoder = chatpainter_embed::MiniLmEncoder::load(&config)?;
+    let lengths = encoder.token_lengths(&refs)?;
+    let mut out = encoder.encode_batch(&refs)?;
+    let mut pass_ms = Vec::with_capacity(args.repeat);
+    for _ in 0..args.repeat {
+        let t0 = std::time::Instant::now();
+        out = encoder.encode_batch(&refs)?;
+        pass_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    if let Some(path) = &args.vectors_out {
+        let bytes: Vec<u8> = out.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        chatpainter_artifacts::write_atomic(path, &bytes)?;
+    }
+    let mut sorted = pass_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    Ok(serde_json::json!({
+        "impl": "chatpainter",
+        "device": "cpu",
+        "threads": chatpainter_train::bench::intra_op_threads(chatpainter_train::TrainDevice::Cpu),
+        "batch": config.batch_size,
+        "batch_tokens": config.batch_tokens,
+        "texts": texts.len(),
+        "mean_word_pieces": lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64,
+        "median_ms_per_text": median / texts.len().max(1) as f64,
+        "pass_ms": pass_ms,
+    }))
 }

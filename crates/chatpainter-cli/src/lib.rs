@@ -133,6 +133,9 @@ pub enum Command {
     /// Time one training step of either stage at any widths, on random inputs; prints one JSON
     /// line, field for field what the PyTorch reference `tests/reference/step_torch.py` prints.
     BenchStep(bench::StepArgs),
+    /// Time MiniLM on generated texts (optionally writing the texts and vectors out); prints
+    /// one JSON line, as `tests/reference/minilm_transformers.py` does for the same texts.
+    BenchEncode(bench::EncodeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,6 +206,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::BenchStep(args) => {
             let report = chatpainter_train::bench::step_bench(&args.options()?)?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::BenchEncode(args) => {
+            println!("{}", bench::encode(&args)?);
             Ok(())
         }
         Command::Bench { what } => {

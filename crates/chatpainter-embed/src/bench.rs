@@ -334,3 +334,30 @@ fn rebuild_rows(
         ),
     ])
 }
+
+/// The texts `chatpainter bench-encode` times (and writes out for the `transformers` reference
+/// to encode the same ones): `short-turns` (one question + answer each) or `dialogues` (ten
+/// turns each, ≈ 85 word pieces), generated from a fixed seed.
+pub fn parity_texts(kind: &str, n: usize) -> Option<Vec<String>> {
+    let mut rng = SplitMix::new(11);
+    match kind {
+        "short-turns" => Some(
+            (0..n)
+                .map(|_| {
+                    let (q, a) = turn(&mut rng, true);
+                    crate::turn_text(&q, &a)
+                })
+                .collect(),
+        ),
+        "dialogues" => Some(
+            (0..n)
+                .map(|_| {
+                    let turns: Vec<(String, String)> =
+                        (0..10).map(|_| turn(&mut rng, false)).collect();
+                    crate::dialogue_text(&turns)
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
