@@ -407,7 +407,7 @@ mod tests {
         let path = dir.path().join("a.npy");
         // What numpy.save writes for np.array([1.5, -2.0], dtype=np.float32).
         let mut header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }".to_vec();
-        while (10 + header.len() + 1) % 64 != 0 {
+        while !(10 + header.len() + 1).is_multiple_of(64) {
             header.push(b' ');
         }
         header.push(b'\n');
