@@ -84,6 +84,15 @@ class ParameterCounts(unittest.TestCase):
             _, d1 = sg.build_stage1("stackgan", 1024, 0, 0, 128, 100, 192, 96)
         self.assertEqual(sg.trainable(d1.encode_img), 6_200_448)
         self.assertEqual(sg.trainable(d1.get_cond_logits), 6_206_977)
+        with torch.device("meta"):
+            s1, _ = sg.build_stage1("stackgan", 1024, 0, 0, 128, 100, 192, 96)
+            _, d2 = sg.build_stage2(s1, 128, 192, 96, 2)
+            reduced, _ = sg.build_stage1("stackgan", 1024, 0, 0, 128, 100, 32, 32)
+        # "the fc alone is 5.60 M", "the 1536 -> 3072 4x4 conv alone is 75.5 M"
+        self.assertEqual(s1.g.fc[0].weight.numel(), 5_603_328)
+        self.assertEqual(d2.encode_img[14].weight.numel(), 75_497_472)
+        # The reduced-width Stage-I G (gf 32) whose count is quoted for PyTorch in our notes.
+        self.assertEqual(sg.trainable(reduced), 1_597_072)
 
 
 class Names(unittest.TestCase):
