@@ -1,6 +1,7 @@
 """The Stage-I training recipe of `chatpainter train stage1`, written independently in PyTorch
 from this repository's network description (crates/chatpainter-nn), for cross-checking what the
-dialogue experiment learns (README, "Does dialogue help?").
+dialogue experiment learns (README, "Does dialogue help?"). The networks, their initialisation and
+the losses are those of `stackgan_torch.py` (the one PyTorch description of our model).
 
 It trains on a finished run's artifacts (`ingest/images/76/train/*.parquet`,
 `embed/embeddings.parquet`) and writes one generated 64x64 PNG per test image (`<image_id>.png`,
@@ -18,8 +19,10 @@ condition (D's condition is G's mu, detached), conv3x3 + BN + LeakyReLU, conv 4x
 sigmoid. Losses: BCE real / wrong (real i with condition i+1) / fake, D total real +
 (wrong + fake) / 2; G total BCE(D(fake), 1) + kl_coeff * KL. One D step, then one G step on the
 same fakes through the updated D. Adam(0.5, 0.999), lr 2e-4. Weights N(0, 0.02), BN gamma
-N(1, 0.02), biases 0, LSTM PyTorch default. Recurrent variant: one-layer BiLSTM over the turn
-vectors, summary [h_fwd at the last turn, h_bwd at the first]. Data: random 76 -> 64 crop, no
+N(1, 0.02), Linear and BN biases 0, the logit conv's bias and the LSTM at PyTorch's defaults
+(until this file imported stackgan_torch.py it zeroed that conv bias too; ours never did).
+Recurrent variant: one-layer BiLSTM over the turn vectors, summary [h_fwd at the last turn,
+h_bwd at the first]. Data: random 76 -> 64 crop, no
 flip (flip=false), one random caption per image per load; text standardised per dimension with
 the training split's statistics (text_norm = "standardize"). Generation: eval mode (running
 BatchNorm statistics), the first caption. Seeds and random streams differ from the Rust trainer
@@ -30,12 +33,15 @@ import argparse
 import glob
 import io
 import os
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-import torch.nn as nn
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stackgan_torch as sg  # noqa: E402
 
 
 def load_split(run, split):
@@ -63,93 +69,6 @@ def moments(vectors):
     mean, std = v.mean(0), v.std(0)
     inv = np.where(std < 1e-6, 0.0, 1.0 / np.maximum(std, 1e-12))
     return mean.astype(np.float32), inv.astype(np.float32)
-
-
-class CA(nn.Module):
-    def __init__(self, t, nc):
-        super().__init__()
-        self.fc = nn.Linear(t, 2 * nc)
-        self.nc = nc
-
-    def forward(self, text):
-        x = torch.relu(self.fc(text))
-        mu, logvar = x[:, : self.nc], x[:, self.nc :]
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar), mu, logvar
-
-
-def up_block(cin, cout):
-    return nn.Sequential(
-        nn.Upsample(scale_factor=2, mode="nearest"),
-        nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(True),
-    )
-
-
-class Generator(nn.Module):
-    def __init__(self, t, nc, z, gf, variant, turn_dim, hidden):
-        super().__init__()
-        self.lstm = None
-        if variant == "chatpainter-recurrent":
-            self.lstm = nn.LSTM(turn_dim, hidden, batch_first=True, bidirectional=True)
-        self.ca = CA(t, nc)
-        ngf = 8 * gf
-        self.ngf = ngf
-        self.fc = nn.Sequential(
-            nn.Linear(z + nc, ngf * 16, bias=False), nn.BatchNorm1d(ngf * 16), nn.ReLU(True)
-        )
-        self.up = nn.Sequential(
-            up_block(ngf, ngf // 2),
-            up_block(ngf // 2, ngf // 4),
-            up_block(ngf // 4, ngf // 8),
-            up_block(ngf // 8, ngf // 16),
-        )
-        self.img = nn.Sequential(nn.Conv2d(ngf // 16, 3, 3, 1, 1, bias=False), nn.Tanh())
-
-    def text(self, captions, dialogue, lengths):
-        if self.lstm is None:
-            return captions if dialogue is None else torch.cat([captions, dialogue], 1)
-        packed = nn.utils.rnn.pack_padded_sequence(
-            dialogue, lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
-        _, (h, _) = self.lstm(packed)
-        return torch.cat([captions, h[0], h[1]], 1)
-
-    def forward(self, captions, dialogue, lengths, noise):
-        c, mu, logvar = self.ca(self.text(captions, dialogue, lengths))
-        h = self.fc(torch.cat([noise, c], 1)).view(-1, self.ngf, 4, 4)
-        return self.img(self.up(h)), mu, logvar
-
-
-class Discriminator(nn.Module):
-    def __init__(self, df, nc):
-        super().__init__()
-        lr = lambda: nn.LeakyReLU(0.2, True)
-        self.encode = nn.Sequential(
-            nn.Conv2d(3, df, 4, 2, 1, bias=False), lr(),
-            nn.Conv2d(df, df * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(df * 2), lr(),
-            nn.Conv2d(df * 2, df * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(df * 4), lr(),
-            nn.Conv2d(df * 4, df * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(df * 8), lr(),
-        )
-        self.joint = nn.Sequential(
-            nn.Conv2d(df * 8 + nc, df * 8, 3, 1, 1, bias=False), nn.BatchNorm2d(df * 8), lr()
-        )
-        self.logit = nn.Sequential(nn.Conv2d(df * 8, 1, 4, 4), nn.Sigmoid())
-
-    def cond(self, features, c):
-        tiled = c.view(c.shape[0], -1, 1, 1).repeat(1, 1, 4, 4)
-        return self.logit(self.joint(torch.cat([features, tiled], 1))).view(-1)
-
-
-def weights_init(m):
-    name = m.__class__.__name__
-    if "Conv" in name or name == "Linear":
-        m.weight.data.normal_(0.0, 0.02)
-        if m.bias is not None:
-            m.bias.data.fill_(0.0)
-    elif "BatchNorm" in name:
-        m.weight.data.normal_(1.0, 0.02)
-        m.bias.data.fill_(0.0)
 
 
 def main():
@@ -184,15 +103,9 @@ def main():
         std = lambda v, m: (v - m[0]) * m[1]
     cap_dim = cap_m[0].shape[0]
     dia_dim = dia_m[0].shape[0] if uses_dialogue else 0
-    t_dim = cap_dim + (2 * a.hidden if recurrent else dia_dim)
-    g = Generator(t_dim, a.cond, 100, a.gf, a.variant, dia_dim, a.hidden)
-    d = Discriminator(a.df, a.cond)
-    for m in (g.ca, g.fc, g.up, g.img):
-        m.apply(weights_init)
-    d.apply(weights_init)
+    g, d = sg.build_stage1(a.variant, cap_dim, dia_dim, a.hidden, a.cond, 100, a.gf, a.df)
     opt_g = torch.optim.Adam([p for p in g.parameters() if p.requires_grad], 2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999))
-    bce = nn.BCELoss()
 
     def batch(sel, train):
         imgs, caps, dias, lens = [], [], [], []
@@ -230,24 +143,20 @@ def main():
         real, caps, dia, lens = batch(sel, True)
         noise = torch.randn(len(sel), 100)
         fake, mu, logvar = g(caps, dia, lens, noise)
-        cond = mu.detach()
-        real_f, fake_f = d.encode(real), d.encode(fake.detach())
-        b = len(sel)
-        ones, zeros = torch.ones(b), torch.zeros(b)
-        err_real = bce(d.cond(real_f, cond), ones)
-        err_wrong = bce(d.cond(real_f[: b - 1], cond[1:]), zeros[1:])
-        err_fake = bce(d.cond(fake_f, cond), zeros)
-        err_d = err_real + (err_wrong + err_fake) * 0.5
+        dl = sg.discriminator_loss(d, real, fake, mu)
         opt_d.zero_grad()
-        err_d.backward()
+        dl["total"].backward()
         opt_d.step()
-        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean()
-        err_g = bce(d.cond(d.encode(fake), cond), ones) + a.kl * kl
+        gl = sg.generator_loss(d, fake, mu, logvar, a.kl)
         opt_g.zero_grad()
-        err_g.backward()
+        gl["total"].backward()
         opt_g.step()
         if step % 100 == 0:
-            print(f"step {step} d {err_d.item():.3f} wrong {err_wrong.item():.3f} g {err_g.item():.3f} kl {kl.item():.4f}", flush=True)
+            print(
+                f"step {step} d {dl['total'].item():.3f} wrong {dl['wrong'].item():.3f} "
+                f"g {gl['total'].item():.3f} kl {gl['kl'].item():.4f}",
+                flush=True,
+            )
 
     test_ids, rows_t, images_t = load_split(a.run, "test")
     rows.update(rows_t)
@@ -261,7 +170,10 @@ def main():
             fake, _, _ = g(caps, dia, lens, torch.randn(len(sel), 100))
             pix = ((fake + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
             for i, p in zip(sel, pix):
-                Image.fromarray(p).save(os.path.join(a.out, f"{i}.png"))
+                # Written under a temporary name and renamed: never a half-written PNG.
+                path = os.path.join(a.out, f"{i}.png")
+                Image.fromarray(p).save(path + ".tmp", format="PNG")
+                os.replace(path + ".tmp", path)
     print(f"wrote {len(test_ids)} images to {a.out}")
 
 
