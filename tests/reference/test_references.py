@@ -19,7 +19,6 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import bench_texts  # noqa: E402
 import stackgan_torch as sg  # noqa: E402
 import step_torch  # noqa: E402
 
@@ -265,19 +264,6 @@ class StepScript(unittest.TestCase):
                     step_torch.parse_args(args)
 
 
-class BenchTexts(unittest.TestCase):
-    def test_splitmix_reference_sequence(self):
-        r = bench_texts.SplitMix(0)
-        self.assertEqual(r.next_u64(), 0xE220A8397B1DCDAF)
-        self.assertEqual(r.next_u64(), 0x6E789E6AA1B965F4)
-
-    def test_text_shapes(self):
-        short, dialogues = bench_texts.generate(8, 2)
-        self.assertTrue(all("? " in t for t in short))
-        self.assertTrue(all(t.count("?") == 10 for t in dialogues))
-        self.assertEqual(bench_texts.turn_text("is it sunny?  ", " yes"), "is it sunny? yes")
-
-
 class MiniLm(unittest.TestCase):
     MODEL = os.path.join(os.path.dirname(os.path.dirname(HERE)), "data", "models",
                          "all-MiniLM-L6-v2")  # fmt: skip
@@ -291,10 +277,14 @@ class MiniLm(unittest.TestCase):
             self.skipTest(f"{self.MODEL}/model.safetensors absent (cargo xtask setup minilm)")
         import minilm_transformers as mt
 
-        short, dialogues = bench_texts.generate(12, 3)
+        short = [f"is the {s} {c}? yes, {c} {s}" for s in ("dog", "bus", "kite", "man")
+                 for c in ("red", "blue", "green")]  # fmt: skip
+        dialogues = [" ".join(f"any {s}? no, not {i}" for i in range(10))
+                     for s in ("people", "animals", "cars")]  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             texts = os.path.join(tmp, "t.json")
-            bench_texts.write_json_atomic(texts, short + dialogues)
+            with open(texts, "w") as f:
+                json.dump(short + dialogues, f)
             vectors = []
             for flag in ("--sort-by-length", "--no-sort-by-length"):
                 dump = os.path.join(tmp, f"{flag}.npy")

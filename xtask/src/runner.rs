@@ -133,17 +133,16 @@ pub fn build_cli(libtorch: Option<Libtorch>, profile: Profile) -> Result<Binary>
         }
         build.args(["--features", "tch"]);
         paths.build_env(&mut build, lt);
-        // Dev builds with libtorch get their own target folder: in the shared one, the `tch`
-        // feature set and the default one (`cargo test`, `smoke`) would overwrite the same
-        // `chatpainter` binary and rebuild burn and everything above it at every switch (seen:
-        // a running `--devices tch-cpu` pipeline lost its libtorch binary to a `cargo build`).
-        if profile == Profile::Dev {
-            target = target.join(match lt {
-                Libtorch::Cuda => "libtorch-cuda",
-                Libtorch::Cpu => "libtorch-cpu",
-            });
-            build.arg("--target-dir").arg(&target);
-        }
+        // Builds with libtorch get their own target folder: in the shared one, the `tch`
+        // feature set and the default one (`cargo test`, `smoke`, `bench parity`'s flex side)
+        // would overwrite the same `chatpainter` binary and rebuild burn and everything above
+        // it at every switch (seen: a running `--devices tch-cpu` pipeline lost its libtorch
+        // binary to a `cargo build`).
+        target = target.join(match lt {
+            Libtorch::Cuda => "libtorch-cuda",
+            Libtorch::Cpu => "libtorch-cpu",
+        });
+        build.arg("--target-dir").arg(&target);
         env = runtime_env(lt);
     }
     util::run_checked(build).context("building the chatpainter binary")?;
