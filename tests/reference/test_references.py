@@ -264,6 +264,33 @@ class StepScript(unittest.TestCase):
                     step_torch.parse_args(args)
 
 
+class ParityTable(unittest.TestCase):
+    def test_ratio_mfu_memory_and_count_mismatch(self):
+        import parity_table
+
+        def report(ms, params_g=10):
+            return {"median_ms": ms, "images_per_s": 384 / (ms / 1e3), "params_g": params_g,
+                    "params_d": 5, "flops_per_step": 4.94e12, "precision": "f32",
+                    "device_name": "NVIDIA H200"}  # fmt: skip
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, ours, theirs in (("step-a", report(200.0), report(100.0)),
+                                       ("step-b", report(100.0, 11), report(100.0))):  # fmt: skip
+                for side, r in (("ours", ours), ("torch", theirs)):
+                    with open(os.path.join(tmp, f"{name}-{side}.json"), "w") as f:
+                        f.write("log line\n" + json.dumps(r) + "\n")
+                    with open(os.path.join(tmp, f"{name}-{side}.mem"), "w") as f:
+                        f.write("1234\n")
+            text = parity_table.table(tmp)
+        a = next(l for l in text.splitlines() if l.startswith("step-a"))
+        self.assertIn("2.00x", a)
+        self.assertIn("5.0%", a)  # 4.94 TFLOP in 0.2 s against 494 TFLOP/s
+        self.assertIn("10.0%", a)
+        self.assertIn("1234", a)
+        b = next(l for l in text.splitlines() if l.startswith("step-b"))
+        self.assertIn("PARAMETER COUNTS DIFFER", b)
+
+
 class MiniLm(unittest.TestCase):
     MODEL = os.path.join(os.path.dirname(os.path.dirname(HERE)), "data", "models",
                          "all-MiniLM-L6-v2")  # fmt: skip

@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 
 /// The GPU machines' PyTorch (spec `libtorch.md` §4).
 pub const GPU_SITE_PACKAGES: &str = "/opt/torch/.venv/lib/python3.12/site-packages";
+/// Its Python (runs the PyTorch reference beside our binary).
+pub const GPU_VENV: &str = "/opt/torch/.venv";
+
+/// The PyTorch reference files the folder carries (into `reference/`).
+pub const REFERENCE_FILES: [&str; 3] = ["stackgan_torch.py", "step_torch.py", "parity_table.py"];
 
 /// What the folder records about its binary.
 #[derive(Debug, Clone)]
@@ -55,6 +60,40 @@ if ! ./chatpainter gpu-check --device cuda:0 --out results/ 2>&1 | tee results/g
   status=1
 fi
 
+echo "== the same training step beside the PyTorch reference (reference/step_torch.py)"
+# Paper widths (Stage-I gf 128 / df 64, Stage-II gf 128 / df 64 / 4 residual blocks, 1024-d
+# captions), the paper's batches (Stage-I 384, Stage-II 64) and the reference code's (128, 40),
+# float32 and bf16 mixed precision. Float32 on both sides lets cuDNN convolutions use TF32
+# (LibTorch's default, which our binary runs with; the reference gets --tf32-convs to match).
+# Peak memory: nvidia-smi sampled every 100 ms while each run lasts, the same for both sides.
+PY={venv}/bin/python
+peak() {{  # runs "$@" while sampling the GPU's used memory; prints the peak MiB to fd 3
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > results/.mem 2>/dev/null &
+  local sampler=$!
+  "$@"; local rc=$?
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  sort -n results/.mem | tail -1 >&3
+  return $rc
+}}
+W="--gf 128 --df 64 --s2-gf 128 --s2-df 64 --r-num 4 --caption-dim 1024 --warmup 3 --steps 10"
+for case in "1 384 stackgan" "1 128 stackgan" "1 384 chatpainter-recurrent" "2 64 stackgan" "2 40 stackgan"; do
+  set -- $case
+  for prec in f32 bf16; do
+    name="step-s$1-b$2-$3-$prec"
+    echo "-- $name"
+    if ! peak ./chatpainter bench-step --device cuda:0 --stage "$1" --batch "$2" --variant "$3" \
+        --precision "$prec" $W > "results/$name-ours.json" 3> "results/$name-ours.mem" 2> "results/$name-ours.log"; then
+      echo "gpu-check: $name (ours) failed (results/$name-ours.log)" >&2; status=1
+    fi
+    if ! peak "$PY" reference/step_torch.py --device cuda --tf32-convs --stage "$1" --batch "$2" \
+        --variant "$3" --precision "$prec" $W > "results/$name-torch.json" 3> "results/$name-torch.mem" 2> "results/$name-torch.log"; then
+      echo "gpu-check: $name (PyTorch) failed (results/$name-torch.log)" >&2; status=1
+    fi
+  done
+done
+rm -f results/.mem
+"$PY" reference/parity_table.py results/ | tee results/parity.txt
+
 echo "== results"
 ls -l results/
 if [ "$status" -ne 0 ]; then
@@ -68,6 +107,7 @@ exit "$status"
         commit = info.commit,
         sha = TORCH_WHEEL.sha256,
         site = GPU_SITE_PACKAGES,
+        venv = GPU_VENV,
     )
 }
 
@@ -91,8 +131,10 @@ pub fn prepare_folder(out: &Path, binary: &Path, info: &BuildInfo) -> Result<()>
         format!(
             "chatpainter gpu-check\n\nCopy this folder to a GPU machine with PyTorch {TORCH_VERSION}+cu130 at\n\
              {GPU_SITE_PACKAGES} and run `bash run.sh`. It trains a few Stage-I steps on cuda:0,\n\
-             compares one step with the CPU, times steps and images/s, and writes the figures,\n\
-             the log and nvidia-smi's output to results/. Exit status 0 means every check passed.\n"
+             compares one step with the CPU, times steps and images/s, runs the same training step\n\
+             beside the PyTorch reference in reference/ (float32 and bf16, paper batch sizes;\n\
+             results/parity.txt), and writes the figures, the logs and nvidia-smi's output to\n\
+             results/. Exit status 0 means every check passed.\n"
         ),
     )?;
     let record = serde_json::json!({
@@ -109,6 +151,13 @@ pub fn prepare_folder(out: &Path, binary: &Path, info: &BuildInfo) -> Result<()>
         out.join("build.json"),
         serde_json::to_string_pretty(&record)?,
     )?;
+    let reference = out.join("reference");
+    std::fs::create_dir_all(&reference).with_context(|| reference.display().to_string())?;
+    for f in REFERENCE_FILES {
+        let from = root().join("tests/reference").join(f);
+        std::fs::copy(&from, reference.join(f))
+            .with_context(|| format!("copying {}", from.display()))?;
+    }
     let results = out.join("results");
     if results.exists() {
         std::fs::remove_dir_all(&results).with_context(|| results.display().to_string())?;
@@ -237,5 +286,27 @@ mod tests {
         assert!(s.contains("./chatpainter gpu-check --device cuda:0 --out results/"));
         assert!(s.contains("nvidia-smi"));
         assert!(s.contains("exit \"$status\""));
+        assert!(s.contains("reference/step_torch.py --device cuda --tf32-convs"));
+        assert!(s.contains("./chatpainter bench-step --device cuda:0"));
+        assert!(s.contains("/opt/torch/.venv/bin/python"));
+    }
+
+    #[test]
+    fn the_folder_carries_the_reference_and_the_script() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let binary = dir.path().join("bin");
+        std::fs::write(&binary, b"#!/bin/sh\n").expect("binary");
+        let out = dir.path().join("folder");
+        let info = BuildInfo {
+            commit: "abc".into(),
+            built_unix: 0,
+        };
+        prepare_folder(&out, &binary, &info).expect("prepare");
+        for f in REFERENCE_FILES {
+            assert!(out.join("reference").join(f).is_file(), "{f}");
+        }
+        for f in ["chatpainter", "run.sh", "README.txt", "build.json"] {
+            assert!(out.join(f).is_file(), "{f}");
+        }
     }
 }

@@ -187,8 +187,12 @@ fn tensor2(v: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 
-fn scalar(t: &Tensor<1>) -> f64 {
-    f64::from(t.clone().into_scalar::<f32>())
+/// The values of `[1]`-shaped loss terms in one device-to-host transfer (on a GPU each read
+/// waits for the device, so one read per phase instead of one per term).
+fn scalars<const N: usize>(terms: [&Tensor<1>; N]) -> [f64; N] {
+    let all = Tensor::cat(terms.iter().map(|t| (*t).clone().detach()).collect(), 0);
+    let values: Vec<f32> = all.into_data().convert::<f32>().into_vec().unwrap_or_default();
+    std::array::from_fn(|i| values.get(i).map_or(f64::NAN, |v| f64::from(*v)))
 }
 
 fn guard(step: u64, losses: &[(&'static str, f64)]) -> Result<(), TrainError> {
@@ -905,15 +909,13 @@ pub(crate) fn train_step<G: StageGenerator>(
         out.mu.clone(),
     )?;
     let has_uncond = dl.uncond_real.is_some();
-    let optional = |t: &Option<Tensor<1>>| t.as_ref().map_or(0.0, scalar);
-    let mut terms = [
-        scalar(&dl.total),
-        scalar(&dl.real),
-        scalar(&dl.wrong),
-        scalar(&dl.fake),
-        optional(&dl.uncond_real),
-        optional(&dl.uncond_fake),
-    ];
+    let mut terms = match (&dl.uncond_real, &dl.uncond_fake) {
+        (Some(ur), Some(uf)) => scalars([&dl.total, &dl.real, &dl.wrong, &dl.fake, ur, uf]),
+        _ => {
+            let [t, r, w, f] = scalars([&dl.total, &dl.real, &dl.wrong, &dl.fake]);
+            [t, r, w, f, 0.0, 0.0]
+        }
+    };
     let grads = GradientsParams::from_grads(dl.total.backward(), &d);
     let t0 = Instant::now();
     let grads = world.average_gradients(grads, &d);
@@ -940,7 +942,7 @@ pub(crate) fn train_step<G: StageGenerator>(
         out.logvar,
         kl_coeff,
     );
-    let mut terms = [scalar(&gl.total), scalar(&gl.adversarial), scalar(&gl.kl)];
+    let mut terms = scalars([&gl.total, &gl.adversarial, &gl.kl]);
     let grads = GradientsParams::from_grads(gl.total.backward(), &gnet);
     let t0 = Instant::now();
     let grads = world.average_gradients(grads, &gnet);
