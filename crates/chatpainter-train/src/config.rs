@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::text_norm::TextNorm;
 
-/// Which conditioning the generator gets (model.md §10).
+/// Which conditioning the generator gets: the caption alone (StackGAN) or the caption joined by
+/// one of ChatPainter's two dialogue encodings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Variant {
