@@ -276,7 +276,7 @@ fn code_only(src: &str) -> String {
         } else if c[i] == '\'' {
             // A char literal ('x', '\n', '\u{..}') or a lifetime ('a): only literals close.
             let end = if rest(1) == Some('\\') {
-                (i + 2..c.len()).find(|&k| c[k] == '\'')
+                (i + 3..c.len()).find(|&k| c[k] == '\'')
             } else if rest(2) == Some('\'') {
                 Some(i + 2)
             } else {
@@ -438,7 +438,7 @@ fn the_print_scanner_sees_code_only() {
         /* eprintln!("block /* nested */ comment") */
         fn b() -> &'static str { "println!(\"in a string\")" }
         fn c() -> &'static str { r#"eprintln!("raw")"# }
-        fn d() { let _ = '{'; my_print!("not ours"); }
+        fn d() { let _ = ('{', '\'', '\\'); my_print!("not ours"); }
         #[cfg(test)]
         mod tests { fn t() { println!("test"); let _ = "}"; } }
         #[cfg(all(test, feature = "mpi"))]
