@@ -1,7 +1,54 @@
-//! The dependency direction written in ARCHITECTURE.md, checked against `cargo metadata`.
+//! Invariants ARCHITECTURE.md states, checked here so that breaking one fails a test: the
+//! dependency direction between our crates, Burn out of the data crates and Polars only in
+//! ingest (all read from `cargo metadata`), and only the CLI prints (read from the sources).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `cargo metadata` of our own packages (no dependencies resolved, offline).
+fn metadata() -> serde_json::Value {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("metadata is JSON")
+}
+
+/// `(package, dependency)` for every normal and build dependency of our packages.
+fn non_dev_dependencies(meta: &serde_json::Value) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for package in meta["packages"].as_array().expect("packages") {
+        let name = package["name"].as_str().unwrap_or_default();
+        for dep in package["dependencies"].as_array().expect("dependencies") {
+            if dep["kind"].as_str() != Some("dev") {
+                let dep_name = dep["name"].as_str().unwrap_or_default();
+                pairs.push((name.to_string(), dep_name.to_string()));
+            }
+        }
+    }
+    pairs
+}
 
 /// Which of our crates each crate may depend on (normal and build dependencies).
 fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
@@ -53,23 +100,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
 
 #[test]
 fn crates_depend_only_in_the_documented_direction() {
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--offline",
-        ])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("cargo metadata runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
+    let meta = metadata();
     let ours: BTreeSet<String> = meta["packages"]
         .as_array()
         .expect("packages")
@@ -77,39 +108,352 @@ fn crates_depend_only_in_the_documented_direction() {
         .map(|p| p["name"].as_str().unwrap_or_default().to_string())
         .collect();
     let allowed = allowed();
-    for package in meta["packages"].as_array().expect("packages") {
-        let name = package["name"].as_str().unwrap_or_default();
-        let permitted = allowed.get(name).unwrap_or_else(|| {
-            panic!("crate {name} is not in ARCHITECTURE.md's code map (update this test too)")
-        });
-        for dep in package["dependencies"].as_array().expect("dependencies") {
-            let dep_name = dep["name"].as_str().unwrap_or_default();
-            let is_dev = dep["kind"].as_str() == Some("dev");
-            if ours.contains(dep_name) && !is_dev {
-                assert!(
-                    permitted.contains(&dep_name),
-                    "{name} must not depend on {dep_name}"
-                );
-            }
+    for name in &ours {
+        assert!(
+            allowed.contains_key(name.as_str()),
+            "crate {name} is not in ARCHITECTURE.md's code map (update this test too)"
+        );
+    }
+    for (name, dep) in non_dev_dependencies(&meta) {
+        if ours.contains(&dep) {
+            assert!(
+                allowed[name.as_str()].contains(&dep.as_str()),
+                "{name} must not depend on {dep}"
+            );
         }
     }
-    // Burn stays out of the data crates.
-    for package in meta["packages"].as_array().expect("packages") {
-        let name = package["name"].as_str().unwrap_or_default();
+}
+
+/// Burn stays out of the data crates.
+#[test]
+fn burn_stays_out_of_the_data_crates() {
+    for (name, dep) in non_dev_dependencies(&metadata()) {
         if [
             "chatpainter-artifacts",
             "chatpainter-ingest",
             "chatpainter-report",
         ]
-        .contains(&name)
+        .contains(&name.as_str())
         {
-            for dep in package["dependencies"].as_array().expect("dependencies") {
-                assert_ne!(
-                    dep["name"].as_str(),
-                    Some("burn"),
-                    "{name} must not depend on burn"
-                );
+            assert_ne!(dep, "burn", "{name} must not depend on burn");
+        }
+    }
+}
+
+/// Polars is ingest's join engine and nothing else's: the other crates read the ingested Parquet
+/// with arrow/parquet, so the artifact contract never depends on a Polars version.
+#[test]
+fn only_ingest_depends_on_polars() {
+    const POLARS_USERS: [&str; 1] = ["chatpainter-ingest"];
+    for (name, dep) in non_dev_dependencies(&metadata()) {
+        if dep == "polars" || dep.starts_with("polars-") {
+            assert!(
+                POLARS_USERS.contains(&name.as_str()),
+                "{name} depends on {dep}; only {POLARS_USERS:?} may use Polars (ARCHITECTURE.md)"
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------------- only the CLI prints
+
+/// Macros and handles that write to the terminal. Library code logs with `tracing`; the CLI
+/// installs the subscriber that puts events on stderr and in the stage's log.
+const PRINTING: [&str; 7] = [
+    "print!",
+    "println!",
+    "eprint!",
+    "eprintln!",
+    "dbg!",
+    "stdout()",
+    "stderr()",
+];
+
+/// Printing that predates the rule, each with the number of times its file may still do it.
+/// Each entry must be removed once its file is fixed (the test says so).
+const KNOWN_PRINTING: [(&str, &str, usize); 1] = [
+    // The resume-with-another-world-size notice, also sent to `tracing`; trainer.rs is being
+    // reworked on another branch, so this one waits for that change to land.
+    ("crates/chatpainter-train/src/trainer.rs", "println!", 1),
+];
+
+/// Every `.rs` file below `dir`, sorted.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("readable source folder") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
             }
         }
     }
+    files.sort();
+    files
+}
+
+/// The source with comments and the contents of string and character literals replaced by
+/// spaces (newlines kept, so line numbers still hold): what is left is code.
+fn code_only(src: &str) -> String {
+    let c: Vec<char> = src.chars().collect();
+    let mut out = String::with_capacity(src.len());
+    let blank = |ch: char| if ch == '\n' { '\n' } else { ' ' };
+    let mut i = 0;
+    while i < c.len() {
+        let rest = |k: usize| c.get(i + k).copied();
+        if c[i] == '/' && rest(1) == Some('/') {
+            while i < c.len() && c[i] != '\n' {
+                out.push(' ');
+                i += 1;
+            }
+        } else if c[i] == '/' && rest(1) == Some('*') {
+            // Block comments nest in Rust.
+            let mut depth = 0;
+            while i < c.len() {
+                if c[i] == '/' && c.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    out.push_str("  ");
+                    i += 2;
+                } else if c[i] == '*' && c.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    out.push_str("  ");
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    out.push(blank(c[i]));
+                    i += 1;
+                }
+            }
+        } else if c[i] == 'r'
+            && (rest(1) == Some('"') || rest(1) == Some('#'))
+            && (i == 0 || !(c[i - 1].is_alphanumeric() || c[i - 1] == '_'))
+        {
+            // Raw string r"…" or r#"…"#: ends at a quote followed by as many hashes.
+            let mut hashes = 0;
+            let mut j = i + 1;
+            while c.get(j) == Some(&'#') {
+                hashes += 1;
+                j += 1;
+            }
+            if c.get(j) != Some(&'"') {
+                out.push(c[i]);
+                i += 1;
+                continue;
+            }
+            out.push('"');
+            out.extend(std::iter::repeat_n(' ', j - i));
+            i = j + 1;
+            while i < c.len() {
+                if c[i] == '"' && (1..=hashes).all(|k| c.get(i + k) == Some(&'#')) {
+                    out.push('"');
+                    out.extend(std::iter::repeat_n(' ', hashes));
+                    i += 1 + hashes;
+                    break;
+                }
+                out.push(blank(c[i]));
+                i += 1;
+            }
+        } else if c[i] == '"' {
+            out.push('"');
+            i += 1;
+            while i < c.len() && c[i] != '"' {
+                if c[i] == '\\' {
+                    out.push(' ');
+                    i += 1;
+                }
+                if i < c.len() {
+                    out.push(blank(c[i]));
+                    i += 1;
+                }
+            }
+            out.push('"');
+            i += 1;
+        } else if c[i] == '\'' {
+            // A char literal ('x', '\n', '\u{..}') or a lifetime ('a): only literals close.
+            let end = if rest(1) == Some('\\') {
+                (i + 3..c.len()).find(|&k| c[k] == '\'')
+            } else if rest(2) == Some('\'') {
+                Some(i + 2)
+            } else {
+                None
+            };
+            match end {
+                Some(e) => {
+                    out.push('\'');
+                    out.extend(std::iter::repeat_n(' ', e - i - 1));
+                    out.push('\'');
+                    i = e + 1;
+                }
+                None => {
+                    out.push('\'');
+                    i += 1;
+                }
+            }
+        } else {
+            out.push(c[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// `code` with every item or statement under `#[cfg(test)]` (or `#[cfg(all(test, …))]`) blanked.
+/// The item runs from the attribute to the `;` or the closing brace that ends it at its own
+/// nesting level (a `;` right after that brace included).
+fn without_test_code(code: &str) -> String {
+    let mut c: Vec<char> = code.chars().collect();
+    let mut i = 0;
+    while i < c.len() {
+        if c[i] != '#' || c.get(i + 1) != Some(&'[') {
+            i += 1;
+            continue;
+        }
+        let Some(close) = (i..c.len()).find(|&k| c[k] == ']') else {
+            break;
+        };
+        let attribute: String = c[i..=close]
+            .iter()
+            .filter(|ch| !ch.is_whitespace())
+            .collect();
+        let is_test = attribute == "#[cfg(test)]"
+            || attribute
+                .strip_prefix("#[cfg(all(")
+                .and_then(|a| a.strip_suffix("))]"))
+                .is_some_and(|args| args.split(',').any(|p| p == "test"));
+        if !is_test {
+            i = close + 1;
+            continue;
+        }
+        let mut depth = 0i32;
+        let mut end = c.len();
+        let mut k = close + 1;
+        while k < c.len() {
+            match c[k] {
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' => depth -= 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = k + 1;
+                        let next = (end..c.len()).find(|&n| !c[n].is_whitespace());
+                        if next.is_some_and(|n| c[n] == ';') {
+                            end = next.map_or(end, |n| n + 1);
+                        }
+                        break;
+                    }
+                }
+                ';' if depth == 0 => {
+                    end = k + 1;
+                    break;
+                }
+                _ => {}
+            }
+            k += 1;
+        }
+        for ch in &mut c[i..end] {
+            if *ch != '\n' {
+                *ch = ' ';
+            }
+        }
+        i = end;
+    }
+    c.into_iter().collect()
+}
+
+/// `(line, what)` for every printing macro or handle in `src`, outside test code.
+fn printing_in(src: &str) -> Vec<(usize, &'static str)> {
+    let code = without_test_code(&code_only(src));
+    let mut found = Vec::new();
+    for (n, line) in code.lines().enumerate() {
+        for what in PRINTING {
+            for (at, _) in line.match_indices(what) {
+                // A whole name: `eprintln!` is not also a `println!`, nor `my_print!` a `print!`.
+                let before = line[..at].chars().next_back();
+                if !before.is_some_and(|b| b.is_alphanumeric() || b == '_') {
+                    found.push((n + 1, what));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Only `chatpainter-cli` (and xtask, the developer tool) print: no library crate's `src`
+/// writes to stdout or stderr outside `#[cfg(test)]` code.
+#[test]
+fn only_the_cli_prints() {
+    let root = root();
+    let mut seen: BTreeMap<(String, &str), Vec<usize>> = BTreeMap::new();
+    let crates = std::fs::read_dir(root.join("crates")).expect("crates/");
+    for krate in crates {
+        let krate = krate.expect("crate folder").path();
+        if krate.file_name().is_some_and(|n| n == "chatpainter-cli") {
+            continue;
+        }
+        for file in rust_files(&krate.join("src")) {
+            let src = std::fs::read_to_string(&file).expect("readable source");
+            let rel = file
+                .strip_prefix(&root)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .replace('\\', "/");
+            for (line, what) in printing_in(&src) {
+                seen.entry((rel.clone(), what)).or_default().push(line);
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    for ((file, what), lines) in &seen {
+        let allowed = KNOWN_PRINTING
+            .iter()
+            .find(|(f, w, _)| f == file && w == what)
+            .map_or(0, |k| k.2);
+        if lines.len() > allowed {
+            errors.push(format!(
+                "{file}: {what} on line(s) {lines:?}; log with tracing instead (only the CLI prints)"
+            ));
+        }
+    }
+    for (file, what, allowed) in KNOWN_PRINTING {
+        let now = seen.get(&(file.to_string(), what)).map_or(0, Vec::len);
+        if now < allowed {
+            errors.push(format!(
+                "{file}: {what} is down to {now} use(s); lower its KNOWN_PRINTING entry"
+            ));
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+#[test]
+fn the_print_scanner_sees_code_only() {
+    let src = r##"
+        fn a() { println!("x"); }
+        // println!("comment")
+        /* eprintln!("block /* nested */ comment") */
+        fn b() -> &'static str { "println!(\"in a string\")" }
+        fn c() -> &'static str { r#"eprintln!("raw")"# }
+        fn d() { let _ = ('{', '\'', '\\'); my_print!("not ours"); }
+        #[cfg(test)]
+        mod tests { fn t() { println!("test"); let _ = "}"; } }
+        #[cfg(all(test, feature = "mpi"))]
+        fn mpi() { eprintln!("test too"); }
+        #[cfg(not(test))]
+        fn e() { eprint!("counted"); }
+        fn f() { dbg!(1); let _ = std::io::stderr(); }
+    "##;
+    assert_eq!(
+        printing_in(src),
+        vec![
+            (2, "println!"),
+            (13, "eprint!"),
+            (14, "dbg!"),
+            (14, "stderr()")
+        ]
+    );
 }

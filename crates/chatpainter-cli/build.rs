@@ -1,6 +1,6 @@
 //! With the `tch` feature, bake the libtorch library directory into the binary's rpath so that
-//! `chatpainter` starts without `LD_LIBRARY_PATH` (spec/libtorch.md §2). Without the feature this
-//! script does nothing.
+//! `chatpainter` starts without `LD_LIBRARY_PATH` (a binary linked against libtorch does not start
+//! at all without it, not even for the flex device). Without the feature this script does nothing.
 
 use std::env;
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! `cargo xtask gpu-check [--out DIR]`: prepares, on this CPU machine, a small folder that a GPU
-//! machine with PyTorch but no Rust toolchain runs (spec `libtorch.md` §4): the `chatpainter`
+//! machine with PyTorch but no Rust toolchain (and no internet) runs: the `chatpainter`
 //! release binary built with `tch` against the same libtorch (2.11.0, full lib folder, so that
 //! `libtorch_cuda` is linked), stripped, and `run.sh`, which runs `chatpainter gpu-check` on
 //! `cuda:0` and `nvidia-smi`, writes everything under `results/` and exits non-zero on failure.
@@ -10,7 +10,8 @@ use crate::util::{self, human_bytes, root};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
-/// The GPU machines' PyTorch (spec `libtorch.md` §4).
+/// Where the GPU machines' PyTorch 2.11 (cu130) is installed; its `torch/lib` is the libtorch the
+/// binary loads there.
 pub const GPU_SITE_PACKAGES: &str = "/opt/torch/.venv/lib/python3.12/site-packages";
 /// Its Python (runs the PyTorch reference beside our binary).
 pub const GPU_VENV: &str = "/opt/torch/.venv";

@@ -20,6 +20,7 @@ pub mod status;
 pub mod util;
 
 use anyhow::{Context, Result, bail};
+use chatpainter_artifacts::Manifest;
 use runner::{Profile, RunOptions, build_cli};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -77,12 +78,11 @@ fn smoke_variants(run: &Path) -> Result<()> {
         if devices.is_some() {
             check_run(&dir, &pipeline)?;
             for stage in ["stage1", "stage2"] {
-                let text = std::fs::read_to_string(dir.join(stage).join("manifest.json"))?;
-                let m: serde_json::Value = serde_json::from_str(&text)?;
-                if m["summary"]["ranks"] != 2 {
+                let m = Manifest::load(&dir.join(stage))?;
+                if m.summary["ranks"] != 2 {
                     bail!(
                         "ci: {variant} {stage}: trained by {} rank(s), not 2",
-                        m["summary"]["ranks"]
+                        m.summary["ranks"]
                     );
                 }
             }
@@ -134,36 +134,22 @@ pub fn check_run(run: &Path, pipeline: &Path) -> Result<()> {
     let file = dag::PipelineFile::load(pipeline)?;
     for stage in &file.stages {
         let dir = run.join(stage);
-        let manifest = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&manifest)
-            .with_context(|| format!("smoke: {} missing", manifest.display()))?;
-        let m: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| manifest.display().to_string())?;
-        let outputs = m["outputs"]
-            .as_array()
-            .with_context(|| format!("{}: no outputs list", manifest.display()))?;
-        if outputs.is_empty() {
+        let manifest = Manifest::path_in(&dir);
+        let m = Manifest::load(&dir).with_context(|| format!("smoke: stage `{stage}`"))?;
+        if m.outputs.is_empty() {
             bail!("smoke: {} lists no outputs", manifest.display());
         }
-        for out in outputs {
-            let rel = out["path"].as_str().unwrap_or_default();
-            let path = dir.join(rel);
-            let bytes = std::fs::metadata(&path).map(|m| m.len()).ok();
-            if bytes.is_none() || bytes != out["bytes"].as_u64() {
-                bail!(
-                    "smoke: {} listed in {} is missing or has another size",
-                    path.display(),
-                    manifest.display()
-                );
-            }
+        if let Some(why) = m.output_change(&dir) {
+            bail!("smoke: {}: {why}", manifest.display());
         }
         if stage == "eval" && file.stages.iter().any(|s| s == "synth") {
             check_scene_scores(&dir.join("metrics.json"))?;
         }
         if stage == "report" {
-            let report = outputs
+            let report = m
+                .outputs
                 .iter()
-                .filter_map(|o| o["path"].as_str())
+                .map(|o| o.path.as_str())
                 .find(|p| p.ends_with(".html") || p.ends_with(".md"));
             match report {
                 Some(p) => println!("[xtask] smoke: report {}", dir.join(p).display()),

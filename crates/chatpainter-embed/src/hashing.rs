@@ -1,4 +1,5 @@
-//! A zero-file, deterministic text encoder (spec `data.md` §4.4) for smoke runs and CI.
+//! A zero-file, deterministic text encoder for smoke runs and CI, so that the whole pipeline runs
+//! on a fresh machine without downloading a model.
 //!
 //! Algorithm `hashing-v1`, fixed forever (change the name if it ever changes):
 //! 1. collapse whitespace ([`crate::normalize_whitespace`]) and lower-case (Unicode);
@@ -75,8 +76,8 @@ impl HashingEncoder {
         if n_features == 0 {
             return;
         }
-        // Averaging does not change the direction; it is kept because the spec asks for
-        // averaged features and it keeps intermediate values small.
+        // Averaging does not change the direction; it is kept because `hashing-v1` is defined
+        // as averaged features and it keeps intermediate values small.
         let inv = 1.0 / n_features as f32;
         out.iter_mut().for_each(|x| *x *= inv);
         let norm = out.iter().map(|x| x * x).sum::<f32>().sqrt();

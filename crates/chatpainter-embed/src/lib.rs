@@ -1,15 +1,15 @@
 //! Text encoders for ChatPainter: turn captions, dialogue turns and whole dialogues into
-//! fixed-size vectors (spec `data.md` §4).
+//! fixed-size vectors.
 //!
 //! Every encoder implements [`TextEncoder`]: an [`EncoderIdentity`] that the embedding cache
 //! stores next to the vectors (so a different model, file or text rule never reuses stale
 //! embeddings) and [`TextEncoder::encode_batch`], which returns an [`EmbeddingBatch`] — a
 //! row-major matrix plus the list of texts that had to be truncated.
 //!
-//! Encoders here: [`HashingEncoder`] (no files, deterministic; smoke runs and CI, `data.md`
-//! §4.4), [`MiniLmEncoder`] (pretrained all-MiniLM-L6-v2 in Burn, `data.md` §4.3, files from
-//! [`fetch_minilm`] / `cargo xtask fetch-models`) and [`SkipThoughtEncoder`] (uni/bi/combine-skip,
-//! `data.md` §4.1, files the user brings). [`charcnn`] imports StackGAN's precomputed
+//! Encoders here: [`HashingEncoder`] (no files, deterministic; smoke runs and CI),
+//! [`MiniLmEncoder`] (pretrained all-MiniLM-L6-v2 in Burn, files from [`fetch_minilm`] /
+//! `cargo xtask fetch-models`) and [`SkipThoughtEncoder`] (uni/bi/combine-skip, the paper's
+//! dialogue encoder, files the user brings). [`charcnn`] imports StackGAN's precomputed
 //! char-CNN-RNN caption vectors and serves them as a caption source ([`CharCnnRnnSource`],
 //! which cannot encode new text). [`cache`], [`table`] and [`stage`] make the embed stage;
 //! [`bench`] measures it (`chatpainter bench embed`).

@@ -1,4 +1,4 @@
-//! all-MiniLM-L6-v2 (spec `data.md` §4.3) in Burn 0.22: a 6-layer BERT encoder, attention-masked
+//! all-MiniLM-L6-v2 (sentence-transformers) in Burn 0.22: a 6-layer BERT encoder, attention-masked
 //! mean pooling and L2 normalisation, giving 384-d sentence vectors.
 //!
 //! Weights come from the sentence-transformers `model.safetensors` (PyTorch names, `Linear`

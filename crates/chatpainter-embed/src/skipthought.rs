@@ -1,6 +1,6 @@
-//! Skip-Thought sentence encoders (Kiros et al. 2015; spec `data.md` §4.1): uni-skip (2400-d),
-//! bi-skip (2400-d = 1200 forward ‖ 1200 backward) and combine-skip (4800-d = uni ‖ bi), run
-//! in Burn on the flex CPU backend from the original parameter archives.
+//! Skip-Thought sentence encoders (Kiros et al. 2015), the paper's dialogue encoder: uni-skip
+//! (2400-d), bi-skip (2400-d = 1200 forward ‖ 1200 backward) and combine-skip (4800-d = uni ‖ bi),
+//! run in Burn on the flex CPU backend from the original parameter archives.
 //!
 //! # Files
 //! A model folder holds (all users' own files; none is obtainable from a registry):

@@ -51,9 +51,9 @@ impl Paths {
     }
 }
 
-/// Which encoder, and how to load it. Paths are resolved as every pipeline path is: `run:<rel>`
-/// inside the run directory, anything else as written (relative to the working directory,
-/// the workspace root for the CLI and xtask).
+/// Which encoder, and how to load it. Paths are resolved as every pipeline path is
+/// ([`chatpainter_artifacts::RunDir::resolve`]): `run:<rel>` inside the run directory, anything
+/// else as written (relative to the working directory, the workspace root for the CLI and xtask).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum EncoderSpec {
@@ -780,14 +780,6 @@ pub fn verify_file(
         .map(|(v, &(i, slot, _))| v.ok_or_else(|| not_in_table(&records[i], slot)))
         .collect::<Result<Vec<_>, _>>()?;
     compare(encoders, &sampled, &stored)
-}
-
-/// Resolves `run:` paths against the run directory.
-pub fn resolve(run: &Path, path: &str) -> PathBuf {
-    match path.strip_prefix("run:") {
-        Some(rel) => run.join(rel),
-        None => PathBuf::from(path),
-    }
 }
 
 #[cfg(test)]

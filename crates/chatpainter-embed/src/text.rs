@@ -1,4 +1,5 @@
-//! How dialogue text is formed before it reaches an encoder (spec `model.md` §10).
+//! How dialogue text is formed before it reaches an encoder (the paper leaves it open; these
+//! rules fix it for every encoder).
 //!
 //! One VisDial turn becomes `"<question>? <answer>"` (VisDial stores questions without the
 //! question mark); the non-recurrent dialogue string is the turns joined by one space, without
@@ -50,7 +51,7 @@ pub fn turn_text(question: &str, answer: &str) -> String {
 /// The non-recurrent dialogue string: every turn's [`turn_text`], joined by one space.
 ///
 /// Turns that come out empty (empty question and answer) are skipped so that they do not
-/// leave double spaces. The caption is deliberately not part of it (`model.md` §10).
+/// leave double spaces. The caption is deliberately not part of it: it is encoded on its own.
 pub fn dialogue_text<Q: AsRef<str>, A: AsRef<str>>(turns: &[(Q, A)]) -> String {
     let mut out = String::new();
     for (question, answer) in turns {

@@ -1,6 +1,6 @@
 //! Error type of the evaluation metrics library.
 //!
-//! Variants are grouped the way CONVENTIONS.md asks: user/config errors (bad arguments),
+//! Variants are grouped as in every crate here: user/config errors (bad arguments),
 //! data/contract errors (a weights or statistics file that does not match what we expect,
 //! named with the file, the tensor or array, expected vs found), and IO errors. Nothing in this
 //! crate panics on user-controlled input; every such failure ends up here.

@@ -1,4 +1,4 @@
-//! Fréchet Inception Distance in f64 (evaluation.md §2).
+//! Fréchet Inception Distance in f64, as pytorch-fid defines it.
 //!
 //! Statistics are `mu = mean(act)` and `sigma = cov(act)` with N − 1, accumulated batch by
 //! batch ([`FeatureAccumulator`]) on features shifted by the first batch's mean, so the
@@ -244,7 +244,7 @@ pub struct Fid {
     pub most_negative_eigenvalue: f64,
 }
 
-/// Fréchet distance between two Gaussians (evaluation.md §2).
+/// Fréchet distance between two Gaussians (the formula in the module docs).
 pub fn frechet_distance(a: &FidStatistics, b: &FidStatistics) -> Result<Fid> {
     if a.dim() != b.dim() {
         return Err(EvalError::DimensionMismatch {

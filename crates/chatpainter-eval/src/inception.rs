@@ -574,7 +574,8 @@ mod tests {
     use crate::preprocess::{ImageBatch, Preprocess, preprocess};
 
     /// `transform_input = true` + ImageNet-normalised input must give the network exactly the
-    /// [-1, 1] input that `transform_input = false` gets (evaluation.md §1 pitfall).
+    /// [-1, 1] input that `transform_input = false` gets (feeding [-1, 1] with it on is a known
+    /// way to lower the score silently).
     #[test]
     fn transform_input_undoes_imagenet_normalisation() {
         let device = Device::flex();

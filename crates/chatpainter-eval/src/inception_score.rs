@@ -1,4 +1,4 @@
-//! Inception Score, exactly as evaluation.md §1 defines it, in f64.
+//! Inception Score (Salimans et al. 2016) in f64.
 //!
 //! Two ways to form the S splits, each scoring `exp(mean_i KL(p(y|x_i) ‖ p_k(y)))` with `p_k`
 //! the split's mean row; the result is the mean and the population (ddof 0) standard deviation
@@ -10,10 +10,11 @@
 //!   `subset_size = Some(m)`): split k is the first m rows of a permutation seeded with
 //!   SplitMix64(seed + k), so subsets overlap as independent draws do.
 //!
-//! The shuffle is a Fisher–Yates driven by SplitMix64 with Lemire's unbiased bounded draw,
-//! written out here (not `rand`) so that a recorded seed reproduces the same permutation
-//! regardless of dependency versions.
+//! The shuffle is a Fisher–Yates driven by the workspace's SplitMix64 with Lemire's unbiased
+//! bounded draw ([`SplitMix::below_unbiased`]), not `rand`, so that a recorded seed reproduces
+//! the same permutation regardless of dependency versions.
 
+use chatpainter_artifacts::SplitMix;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EvalError, Result};
@@ -161,42 +162,18 @@ impl std::fmt::Display for InceptionScore {
     }
 }
 
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, well-mixed, fully specified.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform integer in `[0, bound)` (Lemire 2019, unbiased by rejection).
-    fn below(&mut self, bound: u64) -> u64 {
-        let threshold = bound.wrapping_neg() % bound;
-        loop {
-            let m = u128::from(self.next_u64()) * u128::from(bound);
-            if (m as u64) >= threshold {
-                return (m >> 64) as u64;
-            }
-        }
-    }
-}
-
 /// The permutation `inception_score` applies for `seed`: `perm[j]` is the row placed at j.
 pub fn shuffle_permutation(n: usize, seed: u64) -> Vec<usize> {
     let mut perm: Vec<usize> = (0..n).collect();
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix::new(seed);
     for i in (1..n).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
+        let j = rng.below_unbiased(i as u64 + 1) as usize;
         perm.swap(i, j);
     }
     perm
 }
 
-/// Inception Score of `probs` (evaluation.md §1).
+/// Inception Score of `probs` (the splits as the module docs say).
 ///
 /// Errors if `splits` is 0 or larger than the number of rows (an empty chunk has no marginal).
 pub fn inception_score(
@@ -228,7 +205,7 @@ pub fn inception_score(
         let subset;
         let rows = match config.subset_size {
             Some(m) => {
-                let draw = SplitMix64(seed.wrapping_add(chunk as u64)).next_u64();
+                let draw = SplitMix::new(seed.wrapping_add(chunk as u64)).next_u64();
                 subset = shuffle_permutation(n, draw);
                 &subset[..m]
             }
@@ -355,7 +332,7 @@ mod tests {
         // Golden values from an independent Python transcription of SplitMix64 + Lemire +
         // Fisher–Yates (and SplitMix64(0)'s published first output 0xE220A8397B1DCDAF): pins
         // the algorithm so a recorded seed stays meaningful.
-        assert_eq!(SplitMix64(0).next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(SplitMix::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
         assert_eq!(
             shuffle_permutation(10, 0),
             vec![4, 9, 2, 5, 1, 7, 6, 0, 3, 8]
@@ -381,7 +358,7 @@ mod tests {
     }
 
     fn random_probs(rows: usize, k: usize) -> ProbabilityMatrix {
-        let mut rng = SplitMix64(99);
+        let mut rng = SplitMix::new(99);
         let mut d = Vec::with_capacity(rows * k);
         for _ in 0..rows {
             let raw: Vec<f64> = (0..k)
@@ -417,7 +394,7 @@ mod tests {
         let subsets = inception_score(&p, cfg).unwrap();
         let want: Vec<f64> = (0..10u64)
             .map(|c| {
-                let perm = shuffle_permutation(400, SplitMix64(5 + c).next_u64());
+                let perm = shuffle_permutation(400, SplitMix::new(5 + c).next_u64());
                 direct(&p, &perm[..300])
             })
             .collect();

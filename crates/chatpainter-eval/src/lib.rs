@@ -10,7 +10,7 @@
 //!    [`npz`] files; [`runner`] feeds batches through a network and collects both.
 //!
 //! Every number must be printed together with [`Backbone::label`]: scores from the two
-//! backbones are not comparable (evaluation.md §1).
+//! backbones are not comparable (different weights, pooling layers, class counts and resizing).
 //!
 //! On top of the metrics, the evaluation and generation stages (the CLI's `eval`,
 //! `eval-folder` and `generate` call these):

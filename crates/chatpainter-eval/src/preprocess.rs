@@ -1,4 +1,4 @@
-//! Image preprocessing matched to each Inception backbone (evaluation.md §1–2).
+//! Image preprocessing matched to each Inception backbone, as the published IS / FID code does it.
 //!
 //! Resize semantics are part of the metric: PyTorch's bilinear with `align_corners = False`
 //! (half-pixel centres, no antialias) for torchvision and pytorch-fid, TensorFlow 1.x's
@@ -44,7 +44,7 @@ pub enum Preprocess {
 }
 
 impl Preprocess {
-    /// The recipe evaluation.md prescribes for a network built from `config`.
+    /// The recipe of the published code for a network built from `config` (table above).
     pub fn for_config(config: &InceptionConfig) -> Self {
         match config.backbone {
             Backbone::TorchvisionImagenet => Self::Torchvision {

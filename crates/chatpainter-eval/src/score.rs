@@ -4,7 +4,7 @@
 //! the stage scores to the same numbers as the stage itself (images are quantised to u8 before
 //! scoring in both paths). Without a weights file the scorer is *unavailable*: it accepts images,
 //! computes nothing, and [`Scorer::finish`] reports both metrics as unavailable with the reason —
-//! never a number (evaluation.md §1).
+//! never a number (no package registry ships the Inception weights, and a guess is worse).
 
 use std::path::{Path, PathBuf};
 

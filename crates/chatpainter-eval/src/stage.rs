@@ -69,7 +69,8 @@ pub struct EvalConfig {
     /// Where generation and Inception run (training's device names).
     #[serde(default)]
     pub device: TrainDevice,
-    /// `torchvision`, `pytorch-fid` or `torch-fidelity` (evaluation.md §1).
+    /// `torchvision`, `pytorch-fid` or `torch-fidelity` (scores from different backbones are not
+    /// comparable).
     #[serde(default)]
     pub backbone: BackboneChoice,
     /// Inception weights (torchvision / pytorch-fid `.pth`, or safetensors with the same

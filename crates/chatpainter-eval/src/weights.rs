@@ -26,7 +26,6 @@ use burn::store::{
 };
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::{EvalError, Result};
 use crate::inception::{InceptionConfig, InceptionV3};
@@ -107,21 +106,6 @@ pub struct LoadedInception {
     pub config: InceptionConfig,
     /// Where the weights came from.
     pub provenance: WeightsProvenance,
-}
-
-/// Streams the file through sha256.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| EvalError::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let k = file.read(&mut buf).map_err(|e| EvalError::io(path, e))?;
-        if k == 0 {
-            break;
-        }
-        hasher.update(&buf[..k]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Detects the format from the first bytes: zip (`PK\x03\x04`, modern `torch.save`), pickle
@@ -221,7 +205,7 @@ pub fn load_weights_into(
         });
     }
     let format = detect_format(path)?;
-    let sha256 = sha256_file(path)?;
+    let sha256 = chatpainter_artifacts::sha256_file(path)?;
     let unreadable = |reason: String| EvalError::WeightsUnreadable {
         path: path.to_path_buf(),
         reason,

@@ -1,4 +1,5 @@
-//! One configuration for the whole model family and the named presets (model.md §0): every width
+//! One configuration for the whole model family and the named presets (the paper's ChatPainter,
+//! the reference code's COCO model, smoke): every width
 //! is a value here, so the smoke pipeline builds tiny networks from the same code.
 
 use burn::config::Config;
@@ -26,7 +27,7 @@ pub const KL_COEFF: f64 = 2.0;
 /// Skip-Thought combine-skip width (one vector per dialogue or per turn).
 pub const SKIP_THOUGHT_DIM: usize = 4800;
 
-/// What the dialogue adds to the CA input (model.md §10).
+/// What the dialogue adds to the CA input (concatenated after the caption embedding).
 #[derive(Config, Debug, PartialEq)]
 pub enum DialogueVariant {
     /// Caption only (`stackgan`): no dialogue input.

@@ -1,6 +1,6 @@
 //! The ChatPainter recurrent dialogue encoder: a one-layer bidirectional LSTM over per-turn
-//! vectors whose summary is `[h_fwd after the last present turn ‖ h_bwd after turn 1]`
-//! (model.md §10).
+//! vectors whose summary is `[h_fwd after the last present turn ‖ h_bwd after turn 1]` (the paper
+//! leaves the summary open; this is the choice every part of the project shares).
 //!
 //! Samples may have different turn counts (VisDial v1.0 test has 1–10 rounds). Padding turns sit
 //! after the present ones and are masked step by step: a padded step keeps the previous state.

@@ -1,5 +1,5 @@
-//! The reference weight initialisation (`weights_init` in StackGAN-Pytorch `trainer.py`, model.md
-//! §6), the only place in the crate that sets weight values on purpose.
+//! The reference weight initialisation (`weights_init` in StackGAN-Pytorch `trainer.py`), the only
+//! place in the crate that sets weight values on purpose.
 //!
 //! Like the reference, the rule is chosen by the layer's class, here the Burn struct that owns the
 //! parameter:

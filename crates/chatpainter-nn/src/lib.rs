@@ -1,7 +1,7 @@
 //! Every network of the ChatPainter / StackGAN model family, with its `Config`, in Burn 0.22:
 //! the conditioning augmentation (`CA_NET`), the Stage-I and Stage-II generators and
-//! discriminators of StackGAN-Pytorch, layer for layer (model.md §2–3), and ChatPainter's
-//! recurrent dialogue encoder (a BiLSTM, model.md §10). Also the reference weight initialisation
+//! discriminators of StackGAN-Pytorch, layer for layer, and ChatPainter's
+//! recurrent dialogue encoder (a BiLSTM). Also the reference weight initialisation
 //! ([`weights_init`], the only place that sets weight values), the reference losses ([`loss`]), the
 //! named presets ([`StackGanConfig::preset`]) and the mapping of our parameter paths to the
 //! reference PyTorch `state_dict` keys ([`reference_names`]).

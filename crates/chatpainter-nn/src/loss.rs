@@ -1,6 +1,6 @@
-//! The reference losses as pure tensor functions (model.md §4): `nn.BCELoss` on probabilities
-//! (mean, log terms clamped at −100), the CA KL term, and the Stage-I / Stage-II discriminator and
-//! generator compositions with the shift-by-one wrong pairs.
+//! The reference losses as pure tensor functions, as StackGAN-Pytorch codes them: `nn.BCELoss` on
+//! probabilities (mean, log terms clamped at −100), the CA KL term, and the Stage-I / Stage-II
+//! discriminator and generator compositions with the shift-by-one wrong pairs.
 
 use burn::tensor::{FloatDType, Tensor};
 

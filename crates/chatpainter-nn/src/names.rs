@@ -42,7 +42,7 @@ pub fn list_params<M: Module>(module: &M) -> Vec<ParamInfo> {
 }
 
 /// Number of trainable scalars (weights, biases, BN affine), without the running statistics:
-/// the way model.md §3.5 and PyTorch's `sum(p.numel() for p in m.parameters())` count.
+/// the way PyTorch's `sum(p.numel() for p in m.parameters())` counts.
 pub fn count_trainable<M: Module>(module: &M) -> usize {
     list_params(module)
         .iter()

@@ -1,6 +1,7 @@
-//! Integration tests of `chatpainter-nn`: parameter counts against model.md §3.5, the bijection
-//! to the reference `state_dict` names, forward shapes at the smoke preset, the dialogue BiLSTM's
-//! packing, the reference initialisation statistics, the CA and the losses wired to real networks.
+//! Integration tests of `chatpainter-nn`: parameter counts against the reference networks', the
+//! bijection to the reference `state_dict` names, forward shapes at the smoke preset, the dialogue
+//! BiLSTM's packing, the reference initialisation statistics, the CA and the losses wired to real
+//! networks.
 
 use std::collections::{HashMap, HashSet};
 
@@ -44,8 +45,10 @@ fn mean_std<const D: usize>(t: Tensor<D>) -> (f64, f64) {
 
 // ---------------------------------------------------------------- parameter counts
 
+/// Targets: the reference StackGAN-Pytorch networks at its COCO widths, counted as PyTorch's
+/// `sum(p.numel() for p in m.parameters())` (weights and BN affine, no running statistics).
 #[test]
-fn coco_parameter_counts_match_model_md() {
+fn coco_parameter_counts_match_the_reference() {
     // Parameters are lazy: counting reads shapes only, so even the 160M-parameter D is cheap.
     let dev = Device::flex();
     let cfg = StackGanConfig::stackgan_pytorch_coco();

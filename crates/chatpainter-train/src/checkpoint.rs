@@ -297,13 +297,12 @@ pub fn latest_intact(stage_dir: &Path) -> Result<Option<PathBuf>, TrainError> {
         }
         let aside = dir.with_file_name(name(k));
         std::fs::rename(&dir, &aside).map_err(|e| TrainError::io(&dir, e))?;
-        let message = format!(
-            "warning: checkpoint of step {step} is damaged ({error}); set aside as {}, resuming \
-             from the previous intact checkpoint",
+        // The CLI's subscriber puts warnings on stderr and in the stage's log.
+        tracing::warn!(
+            "checkpoint of step {step} is damaged ({error}); set aside as {}, resuming from the \
+             previous intact checkpoint",
             aside.display()
         );
-        tracing::warn!("{message}");
-        eprintln!("{message}");
     }
     Ok(intact)
 }

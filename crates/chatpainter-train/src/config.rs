@@ -10,7 +10,8 @@ use crate::TrainError;
 use crate::precision::Precision;
 use crate::text_norm::TextNorm;
 
-/// Which conditioning the generator gets (model.md §10).
+/// Which conditioning the generator gets: the caption alone (StackGAN) or the caption joined by
+/// one of ChatPainter's two dialogue encodings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Variant {

@@ -1,7 +1,7 @@
 //! The training data of either stage: every image at the stage's load size (Stage-I 76×76, kept
 //! decoded; Stage-II 304×304, kept as PNG and decoded per batch, so a COCO-sized set fits in
 //! memory), every caption vector and the image's dialogue vectors; and the per-batch augmentation
-//! of the reference loader (model.md §7): a random crop (76→64 or 304→256, corner uniform), a
+//! of StackGAN-Pytorch's COCO loader: a random crop (76→64 or 304→256, corner uniform), a
 //! horizontal flip with p = 0.5, the `[-1, 1]` mapping, and one caption drawn uniformly per image
 //! per load.
 //!

@@ -33,7 +33,7 @@ pub enum DeviceError {
     #[error(
         "device `{0}` runs on LibTorch, which this build of chatpainter leaves out: build with \
          libtorch (`cargo xtask run … --devices {0}`, or `cargo build --release --features tch` \
-         with LIBTORCH set, see spec/libtorch.md), or use `cpu`"
+         with LIBTORCH set, as the README's libtorch section says), or use `cpu`"
     )]
     NeedsTch(String),
     /// The device exists in this build but failed its first use (no GPU, no driver, …).
@@ -109,8 +109,9 @@ impl TrainDevice {
     ///
     /// For `cuda:N` on a machine without that GPU, tch panics on first use: call
     /// [`TrainDevice::probe`] first.
-    // burn-tch is deprecated in favour of CubeCL backends that cannot be built here
-    // (spec/burn.md §1); it is the only GPU path this project has.
+    // burn-tch is deprecated in favour of CubeCL backends that cannot be built here (their
+    // build script downloads an LLVM bundle from outside the package registries); it is the only
+    // GPU path this project has.
     #[allow(deprecated)]
     pub fn devices(self) -> (Device, Device) {
         let inference = match self {

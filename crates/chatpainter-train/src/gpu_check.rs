@@ -4,8 +4,8 @@
 //!   random inputs on the host; [`Trainee`] is G, D and both Adam states on one device, with
 //!   weights initialised on flex from a seed and forked to the device, so every device starts
 //!   from the same weights.
-//! - [`Trainee::step`] is one training step as the trainer does it (model.md §5: one G forward,
-//!   one D update on real / wrong / detached fake, one G update through the updated D).
+//! - [`Trainee::step`] is one training step as the trainer does it (the reference order: one G
+//!   forward, one D update on real / wrong / detached fake, one G update through the updated D).
 //! - [`gpu_check`] trains a few steps on a device, checks that every loss is finite, that one
 //!   step's losses match flex for the same inputs and weights, and times steps after warm-up;
 //!   `chatpainter gpu-check` writes its [`GpuCheckReport`].
@@ -69,7 +69,7 @@ impl StepSetup {
         }
     }
 
-    /// The paper's recurrent ChatPainter (model.md §0, §10): char-CNN-RNN captions (1024),
+    /// The paper's recurrent ChatPainter at its published widths: char-CNN-RNN captions (1024),
     /// 10 Skip-Thought turns (4800 each) through the BiLSTM (1024 per direction), gf 128, df 64,
     /// Nc 128, Nz 100.
     pub fn chatpainter_recurrent(batch: usize) -> Self {

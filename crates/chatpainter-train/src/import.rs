@@ -1,5 +1,5 @@
 //! Import of reference PyTorch checkpoints (`torch.save(net.state_dict())` of StackGAN-Pytorch's
-//! `STAGE1_G` / `STAGE1_D`, issue 4 §6) into our modules, and a small writer of the same format.
+//! `STAGE1_G` / `STAGE1_D`) into our modules, and a small writer of the same format.
 //!
 //! Reading uses Burn's PyTorch reader (`burn::store::pytorch_reader`: the zip + pickle format,
 //! no Python). The names come from `chatpainter-nn`'s [`reference_names`] mapping, not from

@@ -1,16 +1,27 @@
-//! Stage-I training of StackGAN / ChatPainter (issue 4 §2, §4, §5): a library the CLI's
-//! `train stage1` calls through [`train_stage1`].
+//! Stage-I and Stage-II training of StackGAN / ChatPainter, and everything that uses a trained
+//! run: a library the CLI's `train stage1` / `train stage2` call through [`train_stage1`] /
+//! [`train_stage2`], and `eval`, `generate`, `gpu-check`, `import-netg` and `bench` build on.
 //!
 //! - [`config`]: [`TrainConfig`] (variant, widths, schedule, intervals, device).
 //! - [`data`]: the in-memory training set read from the ingest and embed artifacts, and the
-//!   reference augmentation (76→64 random crop, flip, `[-1, 1]`, one caption per load).
-//! - [`trainer`]: the GAN loop exactly as model.md §4–§5, checkpoints and exact resume, the stop
-//!   flag, the NaN/Inf guard.
+//!   reference augmentation (random crop 76→64 or 304→256, flip, `[-1, 1]`, one caption per
+//!   load).
+//! - [`model`]: the networks of each stage behind [`StageGenerator`] (Stage-II holds the frozen
+//!   Stage-I G); [`text_norm`]: the optional standardisation of text vectors before the CA.
+//! - [`trainer`]: the GAN loop in StackGAN-Pytorch's order (D update on real / wrong / detached
+//!   fake, then G update with the KL term), checkpoints and exact resume, the stop flag, the
+//!   NaN/Inf guard.
 //! - [`checkpoint`]: the on-disk checkpoint layout (atomic directory per step, newest N kept).
 //! - [`metrics`]: `metrics.jsonl` and sample sheets. [`export`]: safetensors with reference names.
+//! - [`import`] and [`reference_run`]: reference PyTorch checkpoints into our modules, and a
+//!   reference Stage-II generator into a run directory that generation samples from.
+//! - [`generate`]: images from a trained run (eval's test split, `generate`'s new text).
+//! - [`device`] and [`ranks`]: devices (flex CPU, LibTorch CPU/CUDA) and data-parallel ranks.
+//! - [`gpu_check`] and [`bench`]: a device check and step timings without a dataset.
 //! - [`rng`]: the seeded, checkpointable generators behind every random choice.
 //!
-//! The stage directory (`out_dir` of [`train_stage1`]):
+//! The stage directory (`out_dir` of [`train_stage1`]; Stage-II's has the same layout with
+//! `stage2_*` exports, 256×256 samples and the reference generator `stage2_g.pth`):
 //!
 //! ```text
 //! config.json                     resolved config + network sizes + steps per epoch (ResolvedConfig)
@@ -70,7 +81,8 @@ pub use trainer::{
     ResolvedConfig, TrainSummary, load_checkpoint_networks, train_stage1, train_stage2,
 };
 
-/// Errors of Stage-I training. User/config, data, IO/runtime and internal errors are apart.
+/// Errors of training and of the uses of a trained run. User/config, data, IO/runtime and
+/// internal errors are apart.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// A bad configuration value (the message starts with the key).

@@ -14,7 +14,7 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 /// Sub-directory of the sample sheets.
 pub const SAMPLES_DIR: &str = "samples";
 
-/// One line of `metrics.jsonl`. Losses are the reference's logged terms (model.md §4/§5):
+/// One line of `metrics.jsonl`. Losses are the terms StackGAN-Pytorch's trainer logs:
 /// `d_loss = d_real + (d_fake + d_wrong)/2`, `g_loss = g_adv + kl_coeff·kl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {

@@ -1,25 +1,13 @@
-//! Seeded, checkpointable random numbers: SplitMix64 (seeding) and xoshiro256** (streams).
+//! Seeded, checkpointable random numbers: xoshiro256** streams, seeded by the workspace's
+//! SplitMix64 ([`chatpainter_artifacts::SplitMix`]).
 //!
 //! Every random choice of the training loop (epoch order, crops, flips, caption picks, noise and
 //! the CA's eps) comes from one of these generators, whose whole state is four `u64`s that a
 //! checkpoint stores. Burn's device RNG is used only to initialise the networks, so a resumed run
 //! draws exactly the numbers an uninterrupted run would.
 
+use chatpainter_artifacts::SplitMix;
 use serde::{Deserialize, Serialize};
-
-/// SplitMix64: expands one seed into well-mixed words (used to seed [`Xoshiro256`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
 
 /// xoshiro256** 1.0 (Blackman & Vigna). The state is public so that it serialises as-is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +18,7 @@ pub struct Xoshiro256 {
 impl Xoshiro256 {
     /// A generator for stream `stream` of `seed`: different streams are independent.
     pub fn new(seed: u64, stream: u64) -> Self {
-        let mut sm = SplitMix64(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut sm = SplitMix::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
         let mut s = [0u64; 4];
         for w in &mut s {
             *w = sm.next_u64();
@@ -104,14 +92,6 @@ impl Xoshiro256 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splitmix_reference_values() {
-        // First outputs of SplitMix64 seeded with 1234567 (Vigna's reference C code).
-        let mut sm = SplitMix64(1_234_567);
-        assert_eq!(sm.next_u64(), 6_457_827_717_110_365_317);
-        assert_eq!(sm.next_u64(), 3_203_168_211_198_807_973);
-    }
 
     #[test]
     fn state_round_trips_and_streams_differ() {

@@ -1,4 +1,4 @@
-//! The training loop of both stages (model.md §5), generic over [`StageGenerator`]: per batch
+//! The training loop of both stages (StackGAN order), generic over [`StageGenerator`]: per batch
 //! fresh noise, one G forward, one D update on real / wrong (shift-by-one) / detached fake with
 //! `cond = mu.detach()`, then one G update (adversarial loss plus λ·KL) through the just-updated
 //! D; Adam with explicit ε; both learning rates halved every `lr_decay_epochs` epochs.

@@ -717,7 +717,7 @@ mod stage2 {
     }
 }
 
-/// Import of reference `STAGE1_G` / `STAGE1_D` state_dicts (issue 4 §6): the test writes the
+/// Import of reference `STAGE1_G` / `STAGE1_D` state_dicts: the test writes the
 /// `.pth` files itself, tensor by tensor under the torch names of `chatpainter-nn`'s mapping, with
 /// a distinct value per element, and checks where every value lands.
 mod pth_import {
@@ -905,9 +905,9 @@ mod pth_import {
     }
 }
 
-/// Stage-I on LibTorch CPU (`--features tch`; needs libtorch, see spec/libtorch.md, so CI does not
-/// build it): the same steps from the same weights and inputs give the same losses as flex, and
-/// the trainer runs end to end on `tch-cpu`.
+/// Stage-I on LibTorch CPU (`--features tch`; needs libtorch from `cargo xtask setup libtorch`,
+/// so plain `cargo test` does not build it): the same steps from the same weights and inputs give
+/// the same losses as flex, and the trainer runs end to end on `tch-cpu`.
 #[cfg(feature = "tch")]
 mod tch_cpu {
     use chatpainter_train::TrainDevice;
@@ -962,7 +962,7 @@ mod tch_cpu {
     }
 }
 
-/// Issue 5: a reference-layout Stage-II generator checkpoint (nested `STAGE1_G.*`, written here
+/// A reference-layout Stage-II generator checkpoint (nested `STAGE1_G.*`, written here
 /// as torch.save would) becomes a run directory that the generation path samples from, and our
 /// Stage-II exports the same layout.
 mod stage2_reference_import {

@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use chatpainter_artifacts::NoProgress;
+use chatpainter_artifacts::{NoProgress, RunDir};
 use chatpainter_embed::cache::{EncoderCache, key_of};
-use chatpainter_embed::stage::{EmbedConfig, EncoderSpec, Encoders, Paths, build, resolve, verify};
+use chatpainter_embed::stage::{EmbedConfig, EncoderSpec, Encoders, Paths, build, verify};
 use chatpainter_embed::{EmbedError, HashingEncoder, TextEncoder};
 use chatpainter_ingest::catalog::{Dialogue, Turn};
 use chatpainter_ingest::tables::Record;
@@ -193,7 +193,8 @@ fn char_cnn_rnn_captions_end_to_end() -> TestResult {
     let run = tempfile::tempdir()?;
     write_stackgan(run.path())?;
     let cfg = char_cnn_config(DIM);
-    let resolver = |p: &str| resolve(run.path(), p);
+    let run_dir = RunDir::new(run.path());
+    let resolver = |p: &str| run_dir.resolve(p);
     let encoders = Encoders::load_with(&cfg, &resolver)?;
     let records = dataset();
     let out = run.path().join("embeddings.parquet");
@@ -292,7 +293,8 @@ fn char_cnn_rnn_captions_end_to_end() -> TestResult {
 fn char_cnn_rnn_bad_configs_are_clear_errors() -> TestResult {
     let run = tempfile::tempdir()?;
     write_stackgan(run.path())?;
-    let resolver = |p: &str| resolve(run.path(), p);
+    let run_dir = RunDir::new(run.path());
+    let resolver = |p: &str| run_dir.resolve(p);
     let records = dataset();
     let out = run.path().join("e.parquet");
 
