@@ -872,7 +872,13 @@ mod ranks {
         ok(train_stage1(&e, None, &sets("stage1.max_steps=3"))
             .output()
             .unwrap());
-        let out = ok(
+        // The notice is a log line (stderr).
+        let logged = |out: Output| {
+            let text = String::from_utf8_lossy(&out.stderr).into_owned();
+            ok(out);
+            text
+        };
+        let out = logged(
             train_stage1(&e, Some(mpirun(2)), &sets("stage1.max_steps=6"))
                 .output()
                 .unwrap(),
@@ -883,9 +889,11 @@ mod ranks {
             (s["resumed_from"].as_u64(), s["ranks"].as_u64()),
             (Some(3), Some(2))
         );
-        let out = ok(train_stage1(&e, None, &sets("stage1.max_steps=9"))
-            .output()
-            .unwrap());
+        let out = logged(
+            train_stage1(&e, None, &sets("stage1.max_steps=9"))
+                .output()
+                .unwrap(),
+        );
         assert!(out.contains("written by 2 rank(s) with 1 rank(s)"), "{out}");
         let s = summary(&e, "stage1");
         assert_eq!(

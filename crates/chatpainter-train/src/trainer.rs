@@ -191,7 +191,11 @@ fn tensor2(v: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
 /// waits for the device, so one read per phase instead of one per term).
 fn scalars<const N: usize>(terms: [&Tensor<1>; N]) -> [f64; N] {
     let all = Tensor::cat(terms.iter().map(|t| (*t).clone().detach()).collect(), 0);
-    let values: Vec<f32> = all.into_data().convert::<f32>().into_vec().unwrap_or_default();
+    let values: Vec<f32> = all
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .unwrap_or_default();
     std::array::from_fn(|i| values.get(i).map_or(f64::NAN, |v| f64::from(*v)))
 }
 
@@ -681,7 +685,6 @@ impl Run<'_> {
                 cfg.batch_size / ranks
             );
             tracing::info!("{message}");
-            println!("{message}");
         }
         Ok(Start {
             gnet: gnet.after_load(),
