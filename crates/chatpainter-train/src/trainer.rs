@@ -191,10 +191,10 @@ fn tensor2(v: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
 /// waits for the device, so one read per phase instead of one per term).
 fn scalars<const N: usize>(terms: [&Tensor<1>; N]) -> [f64; N] {
     let all = Tensor::cat(terms.iter().map(|t| (*t).clone().detach()).collect(), 0);
-    let values: Vec<f32> = all
+    let values = all
         .into_data()
         .convert::<f32>()
-        .into_vec()
+        .try_into_vec::<f32>()
         .unwrap_or_default();
     std::array::from_fn(|i| values.get(i).map_or(f64::NAN, |v| f64::from(*v)))
 }
