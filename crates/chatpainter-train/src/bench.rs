@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::AdamConfig;
+use burn::tensor::Tensor;
 use chatpainter_artifacts::BenchRow;
 use chatpainter_artifacts::bench::peak_rss_mib;
-use chatpainter_nn::count_trainable;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -203,7 +204,7 @@ fn time_stage<G: StageGenerator>(
         .with_beta_2(s.adam.beta2 as f32)
         .with_epsilon(s.adam.eps as f32);
     let (mut opt_g, mut opt_d) = (adam.init(), adam.init());
-    let (params_g, params_d) = (count_trainable(&gnet), count_trainable(&d));
+    let (params_g, params_d) = (count_updated(&gnet), count_updated(&d));
     let mut step_ms = Vec::with_capacity(o.steps);
     let mut last = None;
     for i in 0..o.warmup + o.steps {
@@ -291,6 +292,24 @@ fn random_inputs<G: StageGenerator>(
     }
 }
 
+/// Scalars the optimiser updates: parameters that require gradients, so a frozen Stage-I G and
+/// BatchNorm running statistics do not count (PyTorch: `numel` of the parameters with
+/// `requires_grad`).
+fn count_updated<M: Module>(module: &M) -> usize {
+    struct Count(usize);
+    impl ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            if t.is_require_grad() {
+                self.0 += t.shape().num_elements();
+            }
+        }
+    }
+    let mut c = Count(0);
+    module.visit(&mut c);
+    c.0
+}
+
 /// How many threads the device's kernels use, as the environment sets them.
 pub fn intra_op_threads(device: TrainDevice) -> String {
     if device.is_libtorch() {
@@ -310,6 +329,7 @@ pub fn intra_op_threads(device: TrainDevice) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::Device;
 
     fn smoke(stage2: bool, precision: Precision) -> StepBenchOptions {
         StepBenchOptions {
@@ -335,6 +355,23 @@ mod tests {
             assert_eq!(r.step_ms.len(), 2);
             assert!(r.finite && r.median_ms > 0.0, "{r:?}");
             assert!(r.params_g > 0 && r.params_d > 0);
+            if stage2 {
+                // Only Stage-II's own layers train: not the frozen Stage-I G and BiLSTM inside.
+                let o = smoke(true, Precision::F32);
+                let device = Device::flex().autodiff();
+                let net = ResolvedNetwork {
+                    stage2: o.stage2,
+                    ..o.setup.net
+                };
+                let (g1, _) = Stage1Generator::init(&o.setup.net, o.setup.variant, &device, 0);
+                let (g2, _) =
+                    Stage2Generator::init(&net, o.setup.variant, g1, &device, 0).expect("init");
+                let frozen = chatpainter_nn::count_trainable(&g2.g.stage1_g)
+                    + g2.dialogue
+                        .as_ref()
+                        .map_or(0, chatpainter_nn::count_trainable);
+                assert_eq!(r.params_g + frozen, chatpainter_nn::count_trainable(&g2));
+            }
             let json = serde_json::to_string(&r).expect("json");
             assert!(json.contains("\"impl\":\"chatpainter\""), "{json}");
         }
