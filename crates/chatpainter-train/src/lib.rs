@@ -47,11 +47,13 @@ pub mod export;
 pub mod generate;
 pub mod gpu_check;
 pub mod import;
+pub mod loader;
 pub mod metrics;
 pub mod model;
 pub mod ranks;
 pub mod reference_run;
 pub mod rng;
+pub mod source;
 pub mod text_norm;
 pub mod trainer;
 
@@ -63,6 +65,7 @@ pub use device::DeviceError;
 pub use metrics::StepMetrics;
 pub use model::{Stage1Generator, Stage2Generator, StageGenerator};
 pub use ranks::World;
+pub use source::{ParquetSource, TrainSource};
 pub use text_norm::{TextNorm, TextStats};
 pub use trainer::{
     ResolvedConfig, TrainSummary, load_checkpoint_networks, train_stage1, train_stage2,
