@@ -154,7 +154,7 @@ impl TrainSource for TrainData {
         }
     }
     fn blocks(&self) -> Vec<Range<usize>> {
-        vec![0..self.items.len()]
+        std::iter::once(0..self.items.len()).collect()
     }
     fn read_block(&self, block: usize) -> Result<Vec<TrainItem>, TrainError> {
         match block {

@@ -1047,11 +1047,11 @@ mod lazy {
     use chatpainter_embed::table::{ImageEmbeddings, TableWriter};
     use chatpainter_ingest::IngestSummary;
     use chatpainter_ingest::tables::{ImageTableWriter, Record, write_records};
+    use chatpainter_train::ParquetSource;
     use chatpainter_train::TextNorm;
     use chatpainter_train::data::{Augment, BatchShape, assemble};
     use chatpainter_train::loader::{BlockCache, Layout};
     use chatpainter_train::source::{TrainSource, item_bytes};
-    use chatpainter_train::ParquetSource;
     use std::collections::BTreeMap;
 
     /// Writes ingest and embed artifacts of `n` train images (ids 10, 13, 16, …) plus two test
