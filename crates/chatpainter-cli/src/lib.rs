@@ -127,7 +127,7 @@ pub enum Command {
     },
     /// A stage benchmark; prints one JSON row per figure (`cargo xtask bench` tabulates them).
     Bench {
-        /// embed, stage1, stage2 or eval.
+        /// embed, stage1, stage2, loader or eval.
         what: String,
     },
 }
