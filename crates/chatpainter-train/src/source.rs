@@ -95,26 +95,34 @@ pub trait TrainSource: Sync {
     /// # Errors
     /// [`TrainError::Data`] naming the first image without it.
     fn check_variant(&self, variant: Variant) -> Result<(), TrainError> {
-        let missing = (0..self.len())
-            .map(|i| self.meta(i))
-            .find(|m| match variant {
-                Variant::Stackgan => false,
-                Variant::ChatpainterNonrecurrent => !m.dialogue,
-                Variant::ChatpainterRecurrent => m.turns == 0,
-            });
-        match missing {
-            Some(m) => Err(TrainError::Data(format!(
-                "image {}: no dialogue {} for variant {}",
-                m.image_id,
-                if variant == Variant::ChatpainterRecurrent {
-                    "turn vectors"
-                } else {
-                    "vector"
-                },
-                variant.name()
-            ))),
-            None => Ok(()),
-        }
+        check_items_have(self, variant)
+    }
+}
+
+/// Checks that every item of `source` has the dialogue input `variant` needs.
+fn check_items_have<S: TrainSource + ?Sized>(
+    source: &S,
+    variant: Variant,
+) -> Result<(), TrainError> {
+    let missing = (0..source.len())
+        .map(|i| source.meta(i))
+        .find(|m| match variant {
+            Variant::Stackgan => false,
+            Variant::ChatpainterNonrecurrent => !m.dialogue,
+            Variant::ChatpainterRecurrent => m.turns == 0,
+        });
+    match missing {
+        Some(m) => Err(TrainError::Data(format!(
+            "image {}: no dialogue {} for variant {}",
+            m.image_id,
+            if variant == Variant::ChatpainterRecurrent {
+                "turn vectors"
+            } else {
+                "vector"
+            },
+            variant.name()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -183,6 +191,8 @@ struct ParquetBlock {
 pub struct ParquetSource {
     geometry: Geometry,
     widths: Widths,
+    /// The variant whose vectors are read.
+    variant: Variant,
     split: String,
     embeddings: ProjectedReader,
     items: Vec<ItemMeta>,
@@ -304,6 +314,7 @@ impl ParquetSource {
         let source = Self {
             geometry,
             widths,
+            variant,
             split: split.to_string(),
             embeddings,
             items,
@@ -431,6 +442,17 @@ impl TrainSource for ParquetSource {
                 turns: r.turns,
             })
             .collect())
+    }
+    fn check_variant(&self, variant: Variant) -> Result<(), TrainError> {
+        // Another variant's dialogue vectors were not read: its batches would be silently empty.
+        if variant != self.variant {
+            return Err(TrainError::Config(format!(
+                "the training data was opened for variant {}, not {}",
+                self.variant.name(),
+                variant.name()
+            )));
+        }
+        check_items_have(self, variant)
     }
     fn validate(&self) -> Result<(), TrainError> {
         if self.items.is_empty() {

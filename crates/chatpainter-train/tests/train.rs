@@ -1174,6 +1174,17 @@ mod lazy {
                 assert_eq!(lazy.meta(i).image_id, memory.items[i].image_id);
                 assert_eq!(lazy.meta(i).captions, memory.items[i].captions.len());
             }
+            lazy.check_variant(variant)
+                .expect("the variant it was opened for");
+            let other = if variant == Variant::Stackgan {
+                Variant::ChatpainterRecurrent
+            } else {
+                Variant::Stackgan
+            };
+            let err = lazy
+                .check_variant(other)
+                .expect_err("opened for another variant");
+            assert!(err.to_string().contains(other.name()), "{err}");
             let layout = Layout::new(&lazy, variant, 1 << 20);
             let mut cache = BlockCache::new(&lazy, layout, 1 << 20);
             let mut rng = Xoshiro256::new(4, 4);
@@ -1197,6 +1208,30 @@ mod lazy {
                 assert_eq!(got, want, "{variant:?}");
             }
         }
+    }
+
+    #[test]
+    fn embeddings_out_of_image_id_order_are_refused_naming_the_file() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (ingest, embed) = write_dataset(root.path(), 12, 4);
+        let path = embed.join("embeddings.parquet");
+        let mut table = chatpainter_embed::table::read(&path).expect("read");
+        table.rows.reverse();
+        chatpainter_embed::table::write(&path, &table).expect("write");
+        let err = ParquetSource::open(
+            &ingest,
+            &embed,
+            "train",
+            Geometry::STAGE1,
+            Variant::Stackgan,
+        )
+        .err()
+        .expect("unsorted rows");
+        let text = err.to_string();
+        assert!(
+            text.contains("embeddings.parquet") && text.contains("image-id order"),
+            "{text}"
+        );
     }
 
     #[test]
