@@ -1,4 +1,4 @@
-//! `cargo xtask bench [ingest|embed|stage1|stage2|eval|all]`: runs the stage benchmarks and
+//! `cargo xtask bench [ingest|embed|stage1|stage2|loader|eval|all]`: runs the stage benchmarks and
 //! prints one table. `ingest` is timed here (a generated COCO-shaped set through the real
 //! stage); the others are `chatpainter bench <what>` on a release build, which prints one JSON
 //! `BenchRow` (`name`, `value`, `unit`, `conditions`) per line. A benchmark the CLI does not have
@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 /// Benchmarks, in table order.
-pub const BENCHES: [&str; 5] = ["ingest", "embed", "stage1", "stage2", "eval"];
+pub const BENCHES: [&str; 6] = ["ingest", "embed", "stage1", "stage2", "loader", "eval"];
 
 /// One figure of the table.
 #[derive(Debug, Clone, PartialEq)]

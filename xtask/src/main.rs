@@ -69,7 +69,7 @@ enum Cmd {
     },
     /// Download the pretrained MiniLM weights (same as `setup minilm`).
     FetchModels,
-    /// Benchmarks (ingest, embed, stage1, stage2, eval or all); prints one table. `dialogue`
+    /// Benchmarks (ingest, embed, stage1, stage2, loader, eval or all); prints one table. `dialogue`
     /// runs the three-variant experiment on generated scenes (tens of minutes; not in `all`);
     /// `scaling` trains with 1 and 2 data-parallel CPU ranks (needs Open MPI; not in `all`);
     /// `parity` runs our step and MiniLM beside the PyTorch references (needs `setup

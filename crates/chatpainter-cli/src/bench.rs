@@ -34,6 +34,9 @@ pub fn run(what: &str) -> Result<Vec<BenchRow>> {
                 &devices, &batches, 3,
             )?)
         }
+        // Training loader: images/s per core for each stage's batch preparation and the cores
+        // that keep one and eight H200s fed.
+        "loader" => Ok(chatpainter_train::bench::loader_rows(3.0)?),
         "eval" => crate::eval_cmd::bench(chatpainter_train::TrainDevice::Cpu),
         other => bail!("bench {other}: unknown benchmark"),
     }

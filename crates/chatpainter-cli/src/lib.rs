@@ -127,7 +127,7 @@ pub enum Command {
     },
     /// A stage benchmark; prints one JSON row per figure (`cargo xtask bench` tabulates them).
     Bench {
-        /// embed, stage1, stage2 or eval.
+        /// embed, stage1, stage2, loader or eval.
         what: String,
     },
     /// Time one training step of either stage at any widths, on random inputs; prints one JSON
@@ -517,19 +517,25 @@ fn train_stage(args: &StageArgs, stage: &str) -> Result<()> {
     outcome
 }
 
-/// The training data of a stage's geometry, from the run's ingest and embed stages.
-fn train_data(run: &RunDir, stage: &str) -> Result<chatpainter_train::TrainData> {
+/// The training data of a stage's geometry, read lazily from the run's ingest and embed stages
+/// (only the vectors `variant` uses).
+fn train_data(
+    run: &RunDir,
+    stage: &str,
+    variant: chatpainter_train::Variant,
+) -> Result<chatpainter_train::ParquetSource> {
     use chatpainter_train::Geometry;
     let geometry = if stage == "stage1" {
         Geometry::STAGE1
     } else {
         Geometry::STAGE2
     };
-    Ok(chatpainter_train::TrainData::load(
+    Ok(chatpainter_train::ParquetSource::open(
         &run.stage("ingest"),
         &run.stage("embed"),
         "train",
         geometry,
+        variant,
     )?)
 }
 
@@ -543,7 +549,7 @@ fn train_on(
     stop: &std::sync::atomic::AtomicBool,
     world: &chatpainter_train::World,
 ) -> Result<chatpainter_train::TrainSummary> {
-    let data = train_data(run, stage)?;
+    let data = train_data(run, stage, cfg.variant)?;
     let dir = &run.stage(stage);
     Ok(if stage == "stage1" {
         chatpainter_train::train_stage1(cfg, &data, dir, progress, stop, world)?

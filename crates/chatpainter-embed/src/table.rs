@@ -337,97 +337,253 @@ pub fn for_each_row(
     path: &Path,
     mut f: impl FnMut(ImageEmbeddings) -> Result<(), EmbedError>,
 ) -> Result<(EncoderIdentity, EncoderIdentity), EmbedError> {
-    let file = std::fs::File::open(path).map_err(|source| EmbedError::Io {
+    let reader = ProjectedReader::open(path, Columns::ALL)?;
+    for group in 0..reader.row_groups() {
+        reader.for_each_in_group(group, |row, _| f(row))?;
+    }
+    Ok((reader.caption_encoder, reader.dialogue_encoder))
+}
+
+/// Which vector columns a [`ProjectedReader`] reads (`image_id`, `split` and `n_turns` are
+/// always read). A column left out reads as empty lists / `None`, and costs no IO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Columns {
+    pub captions: bool,
+    pub dialogue: bool,
+    pub turns: bool,
+}
+
+impl Columns {
+    pub const ALL: Self = Self {
+        captions: true,
+        dialogue: true,
+        turns: true,
+    };
+}
+
+/// Reads chosen columns of chosen row groups of `embeddings.parquet`, so a trainer can stream a
+/// table far larger than memory and skip the vectors its variant does not use (the per-turn
+/// vectors are most of a Skip-Thought table). Opened once: schema version, encoders and column
+/// types are checked as by [`read`].
+pub struct ProjectedReader {
+    path: std::path::PathBuf,
+    columns: Columns,
+    metadata: parquet::arrow::arrow_reader::ArrowReaderMetadata,
+    pub caption_encoder: EncoderIdentity,
+    pub dialogue_encoder: EncoderIdentity,
+}
+
+impl ProjectedReader {
+    /// Opens `path` and checks its contract.
+    ///
+    /// # Errors
+    /// IO errors and contract breaches (schema version, encoder metadata, column types), naming
+    /// the file.
+    pub fn open(path: &Path, columns: Columns) -> Result<Self, EmbedError> {
+        let file = open_file(path)?;
+        let metadata =
+            parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&file, Default::default())
+                .map_err(|e| contract(path, e.to_string()))?;
+        let meta = metadata.schema().metadata().clone();
+        if meta.get("chatpainter.schema_version") != Some(&SCHEMA_VERSION.to_string()) {
+            return Err(contract(
+                path,
+                format!(
+                    "schema version {:?}, expected {SCHEMA_VERSION}",
+                    meta.get("chatpainter.schema_version")
+                ),
+            ));
+        }
+        let identity = |key: &str| -> Result<EncoderIdentity, EmbedError> {
+            let json = meta
+                .get(key)
+                .ok_or_else(|| contract(path, format!("metadata `{key}` is missing")))?;
+            serde_json::from_str(json).map_err(|e| contract(path, format!("metadata `{key}`: {e}")))
+        };
+        let (caption_encoder, dialogue_encoder) = (
+            identity("chatpainter.caption_encoder")?,
+            identity("chatpainter.dialogue_encoder")?,
+        );
+        let expected = schema(caption_encoder.dim, dialogue_encoder.dim);
+        for field in expected.fields() {
+            match metadata.schema().field_with_name(field.name()) {
+                Ok(f) if f.data_type() == field.data_type() => {}
+                Ok(f) => {
+                    return Err(contract(
+                        path,
+                        format!(
+                            "column `{}`: expected {}, found {}",
+                            field.name(),
+                            field.data_type(),
+                            f.data_type()
+                        ),
+                    ));
+                }
+                Err(_) => {
+                    return Err(contract(
+                        path,
+                        format!("column `{}` is missing", field.name()),
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            columns,
+            metadata,
+            caption_encoder,
+            dialogue_encoder,
+        })
+    }
+
+    /// The file read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Row groups in the file.
+    pub fn row_groups(&self) -> usize {
+        self.metadata.metadata().num_row_groups()
+    }
+
+    /// Rows of row group `group` (from the footer, no IO).
+    pub fn group_rows(&self, group: usize) -> usize {
+        self.metadata.metadata().row_group(group).num_rows() as usize
+    }
+
+    /// Calls `f(row, n_turns)` for every row of row group `group`, in file order; columns left
+    /// out of the projection are empty. `n_turns` is the stored count, checked against the
+    /// turn vectors when those are read.
+    ///
+    /// # Errors
+    /// IO and decode errors naming the file, the row group and (for a bad row) the image.
+    pub fn for_each_in_group(
+        &self,
+        group: usize,
+        mut f: impl FnMut(ImageEmbeddings, usize) -> Result<(), EmbedError>,
+    ) -> Result<(), EmbedError> {
+        let path = self.path.as_path();
+        if group >= self.row_groups() {
+            return Err(contract(
+                path,
+                format!(
+                    "row group {group} requested, file has {}",
+                    self.row_groups()
+                ),
+            ));
+        }
+        let c = self.columns;
+        let wanted: Vec<&str> = [
+            ("image_id", true),
+            ("split", true),
+            ("captions", c.captions),
+            ("dialogue", c.dialogue),
+            ("turns", c.turns),
+            ("n_turns", true),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+        let roots: Vec<usize> = wanted
+            .iter()
+            .filter_map(|name| self.metadata.schema().index_of(name).ok())
+            .collect();
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            open_file(path)?,
+            self.metadata.clone(),
+        );
+        let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots);
+        let reader = builder
+            .with_row_groups(vec![group])
+            .with_projection(mask)
+            .build()
+            .map_err(|e| contract(path, format!("row group {group}: {e}")))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| contract(path, format!("row group {group}: {e}")))?;
+            let col = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .ok_or_else(|| contract(path, format!("column `{name}` is missing")))
+            };
+            let ids = col("image_id")?
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| contract(path, "image_id"))?;
+            let splits = col("split")?
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| contract(path, "split"))?;
+            let n_turns = col("n_turns")?
+                .as_any()
+                .downcast_ref::<Int32Array>()
+                .ok_or_else(|| contract(path, "n_turns"))?;
+            let list = |name: &str, on: bool| -> Result<Option<&ListArray>, EmbedError> {
+                if !on {
+                    return Ok(None);
+                }
+                col(name)?
+                    .as_any()
+                    .downcast_ref::<ListArray>()
+                    .map(Some)
+                    .ok_or_else(|| contract(path, name))
+            };
+            let captions = list("captions", c.captions)?;
+            let turns = list("turns", c.turns)?;
+            let dialogue = if c.dialogue {
+                Some(
+                    col("dialogue")?
+                        .as_any()
+                        .downcast_ref::<FixedSizeListArray>()
+                        .ok_or_else(|| contract(path, "dialogue"))?,
+                )
+            } else {
+                None
+            };
+            for i in 0..batch.num_rows() {
+                let n = usize::try_from(n_turns.value(i)).map_err(|_| {
+                    contract(
+                        path,
+                        format!("image {}: n_turns {} < 0", ids.value(i), n_turns.value(i)),
+                    )
+                })?;
+                let row = ImageEmbeddings {
+                    image_id: ids.value(i),
+                    split: splits.value(i).to_string(),
+                    captions: match captions {
+                        Some(l) => list_of_vectors(l, i, path, "captions")?,
+                        None => Vec::new(),
+                    },
+                    dialogue: match dialogue {
+                        Some(d) if d.is_valid(i) => Some(vector(d, i, path, "dialogue")?),
+                        _ => None,
+                    },
+                    turns: match turns {
+                        Some(l) => list_of_vectors(l, i, path, "turns")?,
+                        None => Vec::new(),
+                    },
+                };
+                if c.turns && row.turns.len() != n {
+                    return Err(contract(
+                        path,
+                        format!(
+                            "image {}: n_turns is {n} but {} turn vectors are stored",
+                            row.image_id,
+                            row.turns.len()
+                        ),
+                    ));
+                }
+                f(row, n)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_file(path: &Path) -> Result<std::fs::File, EmbedError> {
+    std::fs::File::open(path).map_err(|source| EmbedError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| contract(path, e.to_string()))?;
-    let meta = builder.schema().metadata().clone();
-    if meta.get("chatpainter.schema_version") != Some(&SCHEMA_VERSION.to_string()) {
-        return Err(contract(
-            path,
-            format!(
-                "schema version {:?}, expected {SCHEMA_VERSION}",
-                meta.get("chatpainter.schema_version")
-            ),
-        ));
-    }
-    let identity = |key: &str| -> Result<EncoderIdentity, EmbedError> {
-        let json = meta
-            .get(key)
-            .ok_or_else(|| contract(path, format!("metadata `{key}` is missing")))?;
-        serde_json::from_str(json).map_err(|e| contract(path, format!("metadata `{key}`: {e}")))
-    };
-    let (caption_encoder, dialogue_encoder) = (
-        identity("chatpainter.caption_encoder")?,
-        identity("chatpainter.dialogue_encoder")?,
-    );
-    let expected = schema(caption_encoder.dim, dialogue_encoder.dim);
-    for field in expected.fields() {
-        match builder.schema().field_with_name(field.name()) {
-            Ok(f) if f.data_type() == field.data_type() => {}
-            Ok(f) => {
-                return Err(contract(
-                    path,
-                    format!(
-                        "column `{}`: expected {}, found {}",
-                        field.name(),
-                        field.data_type(),
-                        f.data_type()
-                    ),
-                ));
-            }
-            Err(_) => {
-                return Err(contract(
-                    path,
-                    format!("column `{}` is missing", field.name()),
-                ));
-            }
-        }
-    }
-    for batch in builder.build().map_err(|e| contract(path, e.to_string()))? {
-        let batch = batch.map_err(|e| contract(path, e.to_string()))?;
-        let col = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| contract(path, format!("column `{name}` is missing")))
-        };
-        let ids = col("image_id")?
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(|| contract(path, "image_id"))?;
-        let splits = col("split")?
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| contract(path, "split"))?;
-        let captions = col("captions")?
-            .as_any()
-            .downcast_ref::<ListArray>()
-            .ok_or_else(|| contract(path, "captions"))?;
-        let dialogue = col("dialogue")?
-            .as_any()
-            .downcast_ref::<FixedSizeListArray>()
-            .ok_or_else(|| contract(path, "dialogue"))?;
-        let turns = col("turns")?
-            .as_any()
-            .downcast_ref::<ListArray>()
-            .ok_or_else(|| contract(path, "turns"))?;
-        for i in 0..batch.num_rows() {
-            f(ImageEmbeddings {
-                image_id: ids.value(i),
-                split: splits.value(i).to_string(),
-                captions: list_of_vectors(captions, i, path, "captions")?,
-                dialogue: if dialogue.is_valid(i) {
-                    Some(vector(dialogue, i, path, "dialogue")?)
-                } else {
-                    None
-                },
-                turns: list_of_vectors(turns, i, path, "turns")?,
-            })?;
-        }
-    }
-    Ok((caption_encoder, dialogue_encoder))
+    })
 }
 
 #[cfg(test)]

@@ -104,7 +104,8 @@ pub fn squash(rgb: &RgbImage, size: u32) -> RgbImage {
     image::imageops::resize(rgb, size, size, FilterType::Triangle)
 }
 
-fn encode_png(rgb: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
+/// Encodes RGB as the image tables store it (fast compression, adaptive filter).
+pub fn encode_png(rgb: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
     let mut out = Vec::with_capacity(rgb.as_raw().len() / 2);
     PngEncoder::new_with_quality(&mut out, CompressionType::Fast, PngFilter::Adaptive)
         .write_image(

@@ -9,7 +9,7 @@
 //! reproducible and checkpointable); only the pixel work runs in parallel (rayon).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chatpainter_artifacts::manifest::Manifest;
 use chatpainter_ingest::IngestSummary;
@@ -314,7 +314,7 @@ impl TrainData {
 /// Reads the wanted images of one image table; decodes them (in parallel) when the geometry keeps
 /// images decoded, else keeps the PNG after checking its header's size.
 fn read_table<T>(
-    path: &PathBuf,
+    path: &Path,
     wanted: &BTreeMap<i64, T>,
     geometry: Geometry,
 ) -> Result<Vec<(i64, StoredImage)>, TrainError>
@@ -331,38 +331,46 @@ where
         let decoded: Result<Vec<_>, TrainError> = rows
             .into_par_iter()
             .filter(|(id, _)| wanted.contains_key(id))
-            .map(|(id, png)| {
-                let (w, h) = if geometry.keeps_decoded() {
-                    let img = chatpainter_ingest::images::decode_png(&png).map_err(|e| {
-                        TrainError::Data(format!("{}: image {id}: {e}", path.display()))
-                    })?;
-                    (img.width(), img.height())
-                } else {
-                    png_size(&png).ok_or_else(|| {
-                        TrainError::Data(format!("{}: image {id}: not a PNG", path.display()))
-                    })?
-                };
-                let load = geometry.load;
-                if w as usize != load || h as usize != load {
-                    return Err(TrainError::Data(format!(
-                        "{}: image {id} is {w}×{h}, expected {load}×{load}",
-                        path.display()
-                    )));
-                }
-                let stored = if geometry.keeps_decoded() {
-                    let img = chatpainter_ingest::images::decode_png(&png).map_err(|e| {
-                        TrainError::Data(format!("{}: image {id}: {e}", path.display()))
-                    })?;
-                    StoredImage::Rgb(img.into_raw())
-                } else {
-                    StoredImage::Png(png)
-                };
-                Ok((id, stored))
-            })
+            .map(|(id, png)| Ok((id, stored_image(path, id, png, geometry)?)))
             .collect();
         out.extend(decoded?);
     }
     Ok(out)
+}
+
+/// One image of an image table as the geometry keeps it: decoded when small, else the PNG
+/// after checking its header's size.
+///
+/// # Errors
+/// [`TrainError::Data`] naming the file and the image when it does not decode or is not
+/// `load × load`.
+pub(crate) fn stored_image(
+    path: &Path,
+    id: i64,
+    png: Vec<u8>,
+    geometry: Geometry,
+) -> Result<StoredImage, TrainError> {
+    let load = geometry.load;
+    let wrong_size = |w: u32, h: u32| {
+        TrainError::Data(format!(
+            "{}: image {id} is {w}×{h}, expected {load}×{load}",
+            path.display()
+        ))
+    };
+    if geometry.keeps_decoded() {
+        let img = chatpainter_ingest::images::decode_png(&png)
+            .map_err(|e| TrainError::Data(format!("{}: image {id}: {e}", path.display())))?;
+        if img.width() as usize != load || img.height() as usize != load {
+            return Err(wrong_size(img.width(), img.height()));
+        }
+        return Ok(StoredImage::Rgb(img.into_raw()));
+    }
+    let (w, h) = png_size(&png)
+        .ok_or_else(|| TrainError::Data(format!("{}: image {id}: not a PNG", path.display())))?;
+    if w as usize != load || h as usize != load {
+        return Err(wrong_size(w, h));
+    }
+    Ok(StoredImage::Png(png))
 }
 
 /// The random choices for one image of one batch.
@@ -447,8 +455,37 @@ pub fn assemble(
     indices: &[usize],
     augs: &[Augment],
 ) -> Result<HostBatch, TrainError> {
-    let g = data.geometry;
     let items: Vec<&TrainItem> = indices.iter().map(|&i| &data.items[i]).collect();
+    let shape = BatchShape {
+        geometry: data.geometry,
+        dialogue_dim: data.dialogue_dim,
+        turn_dim: data.turn_dim,
+        max_turns: data.max_turns(),
+    };
+    assemble_items(&items, shape, variant, augs)
+}
+
+/// What fixes a batch's layout besides its items: the geometry, the dialogue widths and the
+/// padded turn count (the most turns of any item of the whole set, not of the batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchShape {
+    pub geometry: Geometry,
+    pub dialogue_dim: usize,
+    pub turn_dim: usize,
+    pub max_turns: usize,
+}
+
+/// Builds the batch of `items` with the given augmentations (decoding and pixels in parallel).
+///
+/// # Errors
+/// [`TrainError::Data`] naming an image that does not decode to the load size.
+pub fn assemble_items(
+    items: &[&TrainItem],
+    shape: BatchShape,
+    variant: Variant,
+    augs: &[Augment],
+) -> Result<HostBatch, TrainError> {
+    let g = shape.geometry;
     let crops: Vec<Vec<f32>> = items
         .par_iter()
         .zip(augs.par_iter())
@@ -474,17 +511,17 @@ pub fn assemble(
                         .flatten()
                         .copied()
                         .chain(std::iter::repeat(0.0))
-                        .take(data.dialogue_dim)
+                        .take(shape.dialogue_dim)
                 })
                 .collect(),
             Vec::new(),
         ),
         Variant::ChatpainterRecurrent => {
-            let t = data.max_turns();
-            let mut v = vec![0f32; items.len() * t * data.turn_dim];
+            let (t, width) = (shape.max_turns, shape.turn_dim);
+            let mut v = vec![0f32; items.len() * t * width];
             for (b, it) in items.iter().enumerate() {
                 for (s, turn) in it.turns.iter().enumerate() {
-                    let at = (b * t + s) * data.turn_dim;
+                    let at = (b * t + s) * width;
                     v[at..at + turn.len()].copy_from_slice(turn);
                 }
             }

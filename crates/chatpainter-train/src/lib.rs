@@ -58,12 +58,14 @@ pub mod export;
 pub mod generate;
 pub mod gpu_check;
 pub mod import;
+pub mod loader;
 pub mod metrics;
 pub mod model;
 pub mod precision;
 pub mod ranks;
 pub mod reference_run;
 pub mod rng;
+pub mod source;
 pub mod text_norm;
 pub mod trainer;
 
@@ -76,6 +78,7 @@ pub use metrics::StepMetrics;
 pub use model::{Stage1Generator, Stage2Generator, StageGenerator};
 pub use precision::Precision;
 pub use ranks::World;
+pub use source::{ParquetSource, TrainSource};
 pub use text_norm::{TextNorm, TextStats};
 pub use trainer::{
     ResolvedConfig, TrainSummary, load_checkpoint_networks, train_stage1, train_stage2,

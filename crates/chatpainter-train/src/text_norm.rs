@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::config::Variant;
-use crate::data::{HostBatch, TrainData};
+use crate::data::HostBatch;
 use crate::generate::{Condition, DialogueCondition};
+use crate::source::TrainSource;
 
 /// Which transform the text vectors get before the CA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -44,21 +45,36 @@ pub struct Moments {
 /// Below this standard deviation a dimension counts as constant.
 const MIN_STD: f64 = 1e-6;
 
-impl Moments {
-    /// Moments of `vectors` (all `dim` wide), accumulated in f64.
-    fn of<'a>(dim: usize, vectors: impl Iterator<Item = &'a [f32]>) -> Self {
-        let (mut n, mut sum, mut sq) = (0f64, vec![0f64; dim], vec![0f64; dim]);
-        for v in vectors {
-            n += 1.0;
-            for ((s, q), x) in sum.iter_mut().zip(&mut sq).zip(v) {
-                let x = f64::from(*x);
-                *s += x;
-                *q += x * x;
-            }
+/// Running sums for [`Moments`], fed one vector at a time in item order.
+struct MomentSums {
+    n: f64,
+    sum: Vec<f64>,
+    sq: Vec<f64>,
+}
+
+impl MomentSums {
+    fn new(dim: usize) -> Self {
+        Self {
+            n: 0.0,
+            sum: vec![0.0; dim],
+            sq: vec![0.0; dim],
         }
-        let n = n.max(1.0);
-        let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-        let inv_std = sq
+    }
+
+    fn add(&mut self, v: &[f32]) {
+        self.n += 1.0;
+        for ((s, q), x) in self.sum.iter_mut().zip(&mut self.sq).zip(v) {
+            let x = f64::from(*x);
+            *s += x;
+            *q += x * x;
+        }
+    }
+
+    fn finish(self) -> Moments {
+        let n = self.n.max(1.0);
+        let mean: Vec<f64> = self.sum.iter().map(|s| s / n).collect();
+        let inv_std = self
+            .sq
             .iter()
             .zip(&mean)
             .map(|(q, m)| {
@@ -70,10 +86,20 @@ impl Moments {
                 }
             })
             .collect();
-        Self {
+        Moments {
             mean: mean.into_iter().map(|m| m as f32).collect(),
             inv_std,
         }
+    }
+}
+
+impl Moments {
+    /// Moments of `vectors` (all `dim` wide), accumulated in f64.
+    #[cfg(test)]
+    fn of<'a>(dim: usize, vectors: impl Iterator<Item = &'a [f32]>) -> Self {
+        let mut sums = MomentSums::new(dim);
+        vectors.for_each(|v| sums.add(v));
+        sums.finish()
     }
 
     /// Standardises every `dim`-wide row of `values` in place.
@@ -97,28 +123,37 @@ pub struct TextStats {
 }
 
 impl TextStats {
-    /// Statistics over every caption vector and every dialogue input of `data`.
-    pub fn of(data: &TrainData, variant: Variant) -> Self {
-        let caption = Moments::of(
-            data.caption_dim,
-            data.items
-                .iter()
-                .flat_map(|i| i.captions.iter().map(Vec::as_slice)),
-        );
-        let dialogue = match variant {
+    /// Statistics over every caption vector and every dialogue input of `data`, read a block
+    /// at a time in item order (the sums run in the same order as over an in-memory set).
+    ///
+    /// # Errors
+    /// Read failures of the source.
+    pub fn of(data: &dyn TrainSource, variant: Variant) -> Result<Self, TrainError> {
+        let w = data.widths();
+        let mut caption = MomentSums::new(w.caption);
+        let mut dialogue = match variant {
             Variant::Stackgan => None,
-            Variant::ChatpainterNonrecurrent => Some(Moments::of(
-                data.dialogue_dim,
-                data.items.iter().filter_map(|i| i.dialogue.as_deref()),
-            )),
-            Variant::ChatpainterRecurrent => Some(Moments::of(
-                data.turn_dim,
-                data.items
-                    .iter()
-                    .flat_map(|i| i.turns.iter().map(Vec::as_slice)),
-            )),
+            Variant::ChatpainterNonrecurrent => Some(MomentSums::new(w.dialogue)),
+            Variant::ChatpainterRecurrent => Some(MomentSums::new(w.turn)),
         };
-        Self { caption, dialogue }
+        for block in 0..data.blocks().len() {
+            for item in data.read_block_vectors(block)? {
+                item.captions.iter().for_each(|v| caption.add(v));
+                match (variant, dialogue.as_mut()) {
+                    (Variant::ChatpainterNonrecurrent, Some(d)) => {
+                        item.dialogue.iter().for_each(|v| d.add(v));
+                    }
+                    (Variant::ChatpainterRecurrent, Some(d)) => {
+                        item.turns.iter().for_each(|v| d.add(v));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(Self {
+            caption: caption.finish(),
+            dialogue: dialogue.map(MomentSums::finish),
+        })
     }
 
     /// Standardises a batch in place; recurrent padding turns stay zero.

@@ -37,8 +37,9 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::checkpoint::{self, CHECKPOINT_FORMAT, TrainState};
 use crate::config::{ResolvedNetwork, TrainConfig, Variant};
-use crate::data::{Augment, Geometry, HostBatch, TrainData, assemble};
+use crate::data::{Geometry, HostBatch};
 use crate::export::first_non_finite;
+use crate::loader::{Cursor, Layout, Plan, Prefetcher, WINDOW_BYTES, first_items_batch};
 use crate::metrics::{
     METRICS_FILE, MetricsWriter, SAMPLES_DIR, SheetColumn, StepMetrics, sample_sheet_png,
 };
@@ -46,6 +47,7 @@ use crate::model::{DeviceBatch, Stage1Generator, Stage2Generator, StageGenerator
 use crate::precision::Precision;
 use crate::ranks::World;
 use crate::rng::Xoshiro256;
+use crate::source::TrainSource;
 use crate::text_norm::{TextNorm, TextStats};
 
 /// RNG stream ids derived from the seed.
@@ -243,7 +245,7 @@ pub fn load_checkpoint_networks(
 /// checkpoint) a weight stops being finite — the last good checkpoint stays on disk.
 pub fn train_stage1(
     cfg: &TrainConfig,
-    data: &TrainData,
+    data: &dyn TrainSource,
     out_dir: &Path,
     progress: &dyn Progress,
     stop: &AtomicBool,
@@ -251,9 +253,10 @@ pub fn train_stage1(
 ) -> Result<TrainSummary, TrainError> {
     cfg.validate()?;
     check_geometry(data, Geometry::STAGE1)?;
-    let net = cfg.network(data.caption_dim, data.dialogue_width(cfg.variant))?;
-    let text_stats =
-        (cfg.text_norm == TextNorm::Standardize).then(|| TextStats::of(data, cfg.variant));
+    let net = cfg.network(data.widths().caption, data.dialogue_width(cfg.variant))?;
+    let text_stats = (cfg.text_norm == TextNorm::Standardize)
+        .then(|| TextStats::of(data, cfg.variant))
+        .transpose()?;
     let run = Run {
         cfg,
         data,
@@ -279,7 +282,7 @@ pub fn train_stage1(
 /// widths differ from this run's.
 pub fn train_stage2(
     cfg: &TrainConfig,
-    data: &TrainData,
+    data: &dyn TrainSource,
     stage1_dir: &Path,
     out_dir: &Path,
     progress: &dyn Progress,
@@ -312,7 +315,7 @@ pub fn train_stage2(
             s1.train.text_norm
         )));
     }
-    let widths = (data.caption_dim, data.dialogue_width(cfg.variant));
+    let widths = (data.widths().caption, data.dialogue_width(cfg.variant));
     let theirs = (s1.network.caption_dim, s1.network.dialogue_dim);
     if widths != theirs {
         return Err(TrainError::Config(format!(
@@ -353,27 +356,13 @@ pub fn train_stage2(
     )
 }
 
-/// A batch as the networks see it: assembled, then standardised when the run does that.
-fn batch_of(
-    data: &TrainData,
-    variant: Variant,
-    text_stats: Option<&TextStats>,
-    indices: &[usize],
-    augs: &[Augment],
-) -> Result<HostBatch, TrainError> {
-    let mut host = assemble(data, variant, indices, augs)?;
-    if let Some(stats) = text_stats {
-        stats.apply_batch(&mut host);
-    }
-    Ok(host)
-}
-
-fn check_geometry(data: &TrainData, want: Geometry) -> Result<(), TrainError> {
+fn check_geometry(data: &dyn TrainSource, want: Geometry) -> Result<(), TrainError> {
     data.validate()?;
-    if data.geometry != want {
+    let have = data.geometry();
+    if have != want {
         return Err(TrainError::Data(format!(
             "the data is {}→{} px, this stage trains on {}→{}",
-            data.geometry.load, data.geometry.crop, want.load, want.crop
+            have.load, have.crop, want.load, want.crop
         )));
     }
     Ok(())
@@ -382,7 +371,7 @@ fn check_geometry(data: &TrainData, want: Geometry) -> Result<(), TrainError> {
 /// One training run of either stage.
 struct Run<'a> {
     cfg: &'a TrainConfig,
-    data: &'a TrainData,
+    data: &'a dyn TrainSource,
     out_dir: &'a Path,
     net: ResolvedNetwork,
     stage1: Option<Stage1Origin>,
@@ -425,7 +414,7 @@ impl Run<'_> {
         let choice = cfg.device.for_local_rank(world.local_rank());
         // A `cuda:N` this machine lacks panics inside tch on first use; fail cleanly first.
         choice.probe()?;
-        let n = data.items.len();
+        let n = data.len();
         let batch = cfg.batch_size;
         let ranks = world.size();
         if !batch.is_multiple_of(ranks) || batch / ranks < 2 {
@@ -461,8 +450,8 @@ impl Run<'_> {
             (start, None)
         };
         let Start {
-            mut gnet,
-            mut d,
+            gnet,
+            d,
             mut opt_g,
             mut opt_d,
             mut state,
@@ -488,108 +477,148 @@ impl Run<'_> {
         progress.start(G::STAGE, total);
         progress.advance(state.step.min(total));
 
-        while state.step < total {
-            let t0 = Instant::now();
-            if state.next_batch as u64 >= spe {
-                state.epoch += 1;
-                state.next_batch = 0;
-                state.data_rng.shuffle(&mut state.permutation);
-            }
-            state.lr_halvings = lr_halvings(state.epoch, cfg.lr_decay_epochs);
-            let factor = 0.5f64.powi(state.lr_halvings as i32);
-            let (lr_g, lr_d) = (cfg.lr_g * factor, cfg.lr_d * factor);
-            let step = state.step + 1;
-            let inputs = self.step_inputs::<G>(&mut state, step, rows.clone())?;
-            // A backend failure inside the step (LibTorch raises out-of-memory as a panic)
-            // becomes an error naming the batch size; the last checkpoint stays intact.
-            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                train_step(
-                    gnet,
-                    d,
-                    &mut opt_g,
-                    &mut opt_d,
-                    (lr_g, lr_d),
-                    inputs,
-                    &device,
-                    world,
-                )
-            }));
-            let (losses, sync_s);
-            (gnet, d, losses, sync_s) = match stepped {
-                Ok(result) => result?,
-                Err(payload) => {
-                    let message = payload
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                        .unwrap_or_else(|| "the backend panicked".into());
-                    return Err(TrainError::StepFailed {
-                        step,
-                        batch_size: batch,
-                        message,
-                    });
+        let plan = Plan {
+            source: data,
+            variant: cfg.variant,
+            text_stats: self.text_stats.as_ref(),
+            batch,
+            rows: rows.clone(),
+            steps_per_epoch: spe,
+            flip: cfg.flip,
+            z_dim: net.z_dim,
+            cond_dim: net.cond_dim,
+            ca_draws: G::CA_DRAWS,
+            window_bytes: WINDOW_BYTES,
+        };
+        let mut permutation = std::sync::Arc::new(std::mem::take(&mut state.permutation));
+        let cursor = Cursor {
+            epoch: state.epoch,
+            next_batch: state.next_batch,
+            permutation: permutation.clone(),
+            data_rng: state.data_rng,
+            noise_rng: state.noise_rng,
+        };
+        state.permutation = permutation.as_ref().clone();
+        let (gnet, d) = std::thread::scope(|scope| -> Result<(G, G::D), TrainError> {
+            let (mut gnet, mut d) = (gnet, d);
+            let batches = Prefetcher::spawn(scope, plan, cursor, total.saturating_sub(state.step));
+            while state.step < total {
+                let t0 = Instant::now();
+                let prepared = batches.next()?;
+                // Adopt the cursor after this batch: a checkpoint counts the batches steps used.
+                state.epoch = prepared.epoch;
+                state.next_batch = prepared.after.next_batch;
+                state.data_rng = prepared.after.data_rng;
+                state.noise_rng = prepared.after.noise_rng;
+                if !std::sync::Arc::ptr_eq(&permutation, &prepared.after.permutation) {
+                    permutation = prepared.after.permutation.clone();
+                    state.permutation = permutation.as_ref().clone();
                 }
-            };
-
-            state.step = step;
-            state.next_batch += 1;
-            let step_s = t0.elapsed().as_secs_f64();
-            let m = StepMetrics {
-                step,
-                epoch: state.epoch,
-                d_loss: losses.d_loss,
-                d_real: losses.d_real,
-                d_wrong: losses.d_wrong,
-                d_fake: losses.d_fake,
-                d_uncond_real: losses.d_uncond.map(|u| u.0),
-                d_uncond_fake: losses.d_uncond.map(|u| u.1),
-                g_loss: losses.g_loss,
-                g_adv: losses.g_adv,
-                kl: losses.kl,
-                lr_g,
-                lr_d,
-                step_ms: step_s * 1e3,
-                images_per_s: batch as f64 / step_s.max(1e-9),
-                sync_ms: (ranks > 1).then_some(sync_s * 1e3),
-            };
-            if let Some(writer) = metrics.as_mut() {
-                writer.append(&m)?;
-            }
-            if root && cfg.log_every > 0 && step % cfg.log_every == 0 {
-                tracing::info!(
+                state.lr_halvings = lr_halvings(state.epoch, cfg.lr_decay_epochs);
+                let factor = 0.5f64.powi(state.lr_halvings as i32);
+                let (lr_g, lr_d) = (cfg.lr_g * factor, cfg.lr_d * factor);
+                let step = state.step + 1;
+                let inputs = StepInputs {
+                    host: prepared.host,
+                    noise: prepared.noise,
+                    eps: prepared.eps,
+                    variant: cfg.variant,
+                    net,
                     step,
-                    epoch = state.epoch,
-                    d_loss = m.d_loss,
-                    g_loss = m.g_loss,
-                    kl = m.kl,
+                    kl_coeff: cfg.kl_coeff,
+                    precision: cfg.precision,
+                };
+                // A backend failure inside the step (LibTorch raises out-of-memory as a panic)
+                // becomes an error naming the batch size; the last checkpoint stays intact.
+                let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    train_step(
+                        gnet,
+                        d,
+                        &mut opt_g,
+                        &mut opt_d,
+                        (lr_g, lr_d),
+                        inputs,
+                        &device,
+                        world,
+                    )
+                }));
+                let (losses, sync_s);
+                (gnet, d, losses, sync_s) = match stepped {
+                    Ok(result) => result?,
+                    Err(payload) => {
+                        let message = payload
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                            .unwrap_or_else(|| "the backend panicked".into());
+                        return Err(TrainError::StepFailed {
+                            step,
+                            batch_size: batch,
+                            message,
+                        });
+                    }
+                };
+
+                state.step = step;
+                let step_s = t0.elapsed().as_secs_f64();
+                let m = StepMetrics {
+                    step,
+                    epoch: state.epoch,
+                    d_loss: losses.d_loss,
+                    d_real: losses.d_real,
+                    d_wrong: losses.d_wrong,
+                    d_fake: losses.d_fake,
+                    d_uncond_real: losses.d_uncond.map(|u| u.0),
+                    d_uncond_fake: losses.d_uncond.map(|u| u.1),
+                    g_loss: losses.g_loss,
+                    g_adv: losses.g_adv,
+                    kl: losses.kl,
                     lr_g,
-                    ms = m.step_ms,
-                    "{}",
-                    G::STAGE
-                );
+                    lr_d,
+                    step_ms: step_s * 1e3,
+                    images_per_s: batch as f64 / step_s.max(1e-9),
+                    sync_ms: (ranks > 1).then_some(sync_s * 1e3),
+                };
+                if let Some(writer) = metrics.as_mut() {
+                    writer.append(&m)?;
+                }
+                if root && cfg.log_every > 0 && step % cfg.log_every == 0 {
+                    tracing::info!(
+                        step,
+                        epoch = state.epoch,
+                        d_loss = m.d_loss,
+                        g_loss = m.g_loss,
+                        kl = m.kl,
+                        lr_g,
+                        ms = m.step_ms,
+                        "{}",
+                        G::STAGE
+                    );
+                }
+                last_metrics = Some(m);
+                if let Some(sampler) = &sampler
+                    && cfg.sample_every > 0
+                    && step % cfg.sample_every == 0
+                {
+                    sampler.write(&gnet, out_dir, step, &infer_device)?;
+                }
+                progress.advance(1);
+                // Every rank must leave at the same step: a stop asked of any rank stops them all.
+                let stop_now = world.any(stop.load(Ordering::SeqCst));
+                let at_interval = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0;
+                if root && (at_interval || stop_now || step == total) {
+                    last_checkpoint = Some(save_checked(
+                        out_dir, &state, &gnet, &d, &opt_g, &opt_d, cfg,
+                    )?);
+                }
+                if stop_now && step < total {
+                    tracing::info!(step, "stop requested: checkpoint written, leaving");
+                    stopped = true;
+                    break;
+                }
             }
-            last_metrics = Some(m);
-            if let Some(sampler) = &sampler
-                && cfg.sample_every > 0
-                && step % cfg.sample_every == 0
-            {
-                sampler.write(&gnet, out_dir, step, &infer_device)?;
-            }
-            progress.advance(1);
-            // Every rank must leave at the same step: a stop asked of any rank stops them all.
-            let stop_now = world.any(stop.load(Ordering::SeqCst));
-            let at_interval = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0;
-            if root && (at_interval || stop_now || step == total) {
-                last_checkpoint = Some(save_checked(
-                    out_dir, &state, &gnet, &d, &opt_g, &opt_d, cfg,
-                )?);
-            }
-            if stop_now && step < total {
-                tracing::info!(step, "stop requested: checkpoint written, leaving");
-                stopped = true;
-                break;
-            }
-        }
+            Ok((gnet, d))
+        })?;
         progress.finish();
         if root && !stopped && state.step >= total {
             // Final weights with the reference names.
@@ -620,7 +649,7 @@ impl Run<'_> {
             stage: G::STAGE.into(),
             train: self.cfg.clone(),
             network: self.net,
-            items: self.data.items.len(),
+            items: self.data.len(),
             steps_per_epoch,
             total_steps,
             stage1: self.stage1.clone(),
@@ -646,7 +675,8 @@ impl Run<'_> {
         let Some(dir) = resume_from else {
             let mut data_rng = Xoshiro256::new(cfg.seed, STREAM_DATA);
             let mut permutation: Vec<u32> = (0..n as u32).collect();
-            data_rng.shuffle(&mut permutation);
+            Layout::new(self.data, cfg.variant, WINDOW_BYTES)
+                .shuffle(&mut permutation, &mut data_rng);
             let state = TrainState {
                 format: CHECKPOINT_FORMAT,
                 step: 0,
@@ -693,57 +723,6 @@ impl Run<'_> {
             opt_d,
             resumed_from: Some(st.step),
             state: st,
-        })
-    }
-
-    /// This rank's inputs of one step. Every rank draws the random numbers of the whole global
-    /// batch (so the streams stay in step and a batch is the same for any world size) and keeps
-    /// the rows of its share.
-    fn step_inputs<G: StageGenerator>(
-        &self,
-        state: &mut TrainState,
-        step: u64,
-        rows: std::ops::Range<usize>,
-    ) -> Result<StepInputs, TrainError> {
-        let (cfg, data, net) = (self.cfg, self.data, self.net);
-        let batch = cfg.batch_size;
-        let start = state.next_batch * batch;
-        let indices: Vec<usize> = state.permutation[start..start + batch]
-            .iter()
-            .map(|&i| i as usize)
-            .collect();
-        let augs: Vec<Augment> = indices
-            .iter()
-            .map(|&i| {
-                Augment::draw(
-                    &mut state.data_rng,
-                    data.items[i].captions.len(),
-                    data.geometry,
-                    cfg.flip,
-                )
-            })
-            .collect();
-        let host = batch_of(
-            data,
-            cfg.variant,
-            self.text_stats.as_ref(),
-            &indices[rows.clone()],
-            &augs[rows.clone()],
-        )?;
-        let share = |v: Vec<f32>, width: usize| v[rows.start * width..rows.end * width].to_vec();
-        let noise = share(state.noise_rng.normals(batch * net.z_dim), net.z_dim);
-        let eps = (0..G::CA_DRAWS)
-            .map(|_| share(state.noise_rng.normals(batch * net.cond_dim), net.cond_dim))
-            .collect();
-        Ok(StepInputs {
-            host,
-            noise,
-            eps,
-            variant: cfg.variant,
-            net,
-            step,
-            kl_coeff: cfg.kl_coeff,
-            precision: cfg.precision,
         })
     }
 }
@@ -1004,14 +983,15 @@ struct Sampler {
 impl Sampler {
     fn new<G: StageGenerator>(
         cfg: &TrainConfig,
-        data: &TrainData,
+        data: &dyn TrainSource,
         net: &ResolvedNetwork,
         text_stats: Option<&TextStats>,
     ) -> Result<Self, TrainError> {
-        let count = cfg.sample_count.clamp(1, data.items.len());
-        let indices: Vec<usize> = (0..count).collect();
-        let augs = vec![Augment::center(data.geometry); count];
-        let host = batch_of(data, cfg.variant, text_stats, &indices, &augs)?;
+        let count = cfg.sample_count.clamp(1, data.len());
+        let mut host = first_items_batch(data, cfg.variant, count)?;
+        if let Some(stats) = text_stats {
+            stats.apply_batch(&mut host);
+        }
         let mut rng = Xoshiro256::new(cfg.seed, STREAM_SAMPLES);
         Ok(Self {
             count,

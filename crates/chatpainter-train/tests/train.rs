@@ -1038,3 +1038,281 @@ mod stage2_reference_import {
         );
     }
 }
+
+/// The lazy Parquet source against the in-memory set, and the loader's memory bound.
+mod lazy {
+    use super::*;
+    use chatpainter_artifacts::{Manifest, StageKey};
+    use chatpainter_embed::EncoderIdentity;
+    use chatpainter_embed::table::{ImageEmbeddings, TableWriter};
+    use chatpainter_ingest::IngestSummary;
+    use chatpainter_ingest::tables::{ImageTableWriter, Record, write_records};
+    use chatpainter_train::ParquetSource;
+    use chatpainter_train::TextNorm;
+    use chatpainter_train::data::{Augment, BatchShape, assemble};
+    use chatpainter_train::loader::{BlockCache, Layout};
+    use chatpainter_train::source::{TrainSource, item_bytes};
+    use std::collections::BTreeMap;
+
+    /// Writes ingest and embed artifacts of `n` train images (ids 10, 13, 16, …) plus two test
+    /// images: embeddings in row groups of `per_group`, pictures in row groups of 6.
+    fn write_dataset(
+        root: &Path,
+        n: usize,
+        per_group: usize,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (ingest, embed) = (root.join("ingest"), root.join("embed"));
+        std::fs::create_dir_all(&ingest).expect("mkdir");
+        std::fs::create_dir_all(&embed).expect("mkdir");
+        let mut rng = Xoshiro256::new(n as u64, 9);
+        let id = |i: usize| 10 + 3 * i as i64;
+        let mut records: Vec<Record> = (0..n + 2)
+            .map(|i| Record {
+                image_id: id(i),
+                split: if i < n { "train" } else { "test" }.into(),
+                file_name: format!("x/{i}.jpg"),
+                width: 80,
+                height: 80,
+                captions: vec!["a".into(), "b".into()],
+                dialogue: None,
+            })
+            .collect();
+        records.sort_by(|a, b| (&a.split, a.image_id).cmp(&(&b.split, b.image_id)));
+        write_records(&ingest.join("records.parquet"), &records).expect("records");
+        let rel = "images/76/train/part-00000-of-00001.parquet";
+        let mut w = ImageTableWriter::create(&ingest.join(rel), 76).expect("image table");
+        let pngs: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                let img = image::RgbImage::from_fn(76, 76, |x, y| {
+                    image::Rgb([
+                        (x * 3) as u8,
+                        (y * 3) as u8,
+                        (i * 7 + rng.below(9) as usize) as u8,
+                    ])
+                });
+                let mut out = std::io::Cursor::new(Vec::new());
+                img.write_to(&mut out, image::ImageFormat::Png)
+                    .expect("png");
+                out.into_inner()
+            })
+            .collect();
+        for start in (0..n).step_by(6) {
+            let end = (start + 6).min(n);
+            let ids: Vec<i64> = (start..end).map(id).collect();
+            let refs: Vec<&[u8]> = pngs[start..end].iter().map(Vec::as_slice).collect();
+            w.write_group(&ids, &refs).expect("group");
+        }
+        w.finish().expect("finish");
+        let summary = IngestSummary {
+            image_tables: BTreeMap::from([(
+                76,
+                BTreeMap::from([("train".to_string(), vec![rel.to_string()])]),
+            )]),
+            ..IngestSummary::default()
+        };
+        let mut manifest = Manifest::new("ingest", StageKey::default(), Vec::new());
+        manifest.summary = serde_json::to_value(&summary).expect("summary");
+        manifest.save(&ingest).expect("manifest");
+        let ident = |dim| EncoderIdentity {
+            name: "test".into(),
+            weights_sha256: None,
+            dim,
+            normalization: "v1".into(),
+        };
+        let rows: Vec<ImageEmbeddings> = records
+            .iter()
+            .map(|r| ImageEmbeddings {
+                image_id: r.image_id,
+                split: r.split.clone(),
+                captions: (0..1 + r.image_id as usize % 3)
+                    .map(|_| rng.normals(CAPTION_DIM))
+                    .collect(),
+                dialogue: Some(rng.normals(DIALOGUE_DIM)),
+                turns: (0..1 + r.image_id as usize % 4)
+                    .map(|_| rng.normals(DIALOGUE_DIM))
+                    .collect(),
+            })
+            .collect();
+        let path = embed.join("embeddings.parquet");
+        let mut t =
+            TableWriter::create(&path, &ident(CAPTION_DIM), &ident(DIALOGUE_DIM)).expect("table");
+        for chunk in rows.chunks(per_group) {
+            t.write(chunk).expect("rows");
+        }
+        t.finish().expect("finish");
+        (ingest, embed)
+    }
+
+    fn shape(src: &dyn TrainSource) -> BatchShape {
+        let w = src.widths();
+        BatchShape {
+            geometry: src.geometry(),
+            dialogue_dim: w.dialogue,
+            turn_dim: w.turn,
+            max_turns: src.max_turns(),
+        }
+    }
+
+    #[test]
+    fn parquet_batches_equal_the_in_memory_ones() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (ingest, embed) = write_dataset(root.path(), 40, 8);
+        let memory = TrainData::load(&ingest, &embed, "train", Geometry::STAGE1).expect("load");
+        for variant in [
+            Variant::Stackgan,
+            Variant::ChatpainterNonrecurrent,
+            Variant::ChatpainterRecurrent,
+        ] {
+            let lazy = ParquetSource::open(&ingest, &embed, "train", Geometry::STAGE1, variant)
+                .expect("open");
+            assert_eq!(lazy.len(), 40);
+            // Rows sort by (split, id): the 2 test rows open the first row group of 8.
+            assert_eq!(lazy.blocks().len(), 6);
+            assert_eq!(lazy.max_turns(), memory.max_turns());
+            assert_eq!(lazy.dialogue_width(variant), memory.dialogue_width(variant));
+            for i in 0..40 {
+                assert_eq!(lazy.meta(i).image_id, memory.items[i].image_id);
+                assert_eq!(lazy.meta(i).captions, memory.items[i].captions.len());
+            }
+            lazy.check_variant(variant)
+                .expect("the variant it was opened for");
+            let other = if variant == Variant::Stackgan {
+                Variant::ChatpainterRecurrent
+            } else {
+                Variant::Stackgan
+            };
+            let err = lazy
+                .check_variant(other)
+                .expect_err("opened for another variant");
+            assert!(err.to_string().contains(other.name()), "{err}");
+            let layout = Layout::new(&lazy, variant, 1 << 20);
+            let mut cache = BlockCache::new(&lazy, layout, 1 << 20);
+            let mut rng = Xoshiro256::new(4, 4);
+            for _ in 0..5 {
+                let idx: Vec<usize> = (0..7).map(|_| rng.below(40) as usize).collect();
+                let augs: Vec<Augment> = idx
+                    .iter()
+                    .map(|&i| {
+                        Augment::draw(
+                            &mut rng,
+                            memory.items[i].captions.len(),
+                            Geometry::STAGE1,
+                            true,
+                        )
+                    })
+                    .collect();
+                let want = assemble(&memory, variant, &idx, &augs).expect("memory batch");
+                let got = cache
+                    .batch(&idx, &augs, shape(&lazy), variant)
+                    .expect("lazy batch");
+                assert_eq!(got, want, "{variant:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn embeddings_out_of_image_id_order_are_refused_naming_the_file() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (ingest, embed) = write_dataset(root.path(), 12, 4);
+        let path = embed.join("embeddings.parquet");
+        let mut table = chatpainter_embed::table::read(&path).expect("read");
+        table.rows.reverse();
+        chatpainter_embed::table::write(&path, &table).expect("write");
+        let err = ParquetSource::open(
+            &ingest,
+            &embed,
+            "train",
+            Geometry::STAGE1,
+            Variant::Stackgan,
+        )
+        .err()
+        .expect("unsorted rows");
+        let text = err.to_string();
+        assert!(
+            text.contains("embeddings.parquet") && text.contains("image-id order"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn loader_memory_is_bounded_by_its_window_not_by_the_data_set() {
+        let variant = Variant::ChatpainterRecurrent;
+        let mut peaks = Vec::new();
+        for n in [96, 480] {
+            let root = tempfile::tempdir().expect("tempdir");
+            let (ingest, embed) = write_dataset(root.path(), n, 8);
+            let src = ParquetSource::open(&ingest, &embed, "train", Geometry::STAGE1, variant)
+                .expect("open");
+            let blocks: Vec<usize> = (0..src.blocks().len())
+                .map(|b| {
+                    src.read_block(b)
+                        .expect("block")
+                        .iter()
+                        .map(item_bytes)
+                        .sum()
+                })
+                .collect();
+            let (total, largest) = (
+                blocks.iter().sum::<usize>(),
+                *blocks.iter().max().expect("blocks"),
+            );
+            // A window of about three blocks, whatever the set's size.
+            let window = 3 * largest;
+            let layout = Layout::new(&src, variant, window);
+            assert!(!layout.single_window());
+            let mut cache = BlockCache::new(&src, layout.clone(), window);
+            let mut order: Vec<u32> = (0..n as u32).collect();
+            let mut rng = Xoshiro256::new(1, 1);
+            for _epoch in 0..3 {
+                layout.shuffle(&mut order, &mut rng);
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert!(sorted.iter().enumerate().all(|(i, &v)| v as usize == i));
+                for chunk in order.chunks_exact(16) {
+                    let idx: Vec<usize> = chunk.iter().map(|&i| i as usize).collect();
+                    let augs = vec![Augment::center(Geometry::STAGE1); idx.len()];
+                    cache
+                        .batch(&idx, &augs, shape(&src), variant)
+                        .expect("batch");
+                }
+            }
+            // Two windows (a batch may straddle them) plus the block being read.
+            let bound = 2 * window + 2 * largest;
+            assert!(
+                cache.peak_bytes() <= bound,
+                "n {n}: peak {} > {bound}",
+                cache.peak_bytes()
+            );
+            peaks.push((n, cache.peak_bytes(), total, bound));
+        }
+        let (n, peak, total, _) = peaks[1];
+        assert!(
+            peak * 3 < total,
+            "n {n}: peak {peak} of {total} bytes: the loader held most of the set"
+        );
+    }
+
+    #[test]
+    fn training_from_parquet_equals_training_from_memory() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (ingest, embed) = write_dataset(root.path(), 14, 4);
+        let memory = TrainData::load(&ingest, &embed, "train", Geometry::STAGE1).expect("load");
+        let variant = Variant::ChatpainterRecurrent;
+        let lazy =
+            ParquetSource::open(&ingest, &embed, "train", Geometry::STAGE1, variant).expect("open");
+        let mut cfg = config(variant, 5);
+        cfg.text_norm = TextNorm::Standardize;
+        let (a, b) = (root.path().join("memory"), root.path().join("lazy"));
+        run(&cfg, &memory, &a, false).expect("memory run");
+        train_stage1(
+            &cfg,
+            &lazy,
+            &b,
+            &NoProgress,
+            &AtomicBool::new(false),
+            &World::single(),
+        )
+        .expect("lazy run");
+        assert_bit_identical(&a, &b);
+    }
+}
