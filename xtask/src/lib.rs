@@ -15,6 +15,7 @@ pub mod experiment;
 pub mod gpu_check;
 pub mod parity;
 pub mod runner;
+pub mod scale;
 pub mod setup;
 pub mod status;
 pub mod util;

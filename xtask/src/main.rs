@@ -73,14 +73,15 @@ enum Cmd {
     /// runs the three-variant experiment on generated scenes (tens of minutes; not in `all`);
     /// `scaling` trains with 1 and 2 data-parallel CPU ranks (needs Open MPI; not in `all`);
     /// `parity` runs our step and MiniLM beside the PyTorch references (needs `setup
-    /// torch-reference`; not in `all`).
+    /// torch-reference`; not in `all`); `scale` runs the pipeline at MS COCO's size and prints
+    /// each stage's peak RSS, wall time and artifact size (`--set` shrinks it; not in `all`).
     Bench {
         #[arg(default_value = "all")]
         what: String,
         /// `dialogue` only: where Stage-I and eval run (default `tch-cpu`).
         #[arg(long)]
         devices: Option<String>,
-        /// `dialogue` only: `key=value` overrides for every variant's run.
+        /// `dialogue`: `key=value` overrides for every variant's run; `scale`: for the scale run.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
@@ -146,6 +147,7 @@ fn dispatch(command: Cmd) -> Result<()> {
         }
         Cmd::Bench { what, .. } if what == "scaling" => xtask::bench::scaling(),
         Cmd::Bench { what, .. } if what == "parity" => xtask::parity::parity(),
+        Cmd::Bench { what, sets, .. } if what == "scale" => xtask::scale::scale(&sets),
         Cmd::Bench { what, .. } => xtask::bench::bench(&what),
         Cmd::GpuCheck { out } => xtask::gpu_check::gpu_check(out),
     }

@@ -147,6 +147,31 @@ pub enum TrainStage {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    // Pipeline stages end with their process's peak memory (`cargo xtask bench scale` and
+    // `bench ingest` read this line).
+    let stage = match &cli.command {
+        Command::Synth(_) => Some("synth"),
+        Command::Ingest { .. } => Some("ingest"),
+        Command::Embed { .. } => Some("embed"),
+        Command::Train {
+            stage: TrainStage::Stage1(_),
+        } => Some("stage1"),
+        Command::Train {
+            stage: TrainStage::Stage2(_),
+        } => Some("stage2"),
+        Command::Eval(_) => Some("eval"),
+        _ => None,
+    };
+    let result = dispatch(cli);
+    if result.is_ok()
+        && let (Some(stage), Some(mib)) = (stage, ui::peak_rss_mib())
+    {
+        println!("{stage}: peak RSS {mib:.1} MiB");
+    }
+    result
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Synth(args) => synth(&args),
         Command::Ingest {
@@ -356,9 +381,6 @@ fn ingest_stage(args: &StageArgs, shard: Option<Shard>, strict: bool) -> Result<
         print_quality(&dir)?;
     }
     report_outcome("ingest", &dir, &outcome);
-    if let Some(mib) = ui::peak_rss_mib() {
-        println!("ingest: peak RSS {mib:.1} MiB");
-    }
     Ok(())
 }
 
@@ -649,10 +671,10 @@ fn train_stage_as(args: &StageArgs, stage: &str, world: &chatpainter_train::Worl
                     summary.steps
                 );
             }
-            println!("{stage}: {} steps, {} epochs", summary.steps, summary.epoch);
-            if let Some(mib) = ui::peak_rss_mib() {
-                println!("{stage}: peak RSS {mib:.1} MiB (batch {})", cfg.batch_size);
-            }
+            println!(
+                "{stage}: {} steps, {} epochs, batch {}",
+                summary.steps, summary.epoch, cfg.batch_size
+            );
             Ok(StageOutput {
                 outputs: summary.outputs(dir)?,
                 summary: serde_json::to_value(&summary)?,
