@@ -11,8 +11,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use chatpainter_artifacts::manifest::Manifest;
-use chatpainter_ingest::IngestSummary;
 use rayon::prelude::*;
 
 use crate::TrainError;
@@ -244,25 +242,7 @@ impl TrainData {
         split: &str,
         geometry: Geometry,
     ) -> Result<Self, TrainError> {
-        let load_size = geometry.load;
-        let manifest = Manifest::load(ingest_dir)?;
-        let summary: IngestSummary =
-            serde_json::from_value(manifest.summary.clone()).map_err(|e| {
-                TrainError::Data(format!(
-                    "{}: ingest manifest summary: {e}",
-                    Manifest::path_in(ingest_dir).display()
-                ))
-            })?;
-        let tables = summary
-            .image_tables
-            .get(&(load_size as u32))
-            .and_then(|by_split| by_split.get(split))
-            .ok_or_else(|| {
-                TrainError::Data(format!(
-                    "{}: no {load_size}-px image tables for split `{split}` (add {load_size} to ingest.load_sizes)",
-                    Manifest::path_in(ingest_dir).display()
-                ))
-            })?;
+        let tables = crate::source::image_tables(ingest_dir, split, geometry)?;
         let records =
             chatpainter_ingest::tables::read_records(&ingest_dir.join("records.parquet"))?;
         let wanted: HashSet<i64> = records
@@ -278,8 +258,7 @@ impl TrainData {
             .map(|r| (r.image_id, r))
             .collect();
         let mut pixels: HashMap<i64, StoredImage> = HashMap::new();
-        for rel in tables {
-            let path = ingest_dir.join(rel);
+        for path in tables {
             for (id, img) in read_table(&path, &embeddings, geometry)? {
                 pixels.insert(id, img);
             }

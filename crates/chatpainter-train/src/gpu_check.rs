@@ -676,22 +676,10 @@ pub fn bench_rows(devices: &[TrainDevice]) -> Result<Vec<BenchRow>, TrainError> 
         device.probe()?;
         let mut trainee = Trainee::new(&setup, device);
         let (timing, _) = time_steps(&mut trainee, warmup, steps)?;
-        let threads = if device.is_libtorch() {
-            // libgomp's busy-waiting makes LibTorch CPU steps up to 15× slower when the cores
-            // are shared (other processes, or flex's rayon pool in the same process):
-            // OMP_WAIT_POLICY=PASSIVE avoids it, so the figure must say how it ran.
-            let omp = |k: &str| std::env::var(k).unwrap_or_else(|_| "unset".into());
-            format!(
-                "libtorch intra-op threads (OMP_NUM_THREADS={}, OMP_WAIT_POLICY={}), {cpus} CPUs",
-                omp("OMP_NUM_THREADS"),
-                omp("OMP_WAIT_POLICY")
-            )
-        } else {
-            format!(
-                "flex/rayon {} threads, {cpus} CPUs",
-                rayon::current_num_threads()
-            )
-        };
+        let threads = format!(
+            "{}, {cpus} CPUs",
+            crate::bench::intra_op_threads(device)
+        );
         let conditions = format!(
             "device {device}; {}; {threads}; median of {steps} steps after {warmup} warm-up",
             setup.describe()
