@@ -67,7 +67,7 @@ echo "== the same training step beside the PyTorch reference (reference/step_tor
 # float32 and bf16 mixed precision. Float32 on both sides lets cuDNN convolutions use TF32
 # (LibTorch's default, which our binary runs with; the reference gets --tf32-convs to match).
 # Peak memory: nvidia-smi sampled every 100 ms while each run lasts, the same for both sides.
-PY={venv}/bin/python
+PY=${{CHATPAINTER_GPU_PYTHON:-{venv}/bin/python}}
 peak() {{  # runs "$@" while sampling the GPU's used memory; prints the peak MiB to fd 3
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > results/.mem 2>/dev/null &
   local sampler=$!
@@ -289,7 +289,7 @@ mod tests {
         assert!(s.contains("exit \"$status\""));
         assert!(s.contains("reference/step_torch.py --device cuda --tf32-convs"));
         assert!(s.contains("./chatpainter bench-step --device cuda:0"));
-        assert!(s.contains("/opt/torch/.venv/bin/python"));
+        assert!(s.contains("PY=${CHATPAINTER_GPU_PYTHON:-/opt/torch/.venv/bin/python}"));
     }
 
     #[test]

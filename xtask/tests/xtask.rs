@@ -326,13 +326,27 @@ fn gpu_check_folder_runs_its_binary_and_fails_when_it_fails() -> Result<()> {
         Ok(())
     };
     write_exe(&tools.join("nvidia-smi"), "#!/bin/sh\necho 'fake H100'\n")?;
-    // A stand-in for `chatpainter gpu-check`: checks its arguments and the library path.
+    // A stand-in for `chatpainter`: `gpu-check` checks its arguments and the library path,
+    // `bench-step` prints a step report (twice PyTorch's time below).
     let good = dir.path().join("good");
     write_exe(
         &good,
-        "#!/bin/sh\n[ \"$1 $2 $3 $4 $5\" = 'gpu-check --device cuda:0 --out results/' ] || exit 3\n\
-         case \"$LD_LIBRARY_PATH\" in /opt/torch/.venv/lib/python3.12/site-packages/torch/lib:*) ;; *) exit 4 ;; esac\n\
+        "#!/bin/sh\ncase \"$LD_LIBRARY_PATH\" in /opt/torch/.venv/lib/python3.12/site-packages/torch/lib:*) ;; *) exit 4 ;; esac\n\
+         if [ \"$1\" = bench-step ]; then\n\
+           echo '{\"median_ms\":200.0,\"images_per_s\":5.0,\"params_g\":10,\"params_d\":5}'; exit 0\n\
+         fi\n\
+         [ \"$1 $2 $3 $4 $5\" = 'gpu-check --device cuda:0 --out results/' ] || exit 3\n\
          echo '{\"ok\":true}' > results/figures.json\n",
+    )?;
+    // A stand-in for the GPU machine's Python: the reference step prints its report, anything
+    // else (the parity table) runs in this machine's python3.
+    let python = tools.join("gpu-python");
+    write_exe(
+        &python,
+        "#!/bin/sh\nif [ \"$1\" = reference/step_torch.py ]; then\n\
+           echo '{\"median_ms\":100.0,\"images_per_s\":10.0,\"params_g\":10,\"params_d\":5,\"flops_per_step\":1e12,\"precision\":\"f32\",\"device_name\":\"NVIDIA H200\"}'; exit 0\n\
+         fi\n\
+         exec python3 \"$@\"\n",
     )?;
     let info = xtask::gpu_check::BuildInfo {
         commit: "test".into(),
@@ -351,6 +365,7 @@ fn gpu_check_folder_runs_its_binary_and_fails_when_it_fails() -> Result<()> {
     let ok = Command::new("bash")
         .arg(out.join("run.sh"))
         .env("PATH", &path)
+        .env("CHATPAINTER_GPU_PYTHON", &python)
         .output()?;
     assert!(
         ok.status.success(),
@@ -359,6 +374,14 @@ fn gpu_check_folder_runs_its_binary_and_fails_when_it_fails() -> Result<()> {
     );
     assert!(out.join("results/figures.json").is_file());
     assert!(out.join("results/nvidia-smi.txt").is_file());
+    let table = std::fs::read_to_string(out.join("results/parity.txt"))?;
+    for case in ["step-s1-b384-stackgan-f32", "step-s2-b40-stackgan-bf16"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(case))
+            .unwrap_or_else(|| panic!("no row {case} in\n{table}"));
+        assert!(row.contains("2.00x"), "{row}");
+    }
 
     let bad = dir.path().join("bad");
     write_exe(&bad, "#!/bin/sh\necho 'loss is NaN' >&2\nexit 1\n")?;
@@ -366,6 +389,7 @@ fn gpu_check_folder_runs_its_binary_and_fails_when_it_fails() -> Result<()> {
     let failed = Command::new("bash")
         .arg(out.join("run.sh"))
         .env("PATH", &path)
+        .env("CHATPAINTER_GPU_PYTHON", &python)
         .output()?;
     assert!(!failed.status.success());
     assert!(std::fs::read_to_string(out.join("results/gpu-check.log"))?.contains("NaN"));

@@ -676,10 +676,7 @@ pub fn bench_rows(devices: &[TrainDevice]) -> Result<Vec<BenchRow>, TrainError> 
         device.probe()?;
         let mut trainee = Trainee::new(&setup, device);
         let (timing, _) = time_steps(&mut trainee, warmup, steps)?;
-        let threads = format!(
-            "{}, {cpus} CPUs",
-            crate::bench::intra_op_threads(device)
-        );
+        let threads = format!("{}, {cpus} CPUs", crate::bench::intra_op_threads(device));
         let conditions = format!(
             "device {device}; {}; {threads}; median of {steps} steps after {warmup} warm-up",
             setup.describe()
