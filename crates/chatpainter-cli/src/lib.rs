@@ -442,7 +442,7 @@ fn ingest_merge(args: &StageArgs, shards: u32) -> Result<()> {
 }
 
 fn embed_stage(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
-    use chatpainter_embed::stage::{self as embed, Encoders};
+    use chatpainter_embed::stage::{self as embed, EmbedConfig, Encoders};
     let (pipeline, run) = load(args)?;
     let cfg = pipeline
         .embed
@@ -454,10 +454,16 @@ fn embed_stage(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
     // Encoder paths resolve like every pipeline path (`run:` inside the run).
     let encoders = Encoders::load_with(&cfg, &|p: &str| run.resolve(p))?;
     // The encoders' identities (weights hashes included) are part of the key: new weights,
-    // new embeddings.
+    // new embeddings. Where and in what batches they run is not: the vectors are the same up
+    // to float rounding, so moving a finished run to another device does not redo it.
+    let keyed = EmbedConfig {
+        device: Default::default(),
+        batch_tokens: None,
+        ..cfg.clone()
+    };
     let key = StageKey {
         config_digest: sha256_json(&(
-            &cfg,
+            &keyed,
             encoders.caption.identity(),
             encoders.dialogue.identity(),
         )),

@@ -1,5 +1,12 @@
-//! `chatpainter bench embed`: MiniLM throughput on short turns and whole dialogues, and the
-//! wall time of a full embed build against a rebuild with 1 % of the texts changed.
+//! `chatpainter bench embed`: MiniLM (and Skip-Thought, given its files) throughput on short
+//! turns and whole dialogues per device, and the wall time of a full embed build against a
+//! rebuild with 1 % of the texts changed.
+//!
+//! Devices: `$CHATPAINTER_BENCH_DEVICES` (e.g. `cpu,tch-cpu,cuda:0`) or flex plus, in `tch`
+//! builds, LibTorch CPU. Every device's vectors are compared with flex's on the same texts and
+//! the largest difference is stated in the row's conditions. Skip-Thought rows need
+//! `$CHATPAINTER_SKIPTHOUGHT_DIR` (a folder as `[embed] dialogue_encoder = { kind =
+//! "skipthought" }` reads, combine-skip).
 //!
 //! Texts are generated (seeded, VisDial-like), so the figures need no dataset. The rebuild
 //! rows go through [`crate::stage::build`] and a fresh cache, exactly as `chatpainter embed`
@@ -14,8 +21,12 @@ use chatpainter_artifacts::{BenchRow, NoProgress, SplitMix};
 use chatpainter_ingest::catalog::{Dialogue, Turn};
 use chatpainter_ingest::tables::Record;
 
+use crate::device::{EmbedDevice, bench_devices};
 use crate::stage::{EmbedConfig, EmbedReport, EncoderSpec, Encoders, build};
-use crate::{EmbedError, MINILM_DIR_NAME, MiniLmConfig, MiniLmEncoder, TextEncoder};
+use crate::{
+    EmbedError, MINILM_DIR_NAME, MiniLmConfig, MiniLmEncoder, SkipThoughtConfig,
+    SkipThoughtEncoder, SkipThoughtVariant, TextEncoder,
+};
 
 /// What the benchmark runs on.
 #[derive(Debug, Clone)]
@@ -156,8 +167,17 @@ fn cpu_note(cpu: Option<f64>, per: f64, unit: &str) -> String {
 }
 
 fn conditions(extra: &str) -> String {
+    device_conditions(EmbedDevice::Cpu, extra)
+}
+
+fn device_conditions(device: EmbedDevice, extra: &str) -> String {
+    let name = if device.is_cpu() {
+        "flex CPU".to_string()
+    } else {
+        format!("LibTorch {device}")
+    };
     format!(
-        "flex CPU, {} rayon threads, {} cores; {extra}",
+        "{name}, {} rayon threads, {} cores; {extra}",
         rayon::current_num_threads(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )
@@ -169,30 +189,76 @@ fn conditions(extra: &str) -> String {
 /// Encoder, cache or file errors of the measured code paths.
 pub fn run(options: &BenchOptions) -> Result<Vec<BenchRow>, EmbedError> {
     let mut rows = Vec::new();
+    let devices = bench_devices()?;
+    for device in &devices {
+        device.probe()?;
+    }
+    let texts = bench_texts(options);
     let model_dir = options.models_dir.join(MINILM_DIR_NAME);
-    let minilm = if model_dir.join("model.safetensors").is_file() {
+    let have_minilm = model_dir.join("model.safetensors").is_file();
+    if have_minilm {
         let mut cfg = MiniLmConfig::new(&model_dir);
         cfg.batch_size = options.batch_size;
         cfg.batch_tokens = options.batch_tokens;
-        Some(MiniLmEncoder::load(&cfg)?)
+        let flex = MiniLmEncoder::load(&cfg)?;
+        let reference = encode_all(&flex, &texts)?;
+        for &device in &devices {
+            let enc = MiniLmEncoder::load_on(&cfg, device.burn_device())?;
+            let lengths = |t: &[&str]| enc.token_lengths(t);
+            let what = format!(
+                "minilm, batches of ≤{} texts and ≤{} padded word pieces (length-sorted)",
+                options.batch_size, options.batch_tokens
+            );
+            rows.extend(encoder_rows(
+                "minilm", &what, device, &enc, &texts, &reference, &lengths,
+            )?);
+        }
     } else {
         tracing::warn!(
             "bench embed: MiniLM rows skipped: {} not found (run `chatpainter fetch-models`); the rebuild rows use the hashing encoder",
             model_dir.join("model.safetensors").display()
         );
-        None
-    };
-    if let Some(enc) = &minilm {
-        rows.extend(minilm_rows(enc, options)?);
+    }
+    match std::env::var_os("CHATPAINTER_SKIPTHOUGHT_DIR") {
+        Some(dir) => {
+            let cfg = SkipThoughtConfig::new(dir, SkipThoughtVariant::Combine);
+            let flex = SkipThoughtEncoder::load(&cfg)?;
+            let reference = encode_all(&flex, &texts)?;
+            for &device in &devices {
+                let enc = SkipThoughtEncoder::load_on(&cfg, device.burn_device())?;
+                let lengths = |t: &[&str]| -> Result<Vec<usize>, EmbedError> {
+                    Ok(t.iter().map(|t| enc.token_ids(t).len()).collect())
+                };
+                let what = format!(
+                    "combine-skip, batches of ≤{} texts and ≤{} padded tokens (length-sorted)",
+                    cfg.batch_size, cfg.batch_tokens
+                );
+                rows.extend(encoder_rows(
+                    "skipthought",
+                    &what,
+                    device,
+                    &enc,
+                    &texts,
+                    &reference,
+                    &lengths,
+                )?);
+            }
+        }
+        None => eprintln!(
+            "bench embed: Skip-Thought rows skipped: set CHATPAINTER_SKIPTHOUGHT_DIR to a folder with its files"
+        ),
     }
     rows.extend(rebuild_rows(
         options,
-        minilm.is_some().then_some(model_dir.as_path()),
+        have_minilm.then_some(model_dir.as_path()),
     )?);
     Ok(rows)
 }
 
-fn minilm_rows(enc: &MiniLmEncoder, options: &BenchOptions) -> Result<Vec<BenchRow>, EmbedError> {
+/// The timed texts: `(label, texts)` for short turns and whole dialogues.
+type BenchTexts = Vec<(&'static str, Vec<String>)>;
+
+fn bench_texts(options: &BenchOptions) -> BenchTexts {
     let mut rng = SplitMix::new(11);
     let short: Vec<String> = (0..options.short_texts)
         .map(|_| {
@@ -206,36 +272,69 @@ fn minilm_rows(enc: &MiniLmEncoder, options: &BenchOptions) -> Result<Vec<BenchR
             crate::dialogue_text(&turns)
         })
         .collect();
-    // One untimed call warms the allocator and the thread pool.
+    vec![("short turns", short), ("whole dialogues", dialogues)]
+}
+
+/// Flex's vectors of every timed text, the reference other devices are compared with.
+fn encode_all(enc: &dyn TextEncoder, texts: &BenchTexts) -> Result<Vec<Vec<f32>>, EmbedError> {
+    texts
+        .iter()
+        .map(|(_, t)| {
+            let refs: Vec<&str> = t.iter().map(String::as_str).collect();
+            Ok(enc.encode_batch(&refs)?.data)
+        })
+        .collect()
+}
+
+/// An encoder's word-piece counts per text (with `[CLS]`/`[SEP]`).
+type TokenLengths<'a> = &'a dyn Fn(&[&str]) -> Result<Vec<usize>, EmbedError>;
+
+/// Throughput and latency rows of one encoder on one device, with the largest difference of
+/// its vectors from flex's in the conditions.
+#[allow(clippy::too_many_arguments)]
+fn encoder_rows(
+    name: &str,
+    what: &str,
+    device: EmbedDevice,
+    enc: &dyn TextEncoder,
+    texts: &BenchTexts,
+    reference: &[Vec<f32>],
+    token_lengths: TokenLengths<'_>,
+) -> Result<Vec<BenchRow>, EmbedError> {
+    // One untimed call warms the allocator, the thread pool and the device.
     enc.encode_batch(&["warm up the encoder"])?;
     let mut rows = Vec::new();
-    for (what, texts) in [("short turns", &short), ("whole dialogues", &dialogues)] {
+    for ((label, texts), reference) in texts.iter().zip(reference) {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let started = Instant::now();
-        let lengths = enc.token_lengths(&refs)?;
-        let tokenise_s = started.elapsed().as_secs_f64();
+        let lengths = token_lengths(&refs)?;
         let mean_tokens = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
         let (started, cpu0) = (Instant::now(), cpu_seconds());
         let out = enc.encode_batch(&refs)?;
         let secs = started.elapsed().as_secs_f64();
         let cpu = cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
         let n = out.len() as f64;
-        let cond = conditions(&format!(
-            "{} texts, mean {mean_tokens:.1} word pieces (with [CLS]/[SEP]), batches of ≤{} texts and ≤{} padded word pieces (length-sorted), tokenisation {:.2} ms/text of it{}",
-            out.len(),
-            options.batch_size,
-            options.batch_tokens,
-            1e3 * tokenise_s / n,
-            cpu_note(cpu.map(|c| 1e3 * c), n, "ms/text"),
-        ));
+        let max_diff = out
+            .data
+            .iter()
+            .zip(reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let cond = device_conditions(
+            device,
+            &format!(
+                "{what}; {} texts, mean {mean_tokens:.1} tokens; max |difference| from flex {max_diff:.1e}{}",
+                out.len(),
+                cpu_note(cpu.map(|c| 1e3 * c), n, "ms/text"),
+            ),
+        );
         rows.push(BenchRow::new(
-            format!("embed minilm {what}"),
+            format!("embed {name} {label} {device}"),
             n / secs,
-            "sentences/s",
+            "texts/s",
             cond.clone(),
         ));
         rows.push(BenchRow::new(
-            format!("embed minilm {what} latency"),
+            format!("embed {name} {label} {device} latency"),
             1e3 * secs / n,
             "ms/text",
             cond,
@@ -274,6 +373,8 @@ fn rebuild_rows(
         cache_dir: String::new(),
         batch_size: 64,
         part_size: 4096,
+        device: Default::default(),
+        batch_tokens: None,
     };
     let encoders = Encoders::load(&cfg)?;
     let dir = tempfile::tempdir().map_err(|e| EmbedError::io(std::env::temp_dir(), e))?;

@@ -24,6 +24,7 @@
 pub mod bench;
 pub mod cache;
 pub mod charcnn;
+pub mod device;
 mod error;
 pub mod fetch;
 pub mod hashing;
@@ -39,6 +40,7 @@ use sha2::{Digest, Sha256};
 pub use charcnn::{
     CharCnnRnnEmbeddings, CharCnnRnnSource, import_char_cnn_rnn, import_char_cnn_rnn_dir,
 };
+pub use device::EmbedDevice;
 pub use error::EmbedError;
 pub use fetch::{MINILM_DIR_NAME, MINILM_SAFETENSORS_SHA256, default_models_dir, fetch_minilm};
 pub use hashing::HashingEncoder;
@@ -145,6 +147,31 @@ pub trait TextEncoder: Send + Sync {
     }
 }
 
+/// Cuts texts sorted by ascending token count (`sorted_lengths`) into consecutive batches of at
+/// most `max_texts` texts and `max_tokens` padded tokens (`texts × longest`, the longest being
+/// the last taken). A text longer than the budget still gets a batch of its own: the budget
+/// bounds padding and activations, it never refuses a text.
+pub(crate) fn token_budget_batches(
+    sorted_lengths: &[usize],
+    max_texts: usize,
+    max_tokens: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < sorted_lengths.len() {
+        let mut end = start + 1;
+        while end < sorted_lengths.len()
+            && end - start < max_texts
+            && (end - start + 1) * sorted_lengths[end] <= max_tokens
+        {
+            end += 1;
+        }
+        batches.push(start..end);
+        start = end;
+    }
+    batches
+}
+
 /// sha256 of `bytes`, lower-case hex.
 pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -183,6 +210,19 @@ mod tests {
         assert_eq!(b.row(2), None);
         assert_eq!(b.to_vecs(), vec![vec![1.0, 2.0], vec![3.0, 4.0]]);
         assert_eq!(b.truncated_count(), 1);
+    }
+
+    #[test]
+    fn token_budget_batches_bound_padding_and_count() {
+        let lengths = [2, 3, 3, 5, 8, 8, 40];
+        let batches = token_budget_batches(&lengths, 3, 16);
+        assert_eq!(batches, vec![0..3, 3..5, 5..6, 6..7]);
+        for b in &batches {
+            let padded = b.len() * lengths[b.end - 1];
+            // Only a lone text may exceed the budget.
+            assert!(b.len() <= 3 && (padded <= 16 || b.len() == 1), "{b:?}");
+        }
+        assert!(token_budget_batches(&[], 4, 8).is_empty());
     }
 
     #[test]

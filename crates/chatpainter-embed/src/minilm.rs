@@ -736,19 +736,9 @@ impl TextEncoder for MiniLmEncoder {
         order.sort_by_key(|&i| tokens[i].ids.len());
         let dim = self.hidden;
         let mut data = vec![0.0f32; tokens.len() * dim];
-        let mut start = 0;
-        while start < order.len() {
-            // Ascending lengths: the last text taken is the longest, so the padded size of
-            // the batch is `count × its length`.
-            let mut end = start + 1;
-            while end < order.len()
-                && end - start < self.batch_size
-                && (end - start + 1) * tokens[order[end]].ids.len() <= self.batch_tokens
-            {
-                end += 1;
-            }
-            let chunk = &order[start..end];
-            start = end;
+        let lengths: Vec<usize> = order.iter().map(|&i| tokens[i].ids.len()).collect();
+        for range in crate::token_budget_batches(&lengths, self.batch_size, self.batch_tokens) {
+            let chunk = &order[range];
             let rows: Vec<&Tokens> = chunk.iter().map(|&i| &tokens[i]).collect();
             let out = self.run_batch(&rows)?;
             for (&i, vector) in chunk.iter().zip(out.chunks_exact(dim)) {

@@ -131,19 +131,24 @@ pub struct SkipThoughtConfig {
     pub model_dir: PathBuf,
     /// uni, bi or combine.
     pub variant: SkipThoughtVariant,
-    /// Texts per batch (after sorting by length).
+    /// Most texts per batch (after sorting by length).
     pub batch_size: usize,
+    /// Most padded tokens (texts × longest) per batch. The input projections of a batch hold
+    /// `2·d + d` floats per padded token (≈29 KB for uni-skip's d = 2400), so this bounds the
+    /// activations: whole dialogues (≈100 tokens) then go ~40 at a time, short turns 64.
+    pub batch_tokens: usize,
     /// Keep only the first N tokens of a text (`None`: no limit, the default).
     pub max_tokens: Option<usize>,
 }
 
 impl SkipThoughtConfig {
-    /// Defaults (batches of 64, no token limit).
+    /// Defaults (batches of at most 64 texts and 4,096 padded tokens, no token limit).
     pub fn new(model_dir: impl Into<PathBuf>, variant: SkipThoughtVariant) -> Self {
         Self {
             model_dir: model_dir.into(),
             variant,
             batch_size: 64,
+            batch_tokens: 4096,
             max_tokens: None,
         }
     }
@@ -507,6 +512,7 @@ pub struct SkipThoughtEncoder {
     device: Device,
     identity: EncoderIdentity,
     batch_size: usize,
+    batch_tokens: usize,
     max_tokens: Option<usize>,
 }
 
@@ -534,8 +540,10 @@ impl SkipThoughtEncoder {
     /// [`EmbedError::TensorMissing`] or [`EmbedError::TensorShape`] (naming the archive,
     /// the member and both shapes) for files that do not fit; [`EmbedError::Io`].
     pub fn load_on(config: &SkipThoughtConfig, device: Device) -> Result<Self, EmbedError> {
-        if config.batch_size == 0 {
-            return Err(EmbedError::Config("batch_size must be at least 1".into()));
+        if config.batch_size == 0 || config.batch_tokens == 0 {
+            return Err(EmbedError::Config(
+                "batch_size and batch_tokens must be at least 1".into(),
+            ));
         }
         if config.max_tokens == Some(0) {
             return Err(EmbedError::Config("max_tokens must be at least 1".into()));
@@ -675,6 +683,7 @@ impl SkipThoughtEncoder {
             device,
             identity,
             batch_size: config.batch_size,
+            batch_tokens: config.batch_tokens,
             max_tokens: config.max_tokens,
         })
     }
@@ -763,7 +772,9 @@ impl TextEncoder for SkipThoughtEncoder {
         order.sort_by_key(|&i| encoded[i].ids.len());
         let dim = self.identity.dim;
         let mut data = vec![0.0f32; encoded.len() * dim];
-        for chunk in order.chunks(self.batch_size) {
+        let lengths: Vec<usize> = order.iter().map(|&i| encoded[i].ids.len()).collect();
+        for range in crate::token_budget_batches(&lengths, self.batch_size, self.batch_tokens) {
+            let chunk = &order[range];
             let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| encoded[i].ids.clone()).collect();
             let out = self.run_batch(&seqs)?;
             for (&i, v) in chunk.iter().zip(out.chunks_exact(dim)) {

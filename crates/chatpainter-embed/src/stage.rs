@@ -25,8 +25,8 @@ use crate::cache::{EncoderCache, FillStats, Key, key_of};
 use crate::charcnn::{CharCnnRnnSource, FileDigest};
 use crate::table::{ImageEmbeddings, TableWriter};
 use crate::{
-    EmbedError, HashingEncoder, MiniLmConfig, MiniLmEncoder, TextEncoder, dialogue_text,
-    normalize_whitespace, turn_text,
+    EmbedDevice, EmbedError, HashingEncoder, MiniLmConfig, MiniLmEncoder, TextEncoder,
+    dialogue_text, normalize_whitespace, turn_text,
 };
 use chatpainter_artifacts::Progress;
 use chatpainter_ingest::tables::Record;
@@ -96,16 +96,19 @@ fn default_char_cnn_dim() -> usize {
 }
 
 impl EncoderSpec {
-    /// Loads the encoder, paths taken as written.
+    /// Loads the encoder on flex with its default batching, paths taken as written.
     pub fn load(&self) -> Result<Box<dyn TextEncoder>, EmbedError> {
-        self.load_with(&|p: &str| PathBuf::from(p))
+        self.load_with(&|p: &str| PathBuf::from(p), &Placement::default())
     }
 
-    /// Loads the encoder, turning every configured path into a file path with `resolve`.
+    /// Loads the encoder, turning every configured path into a file path with `resolve`; the
+    /// Burn encoders (MiniLM, Skip-Thought) go where `placement` says.
     pub fn load_with(
         &self,
         resolve: &dyn Fn(&str) -> PathBuf,
+        placement: &Placement,
     ) -> Result<Box<dyn TextEncoder>, EmbedError> {
+        let device = placement.device.burn_device();
         Ok(match self {
             Self::Hashing { dim } => Box::new(HashingEncoder::new(*dim)?),
             Self::Minilm {
@@ -117,11 +120,18 @@ impl EncoderSpec {
                     None => MiniLmConfig::from_default_dir(),
                 };
                 cfg.max_tokens = *max_tokens;
-                Box::new(MiniLmEncoder::load(&cfg)?)
+                if let Some(tokens) = placement.batch_tokens {
+                    cfg.batch_tokens = tokens;
+                }
+                Box::new(MiniLmEncoder::load_on(&cfg, device)?)
             }
-            Self::Skipthought { model_dir, variant } => Box::new(crate::SkipThoughtEncoder::load(
-                &crate::SkipThoughtConfig::new(resolve(model_dir), *variant),
-            )?),
+            Self::Skipthought { model_dir, variant } => {
+                let mut cfg = crate::SkipThoughtConfig::new(resolve(model_dir), *variant);
+                if let Some(tokens) = placement.batch_tokens {
+                    cfg.batch_tokens = tokens;
+                }
+                Box::new(crate::SkipThoughtEncoder::load_on(&cfg, device)?)
+            }
             Self::CharCnnRnn {
                 embeddings,
                 filenames,
@@ -142,6 +152,15 @@ impl EncoderSpec {
     }
 }
 
+/// Where and in what portions the Burn encoders run; not part of any encoder's identity (the
+/// vectors do not depend on it beyond float rounding).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Placement {
+    pub device: EmbedDevice,
+    /// Most padded tokens per forward pass (`None`: the encoder's default).
+    pub batch_tokens: Option<usize>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedConfig {
@@ -158,6 +177,25 @@ pub struct EmbedConfig {
     /// Vectors per cache part file (the unit of resumption).
     #[serde(default = "default_part")]
     pub part_size: usize,
+    /// Device of the Burn encoders (MiniLM, Skip-Thought): `cpu` (flex, the default),
+    /// `tch-cpu` or `cuda:N` (builds with the `tch` feature). Hashing and char-CNN-RNN ignore
+    /// it. Not part of the cache key: a cache filled on one device serves every other.
+    #[serde(default, skip_serializing_if = "EmbedDevice::is_cpu")]
+    pub device: EmbedDevice,
+    /// Most padded tokens (texts × longest text) per forward pass of MiniLM or Skip-Thought;
+    /// `None`: each encoder's default (MiniLM 768, Skip-Thought 4096). Larger suits a GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_tokens: Option<usize>,
+}
+
+impl EmbedConfig {
+    /// The device and batching the Burn encoders load with.
+    pub fn placement(&self) -> Placement {
+        Placement {
+            device: self.device,
+            batch_tokens: self.batch_tokens,
+        }
+    }
 }
 
 fn default_cache_dir() -> String {
@@ -308,12 +346,22 @@ impl Encoders {
                 what: "as `dialogue_encoder`: StackGAN has no dialogue vectors".into(),
             });
         }
+        let placement = cfg.placement();
+        let burn_encoder = |s: &EncoderSpec| {
+            matches!(
+                s,
+                EncoderSpec::Minilm { .. } | EncoderSpec::Skipthought { .. }
+            )
+        };
+        if burn_encoder(&cfg.caption_encoder) || burn_encoder(&cfg.dialogue_encoder) {
+            cfg.device.probe()?;
+        }
         let caption: std::sync::Arc<dyn TextEncoder> =
-            cfg.caption_encoder.load_with(resolve)?.into();
+            cfg.caption_encoder.load_with(resolve, &placement)?.into();
         let dialogue = if cfg.dialogue_encoder == cfg.caption_encoder {
             caption.clone()
         } else {
-            cfg.dialogue_encoder.load_with(resolve)?.into()
+            cfg.dialogue_encoder.load_with(resolve, &placement)?.into()
         };
         Ok(Self { caption, dialogue })
     }
@@ -820,6 +868,8 @@ mod tests {
             cache_dir: String::new(),
             batch_size: 3,
             part_size: 2,
+            device: Default::default(),
+            batch_tokens: None,
         }
     }
 

@@ -45,6 +45,16 @@ pub struct SynthConfig {
     pub jpeg_quality: u8,
     #[serde(default)]
     pub seed: u64,
+    /// Size of the VisDial train file's question pool: when larger than the distinct questions
+    /// the dialogues ask, it is filled up with questions no dialogue uses (real v1.0 train has
+    /// 376,082), so the file and ingest's in-memory pools have their real size.
+    #[serde(default)]
+    pub question_pool: usize,
+    /// Likewise for the answer pool (real v1.0 train: 337,527). The 100 answer options per
+    /// round are drawn from the whole pool, so their indices, and the file (≈1 GB at COCO
+    /// scale), grow with it as in the real download.
+    #[serde(default)]
+    pub answer_pool: usize,
 }
 
 fn d_train() -> usize {
@@ -80,6 +90,8 @@ impl Default for SynthConfig {
             rounds: d_rounds(),
             jpeg_quality: d_quality(),
             seed: 0,
+            question_pool: 0,
+            answer_pool: 0,
         }
     }
 }
@@ -328,7 +340,16 @@ impl Scene {
 /// The captions and the (question, answer) rounds of one scene.
 type SceneTexts = (Vec<String>, Vec<(String, String)>);
 
+/// Dialogues serialised per parallel task, and per sequential write (bounds memory: at COCO
+/// scale one dialogue with its 1,000 answer options is ≈7.5 KB of JSON).
+const DIALOGS_PER_TASK: usize = 256;
+const DIALOGS_PER_WRITE: usize = 8192;
+
 /// Writes the dataset into `out`; returns the output files (relative paths, hashed).
+///
+/// Every JSON file is written as a stream (a record at a time), never built in memory: the
+/// COCO-scale VisDial train file is ≈1 GB. Images, the VisDial dialogues and the output hashes
+/// are computed in parallel.
 pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<OutputFile>> {
     let mut rng = SplitMix::new(cfg.seed ^ 0x5EED_C0C0);
     let mut scenes = Vec::new();
@@ -385,115 +406,305 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<OutputFile>> {
     // COCO captions files.
     let mut caption_id = 1;
     for (split, coco) in [("train", "train2014"), ("test", "val2014")] {
-        let mut images = Vec::new();
-        let mut annotations = Vec::new();
-        for ((scene, _), (captions, _)) in scenes
-            .iter()
-            .zip(&texts)
-            .filter(|((s, _), _)| s.split == split)
-        {
-            images.push(json!({
-                "license": 1, "file_name": scene.file_name, "coco_url": "", "height": scene.height,
-                "width": scene.width, "date_captured": "2013-11-14 11:18:45", "flickr_url": "", "id": scene.image_id
-            }));
-            for c in captions {
-                annotations
-                    .push(json!({"image_id": scene.image_id, "id": caption_id, "caption": c}));
-                caption_id += 1;
-            }
-        }
-        let doc = json!({
-            "info": {"description": "chatpainter synthetic COCO-2014-shaped data", "version": "1.0", "year": 2014},
-            "licenses": [{"url": "", "id": 1, "name": "synthetic"}],
-            "images": images,
-            "annotations": annotations,
-        });
         let rel = format!("annotations/captions_{coco}.json");
-        write_json(&out.join(&rel), &doc)?;
+        let chosen: Vec<usize> = (0..scenes.len())
+            .filter(|&i| scenes[i].0.split == split)
+            .collect();
+        write_streamed(&out.join(&rel), |w| {
+            write_coco(w, &chosen, &scenes, &texts, &mut caption_id)
+        })?;
         files.push(rel);
     }
 
-    // VisDial v1.0 train (both COCO splits) and val (standalone).
-    for (name, splits, vd_split) in [
+    // VisDial v1.0 train (both COCO splits, with the configured pool sizes) and val
+    // (standalone).
+    for (name, splits, vd_split, pools) in [
         (
             "visdial/visdial_1.0_train.json",
             &["train", "test"][..],
             "train",
+            (cfg.question_pool, cfg.answer_pool),
         ),
-        ("visdial/visdial_1.0_val.json", &["visdial-val"][..], "val"),
+        (
+            "visdial/visdial_1.0_val.json",
+            &["visdial-val"][..],
+            "val",
+            (0, 0),
+        ),
     ] {
         let chosen: Vec<usize> = (0..scenes.len())
             .filter(|&i| splits.contains(&scenes[i].0.split.as_str()))
             .collect();
-        let doc = visdial_doc(&chosen, &scenes, &texts, vd_split, &mut rng);
-        write_json(&out.join(name), &doc)?;
+        let doc = VisdialPlan::new(&chosen, &scenes, &texts, pools);
+        write_streamed(&out.join(name), |w| doc.write(w, vd_split, cfg.seed))?;
         files.push(name.to_string());
     }
 
-    let attributes: Vec<&Scene> = scenes.iter().map(|(s, _)| s).collect();
-    write_json(
-        &out.join(ATTRIBUTES_FILE),
-        &serde_json::to_value(attributes).unwrap_or_default(),
-    )?;
+    write_streamed(&out.join(ATTRIBUTES_FILE), |w| {
+        write_array(w, scenes.iter().map(|(s, _)| s))
+    })?;
     files.push(ATTRIBUTES_FILE.into());
     files.sort();
     files
-        .iter()
+        .par_iter()
         .map(|f| Ok(OutputFile::describe(out, f, None)?))
         .collect()
 }
 
-fn visdial_doc(
+/// One `images[]` entry of a COCO captions file (the fields the real file has).
+#[derive(Serialize)]
+struct CocoImageOut<'a> {
+    license: u32,
+    file_name: &'a str,
+    coco_url: &'a str,
+    height: u32,
+    width: u32,
+    date_captured: &'a str,
+    flickr_url: &'a str,
+    id: i64,
+}
+
+/// One `annotations[]` entry of a COCO captions file.
+#[derive(Serialize)]
+struct CocoCaptionOut<'a> {
+    image_id: i64,
+    id: u64,
+    caption: &'a str,
+}
+
+fn write_coco(
+    w: &mut dyn Write,
     chosen: &[usize],
     scenes: &[(Scene, &str)],
     texts: &[SceneTexts],
-    split: &str,
-    rng: &mut SplitMix,
-) -> serde_json::Value {
-    let mut questions: Vec<String> = Vec::new();
-    let mut answers: Vec<String> = Vec::new();
-    let mut q_index: HashMap<String, usize> = HashMap::new();
-    let mut a_index: HashMap<String, usize> = HashMap::new();
-    let intern = |pool: &mut Vec<String>, index: &mut HashMap<String, usize>, s: &str| -> usize {
-        *index.entry(s.to_string()).or_insert_with(|| {
-            pool.push(s.to_string());
-            pool.len() - 1
-        })
-    };
-    let mut dialogs = Vec::new();
-    for &i in chosen {
-        let (captions, rounds) = &texts[i];
-        let mut dialog = Vec::new();
-        for (q, a) in rounds {
-            let question = intern(&mut questions, &mut q_index, q);
-            let answer = intern(&mut answers, &mut a_index, a);
-            dialog.push((question, answer));
-        }
-        dialogs.push((scenes[i].0.image_id, captions[0].trim().to_string(), dialog));
-    }
-    // 100 answer options per round, the right one among them (as VisDial ships them).
-    let pool = answers.len();
-    let dialogs: Vec<serde_json::Value> = dialogs
-        .into_iter()
-        .map(|(image_id, caption, dialog)| {
-            let rounds: Vec<serde_json::Value> = dialog
-                .into_iter()
-                .map(|(question, answer)| {
-                    let gt_index = rng.below(100);
-                    let options: Vec<usize> =
-                        (0..100).map(|k| if k == gt_index { answer } else { rng.below(pool) }).collect();
-                    json!({"question": question, "answer": answer, "answer_options": options, "gt_index": gt_index})
-                })
-                .collect();
-            json!({"image_id": image_id, "caption": caption, "dialog": rounds})
-        })
-        .collect();
-    json!({"version": "1.0", "split": split, "data": {"questions": questions, "answers": answers, "dialogs": dialogs}})
+    caption_id: &mut u64,
+) -> std::io::Result<()> {
+    let head = json!({
+        "description": "chatpainter synthetic COCO-2014-shaped data", "version": "1.0", "year": 2014
+    });
+    write!(
+        w,
+        "{{\"info\":{head},\"licenses\":[{{\"url\":\"\",\"id\":1,\"name\":\"synthetic\"}}],\"images\":"
+    )?;
+    write_array(
+        w,
+        chosen.iter().map(|&i| {
+            let s = &scenes[i].0;
+            CocoImageOut {
+                license: 1,
+                file_name: &s.file_name,
+                coco_url: "",
+                height: s.height,
+                width: s.width,
+                date_captured: "2013-11-14 11:18:45",
+                flickr_url: "",
+                id: s.image_id,
+            }
+        }),
+    )?;
+    w.write_all(b",\"annotations\":")?;
+    let captions = chosen.iter().flat_map(|&i| {
+        texts[i]
+            .0
+            .iter()
+            .map(move |c| (scenes[i].0.image_id, c.as_str()))
+    });
+    write_array(
+        w,
+        captions.map(|(image_id, caption)| {
+            *caption_id += 1;
+            CocoCaptionOut {
+                image_id,
+                id: *caption_id - 1,
+                caption,
+            }
+        }),
+    )?;
+    w.write_all(b"}")
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+/// One dialogue of a plan: `(image_id, caption, [(question, answer)])`, the rounds as indices
+/// into the plan's pools.
+type PlannedDialog = (i64, String, Vec<(usize, usize)>);
+
+/// A VisDial file's question/answer pools and each chosen dialogue as indices into them.
+struct VisdialPlan {
+    questions: Vec<String>,
+    answers: Vec<String>,
+    dialogs: Vec<PlannedDialog>,
+}
+
+/// One round as VisDial v1.0 writes it.
+#[derive(Serialize)]
+struct RoundOut {
+    question: usize,
+    answer: usize,
+    answer_options: Vec<usize>,
+    gt_index: usize,
+}
+
+#[derive(Serialize)]
+struct DialogOut<'a> {
+    image_id: i64,
+    caption: &'a str,
+    dialog: Vec<RoundOut>,
+}
+
+impl VisdialPlan {
+    /// Interns the dialogues' texts, then fills the pools up to `(questions, answers)` with
+    /// texts no dialogue uses.
+    fn new(
+        chosen: &[usize],
+        scenes: &[(Scene, &str)],
+        texts: &[SceneTexts],
+        (question_pool, answer_pool): (usize, usize),
+    ) -> Self {
+        let mut questions: Vec<String> = Vec::new();
+        let mut answers: Vec<String> = Vec::new();
+        let mut q_index: HashMap<String, usize> = HashMap::new();
+        let mut a_index: HashMap<String, usize> = HashMap::new();
+        let intern =
+            |pool: &mut Vec<String>, index: &mut HashMap<String, usize>, s: &str| -> usize {
+                *index.entry(s.to_string()).or_insert_with(|| {
+                    pool.push(s.to_string());
+                    pool.len() - 1
+                })
+            };
+        let mut dialogs = Vec::with_capacity(chosen.len());
+        for &i in chosen {
+            let (captions, rounds) = &texts[i];
+            let dialog = rounds
+                .iter()
+                .map(|(q, a)| {
+                    (
+                        intern(&mut questions, &mut q_index, q),
+                        intern(&mut answers, &mut a_index, a),
+                    )
+                })
+                .collect();
+            dialogs.push((scenes[i].0.image_id, captions[0].trim().to_string(), dialog));
+        }
+        // Distractors: distinct, VisDial-like, never asked or answered by a dialogue.
+        for n in questions.len()..question_pool {
+            questions.push(format!(
+                "is there a {} number {n} in the picture",
+                pick_word(n)
+            ));
+        }
+        for n in answers.len()..answer_pool {
+            answers.push(format!("i think there are {n} {}s", pick_word(n)));
+        }
+        Self {
+            questions,
+            answers,
+            dialogs,
+        }
+    }
+
+    /// Streams the file: the pools, then the dialogues, serialised in parallel blocks and
+    /// written in order. Each dialogue's 100 answer options per round (the right one among
+    /// them, as VisDial ships them) come from its own seeded stream, so the output does not
+    /// depend on the thread count.
+    fn write(&self, w: &mut dyn Write, split: &str, seed: u64) -> std::io::Result<()> {
+        write!(
+            w,
+            "{{\"version\":\"1.0\",\"split\":{},\"data\":{{\"questions\":",
+            json!(split)
+        )?;
+        serde_json::to_writer(&mut *w, &self.questions)?;
+        w.write_all(b",\"answers\":")?;
+        serde_json::to_writer(&mut *w, &self.answers)?;
+        w.write_all(b",\"dialogs\":[")?;
+        let pool = self.answers.len();
+        for (group, dialogs) in self.dialogs.chunks(DIALOGS_PER_WRITE).enumerate() {
+            let blocks: Vec<std::io::Result<Vec<u8>>> = dialogs
+                .par_chunks(DIALOGS_PER_TASK)
+                .enumerate()
+                .map(|(block, dialogs)| {
+                    let mut buf = Vec::new();
+                    for (k, (image_id, caption, rounds)) in dialogs.iter().enumerate() {
+                        if group + block + k > 0 {
+                            buf.push(b',');
+                        }
+                        let mut rng = SplitMix::new(
+                            seed ^ 0xA115_0E75
+                                ^ (*image_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                        );
+                        let dialog = rounds
+                            .iter()
+                            .map(|&(question, answer)| {
+                                let gt_index = rng.below(100);
+                                let answer_options = (0..100)
+                                    .map(|k| {
+                                        if k == gt_index {
+                                            answer
+                                        } else {
+                                            rng.below(pool)
+                                        }
+                                    })
+                                    .collect();
+                                RoundOut {
+                                    question,
+                                    answer,
+                                    answer_options,
+                                    gt_index,
+                                }
+                            })
+                            .collect();
+                        let out = DialogOut {
+                            image_id: *image_id,
+                            caption,
+                            dialog,
+                        };
+                        serde_json::to_writer(&mut buf, &out)?;
+                    }
+                    Ok(buf)
+                })
+                .collect();
+            for block in blocks {
+                w.write_all(&block?)?;
+            }
+        }
+        w.write_all(b"]}}")
+    }
+}
+
+fn pick_word(n: usize) -> &'static str {
+    const WORDS: [&str; 8] = [
+        "kite",
+        "bench",
+        "giraffe",
+        "surfboard",
+        "umbrella",
+        "clock",
+        "bicycle",
+        "pizza",
+    ];
+    WORDS[n % WORDS.len()]
+}
+
+/// Writes `items` as one JSON array, an element at a time.
+fn write_array<T: Serialize>(
+    w: &mut dyn Write,
+    items: impl IntoIterator<Item = T>,
+) -> std::io::Result<()> {
+    w.write_all(b"[")?;
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut *w, &item)?;
+    }
+    w.write_all(b"]")
+}
+
+/// Writes `path` atomically through `body`, which streams the content.
+fn write_streamed(
+    path: &Path,
+    body: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
     let mut file = AtomicFile::create(path)?;
-    serde_json::to_writer(&mut file, value).map_err(|e| IngestError::io(path, e.into()))?;
+    body(&mut file).map_err(|e| IngestError::io(path, e))?;
     file.flush().map_err(|e| IngestError::io(path, e))?;
     file.commit()?;
     Ok(())

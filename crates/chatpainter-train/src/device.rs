@@ -11,7 +11,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 
 use crate::TrainError;
 use crate::config::TrainDevice;
@@ -141,34 +141,11 @@ impl TrainDevice {
             // Flex has no failure mode to probe for; keep the global panic hook untouched.
             return Ok(());
         }
-        let run = std::panic::AssertUnwindSafe(|| {
-            let (_, device) = self.devices();
-            Tensor::<1>::ones([2], &device).sum().into_scalar::<f32>()
-        });
-        // tch reports a missing GPU/driver by panicking; keep its message for our error
-        // instead of letting the default hook print a panic report first.
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let outcome = std::panic::catch_unwind(run);
-        std::panic::set_hook(previous);
-        match outcome {
-            Ok(2.0) => Ok(()),
-            Ok(v) => Err(DeviceError::Unusable {
-                device: self.to_string(),
-                message: format!("1 + 1 gave {v}"),
-            }),
-            Err(payload) => {
-                let message = payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "panicked".to_owned());
-                Err(DeviceError::Unusable {
-                    device: self.to_string(),
-                    message,
-                })
-            }
-        }
+        let (_, device) = self.devices();
+        chatpainter_embed::device::probe(&device).map_err(|message| DeviceError::Unusable {
+            device: self.to_string(),
+            message,
+        })
     }
 
     /// The device of the data-parallel rank with this local index: `cuda` becomes

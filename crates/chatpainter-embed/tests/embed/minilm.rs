@@ -490,6 +490,8 @@ fn the_stage_counts_truncated_dialogues_and_states_the_limit() -> TestResult {
         cache_dir: String::new(),
         batch_size: 8,
         part_size: 8,
+        device: Default::default(),
+        batch_tokens: None,
     };
     let encoders = Encoders::load(&cfg)?;
     let turn = |q: &str, a: &str| Turn {

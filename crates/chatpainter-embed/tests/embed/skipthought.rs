@@ -409,6 +409,38 @@ fn batched_equals_single_for_every_batch_size() -> TestResult {
     Ok(())
 }
 
+/// The token budget only changes how texts are grouped, never a vector: budgets smaller than
+/// one text (each alone), a few texts, and all of them.
+#[test]
+fn token_budget_never_changes_vectors() -> TestResult {
+    let model = Model::write()?;
+    let reference = model
+        .encoder(SkipThoughtVariant::Combine)?
+        .encode_batch(&TEXTS)?;
+    for batch_tokens in [1, 7, 12, 10_000] {
+        let mut config = SkipThoughtConfig::new(model.dir.path(), SkipThoughtVariant::Combine);
+        config.batch_tokens = batch_tokens;
+        let batch = SkipThoughtEncoder::load(&config)?.encode_batch(&TEXTS)?;
+        let diff = batch
+            .data
+            .iter()
+            .zip(&reference.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff < 1e-5,
+            "batch_tokens {batch_tokens}: differs by {diff}"
+        );
+    }
+    let mut config = SkipThoughtConfig::new(model.dir.path(), SkipThoughtVariant::Combine);
+    config.batch_tokens = 0;
+    let err = SkipThoughtEncoder::load(&config)
+        .err()
+        .ok_or("zero budget accepted")?;
+    assert!(err.to_string().contains("batch_tokens"), "{err}");
+    Ok(())
+}
+
 #[test]
 fn truncation_is_reported() -> TestResult {
     let model = Model::write()?;

@@ -168,6 +168,8 @@ fn char_cnn_config(dim: usize) -> EmbedConfig {
         cache_dir: "run:cache".into(),
         batch_size: 2,
         part_size: 3,
+        device: Default::default(),
+        batch_tokens: None,
     }
 }
 
@@ -480,6 +482,177 @@ fn concurrent_writers_never_mix_vectors() -> TestResult {
     Ok(())
 }
 
+/// Set in the two child processes of [`two_processes_share_one_cache`]: `<dir>;<first>;<end>`,
+/// the shared folder and the range of generated records that child embeds.
+const CACHE_WRITER_ENV: &str = "CHATPAINTER_TEST_EMBED_WRITER";
+const TWO_PROCESS_TEST: &str = "stage::two_processes_share_one_cache";
+
+fn two_process_config() -> EmbedConfig {
+    EmbedConfig {
+        caption_encoder: EncoderSpec::Hashing { dim: 16 },
+        dialogue_encoder: EncoderSpec::Hashing { dim: 16 },
+        cache_dir: String::new(),
+        batch_size: 4,
+        // Small parts: each process publishes ~100 of them, interleaved with the other's.
+        part_size: 8,
+        device: Default::default(),
+        batch_tokens: None,
+    }
+}
+
+/// The child's half: wait for the start signal (so both fill the cache at the same time),
+/// then run the embed stage on its records into the shared cache and its own table.
+fn embed_as_child(spec: &str) -> TestResult {
+    let parts: Vec<&str> = spec.split(';').collect();
+    let [dir, first, end] = parts[..] else {
+        return Err(format!("{CACHE_WRITER_ENV}={spec:?}: want <dir>;<first>;<end>").into());
+    };
+    let (dir, first, end) = (
+        Path::new(dir),
+        first.parse::<usize>()?,
+        end.parse::<usize>()?,
+    );
+    let records = chatpainter_embed::bench::generated_records(end, 3);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !dir.join("go").exists() {
+        if std::time::Instant::now() > deadline {
+            return Err("no start signal within 60 s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let cfg = two_process_config();
+    let report = build(
+        &cfg,
+        &Encoders::load(&cfg)?,
+        &records[first..],
+        &dir.join("cache"),
+        &dir.join(format!("embeddings-{first}.parquet")),
+        &NoProgress,
+    )?;
+    println!("child {first}..{end}: {} images embedded", report.images);
+    Ok(())
+}
+
+/// Two embed processes (this test binary started twice) build from overlapping records into
+/// one cache folder at the same time. Afterwards every vector of the cache and of both tables
+/// equals a fresh encode of its text, and both processes published parts. The thread version
+/// above shares one address space; this one has two, as two `chatpainter embed` runs do.
+#[test]
+fn two_processes_share_one_cache() -> TestResult {
+    if let Ok(spec) = std::env::var(CACHE_WRITER_ENV) {
+        return embed_as_child(&spec);
+    }
+    let dir = tempfile::tempdir()?;
+    let (total, ranges) = (90usize, [(0usize, 60usize), (30, 90)]);
+    let exe = std::env::current_exe()?;
+    let children: Vec<_> = ranges
+        .iter()
+        .map(|(first, end)| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    TWO_PROCESS_TEST,
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(
+                    CACHE_WRITER_ENV,
+                    format!("{};{first};{end}", dir.path().display()),
+                )
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    std::fs::write(dir.path().join("go"), b"")?;
+    for (child, (first, end)) in children.into_iter().zip(ranges) {
+        let out = child.wait_with_output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "child {first}..{end} failed:\n{text}");
+        let done = format!("child {first}..{end}: {} images embedded", end - first);
+        assert!(text.contains(&done), "{text}");
+    }
+
+    let cfg = two_process_config();
+    let encoders = Encoders::load(&cfg)?;
+    let records = chatpainter_embed::bench::generated_records(total, 3);
+    for (first, end) in ranges {
+        let table = dir.path().join(format!("embeddings-{first}.parquet"));
+        let v = chatpainter_embed::stage::verify_file(
+            &encoders,
+            &records[first..end],
+            &table,
+            usize::MAX,
+            0,
+        )?;
+        assert_eq!(
+            v.checked,
+            (end - first) * 16,
+            "every text of {first}..{end}"
+        );
+        assert_eq!(v.max_abs_diff, 0.0, "{first}..{end}: {v:?}");
+    }
+    let enc = HashingEncoder::new(16)?;
+    let cache = EncoderCache::open(&dir.path().join("cache"), enc.identity())?;
+    let mut texts: Vec<String> = Vec::new();
+    for r in &records {
+        texts.extend(r.captions.iter().cloned());
+        let turns = r
+            .dialogue
+            .as_ref()
+            .map(|d| &d.turns[..])
+            .unwrap_or_default();
+        let pairs: Vec<(String, String)> = turns
+            .iter()
+            .map(|t| (t.question.clone(), t.answer.clone().unwrap_or_default()))
+            .collect();
+        texts.extend(
+            pairs
+                .iter()
+                .map(|(q, a)| chatpainter_embed::turn_text(q, a)),
+        );
+        texts.push(chatpainter_embed::dialogue_text(&pairs));
+    }
+    let texts: Vec<String> = texts
+        .iter()
+        .map(|t| chatpainter_embed::normalize_whitespace(t))
+        .collect();
+    let keys: Vec<_> = texts.iter().map(|t| key_of(t)).collect();
+    let mut got = vec![Vec::new(); keys.len()];
+    cache.gather(&keys, |i, v| {
+        got[i] = v.to_vec();
+        Ok(())
+    })?;
+    for (i, t) in texts.iter().enumerate() {
+        assert_eq!(
+            got[i],
+            enc.encode_batch(&[t])?.data,
+            "cached vector of {t:?}"
+        );
+    }
+    // Part names carry their writer's token: both processes must have published.
+    let folder = dir.path().join("cache").join(enc.identity().fingerprint());
+    let mut writers = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(&folder)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix("part-") {
+            let token = rest.split_once('-').map(|(_, t)| t.to_string());
+            writers.extend(token);
+        }
+    }
+    assert_eq!(
+        writers.len(),
+        2,
+        "writer tokens in {}: {writers:?}",
+        folder.display()
+    );
+    Ok(())
+}
+
 fn hashing_config() -> EmbedConfig {
     EmbedConfig {
         caption_encoder: EncoderSpec::Hashing { dim: 8 },
@@ -487,6 +660,8 @@ fn hashing_config() -> EmbedConfig {
         cache_dir: String::new(),
         batch_size: 4,
         part_size: 4,
+        device: Default::default(),
+        batch_tokens: None,
     }
 }
 
