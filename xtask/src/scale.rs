@@ -1,15 +1,15 @@
 //! `cargo xtask bench scale [--set k=v]…`: the pipeline at MS COCO 2014 + VisDial's size on
-//! this machine — synth → ingest → embed → a few hundred Stage-I steps → a few Stage-II steps —
+//! this machine — synth → ingest → embed → a few hundred Stage-I steps —
 //! with one row per stage: wall time, throughput, peak RSS (the line every stage prints) and the
 //! disk size of its artifacts.
 //!
-//! The embeddings are the hashing encoder's at the paper's widths (1024-d captions, 4800-d per
-//! dialogue turn, Skip-Thought's size) so memory and disk are what the real encoders would need,
-//! without days of encoding. Training is the recurrent variant, which reads the per-turn vectors:
-//! the largest data a step touches. Sizes and steps are `--set` overrides of
-//! `pipelines/smoke.toml` (later ones win), so a smaller `synth.train_images` gives the same table
-//! for a fraction of the data — comparing two sizes shows whether memory grows with the data.
-//! Not in CI: at full size it writes tens of GB and runs for tens of minutes to hours here.
+//! `pipelines/coco-scale.toml` says what runs: the embeddings are the hashing encoder's at the
+//! paper's widths (1024-d captions, 4800-d per dialogue turn, Skip-Thought's size) so memory is
+//! what the real encoders would need without days of encoding; training is the recurrent
+//! variant, which reads the per-turn vectors, the largest data a step touches. `--set` overrides
+//! its keys, so a smaller `synth.train_images` gives the same table for a fraction of the data —
+//! comparing two sizes shows whether memory grows with the data. Not in CI: at full size it runs
+//! for tens of minutes here.
 
 use crate::bench::Row;
 use crate::runner::{RunOptions, run_pipeline};
@@ -17,31 +17,8 @@ use crate::util::{human_bytes, root};
 use anyhow::{Context, Result};
 use std::path::Path;
 
-/// The real dataset's sizes and the scale run's training settings.
-pub const DEFAULTS: [&str; 22] = [
-    "synth.train_images=82783",
-    "synth.test_images=40504",
-    "synth.visdial_val_images=0",
-    "ingest.row_group_size=1024",
-    "ingest.load_sizes=[76, 304]",
-    "embed.caption_encoder={ kind = \"hashing\", dim = 1024 }",
-    "embed.dialogue_encoder={ kind = \"hashing\", dim = 4800 }",
-    "embed.batch_size=1024",
-    "embed.part_size=65536",
-    "stage1.variant=\"chatpainter-recurrent\"",
-    "stage1.batch_size=64",
-    "stage1.max_steps=300",
-    "stage1.checkpoint_every=0",
-    "stage1.sample_every=0",
-    "stage1.log_every=50",
-    "stage2.variant=\"chatpainter-recurrent\"",
-    "stage2.batch_size=8",
-    "stage2.max_steps=5",
-    "stage2.checkpoint_every=0",
-    "stage2.sample_every=0",
-    "stage2.log_every=1",
-    "run.name=\"bench-scale\"",
-];
+/// The scale run: MS COCO + VisDial's sizes, the paper's embedding widths, Stage-I.
+pub const PIPELINE: &str = "pipelines/coco-scale.toml";
 
 /// The stages the scale run times (eval and report are not about the data path's size).
 const STAGES: [&str; 5] = ["synth", "ingest", "embed", "stage1", "stage2"];
@@ -97,13 +74,10 @@ fn throughput(run: &Path, stage: &str, seconds: f64) -> Option<String> {
 /// `cargo xtask bench scale`.
 pub fn scale(sets: &[String]) -> Result<()> {
     let run = root().join("runs/bench-scale");
-    let mut overrides: Vec<String> = DEFAULTS.iter().map(|s| (*s).to_string()).collect();
-    overrides.extend(sets.iter().cloned());
     let report = run_pipeline(&RunOptions {
-        pipeline: root().join("pipelines/smoke.toml"),
+        pipeline: root().join(PIPELINE),
         run: Some(run.clone()),
-        to: Some("stage2".into()),
-        overrides: overrides.clone(),
+        overrides: sets.to_vec(),
         ..Default::default()
     })
     .context("the scale run")?;
@@ -134,10 +108,7 @@ pub fn scale(sets: &[String]) -> Result<()> {
         });
     }
     print!("{}", crate::bench::table(&rows));
-    println!(
-        "\nsettings: pipelines/smoke.toml with {}",
-        overrides.join(" ")
-    );
+    println!("\nsettings: {PIPELINE} with {}", sets.join(" "));
     Ok(())
 }
 
