@@ -1,5 +1,5 @@
 //! `cargo xtask bench scale [--set k=v]…`: the pipeline at MS COCO 2014 + VisDial's size on
-//! this machine — synth → ingest → embed → a few hundred Stage-I steps —
+//! this machine — synth → ingest → embed → a few hundred Stage-I steps → a few Stage-II steps —
 //! with one row per stage: wall time, throughput, peak RSS (the line every stage prints) and the
 //! disk size of its artifacts.
 //!
