@@ -244,7 +244,7 @@ pub fn run(options: &BenchOptions) -> Result<Vec<BenchRow>, EmbedError> {
                 )?);
             }
         }
-        None => eprintln!(
+        None => tracing::warn!(
             "bench embed: Skip-Thought rows skipped: set CHATPAINTER_SKIPTHOUGHT_DIR to a folder with its files"
         ),
     }
