@@ -203,31 +203,6 @@ impl TrainData {
         self.items.iter().map(|i| i.turns.len()).max().unwrap_or(0)
     }
 
-    /// Checks that every image has the dialogue input the variant needs.
-    ///
-    /// # Errors
-    /// [`TrainError::Data`] naming the first image without it.
-    pub fn check_variant(&self, variant: Variant) -> Result<(), TrainError> {
-        let missing = self.items.iter().find(|i| match variant {
-            Variant::Stackgan => false,
-            Variant::ChatpainterNonrecurrent => i.dialogue.is_none(),
-            Variant::ChatpainterRecurrent => i.turns.is_empty(),
-        });
-        match missing {
-            Some(i) => Err(TrainError::Data(format!(
-                "image {}: no dialogue {} for variant {}",
-                i.image_id,
-                if variant == Variant::ChatpainterRecurrent {
-                    "turn vectors"
-                } else {
-                    "vector"
-                },
-                variant.name()
-            ))),
-            None => Ok(()),
-        }
-    }
-
     /// Loads split `split` from an ingest stage directory (`records.parquet`, the image tables of
     /// the geometry's load size named in its manifest) and an embed stage directory
     /// (`embeddings.parquet`). Images are kept in image-id order, decoded for Stage-I and as PNG
@@ -520,6 +495,7 @@ pub fn assemble_items(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::TrainSource;
 
     const G1: Geometry = Geometry::STAGE1;
     const CROP_SIZE: usize = 64;
