@@ -54,19 +54,24 @@ fn non_dev_dependencies(meta: &serde_json::Value) -> Vec<(String, String)> {
 fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
     BTreeMap::from([
         ("chatpainter-artifacts", &[][..]),
-        ("chatpainter-ingest", &["chatpainter-artifacts"][..]),
+        // Every file format, read and written in one place; no Burn, no Polars.
+        ("chatpainter-formats", &["chatpainter-artifacts"][..]),
+        (
+            "chatpainter-ingest",
+            &["chatpainter-artifacts", "chatpainter-formats"][..],
+        ),
         ("chatpainter-nn", &[][..]),
         (
             "chatpainter-embed",
-            &["chatpainter-artifacts", "chatpainter-ingest"][..],
+            &["chatpainter-artifacts", "chatpainter-formats"][..],
         ),
         (
             "chatpainter-eval",
             &[
                 "chatpainter-artifacts",
+                "chatpainter-formats",
                 "chatpainter-nn",
                 "chatpainter-embed",
-                "chatpainter-ingest",
                 "chatpainter-train",
             ][..],
         ),
@@ -74,7 +79,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
             "chatpainter-train",
             &[
                 "chatpainter-artifacts",
-                "chatpainter-ingest",
+                "chatpainter-formats",
                 "chatpainter-embed",
                 "chatpainter-nn",
             ][..],
@@ -83,6 +88,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
             "chatpainter-cli",
             &[
                 "chatpainter-artifacts",
+                "chatpainter-formats",
                 "chatpainter-ingest",
                 "chatpainter-embed",
                 "chatpainter-train",
@@ -92,7 +98,10 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
             ][..],
         ),
         // The report reads files, never models: no Burn, nothing but the contracts.
-        ("chatpainter-report", &["chatpainter-artifacts"][..]),
+        (
+            "chatpainter-report",
+            &["chatpainter-artifacts", "chatpainter-formats"][..],
+        ),
         ("chatpainter-tests", &[][..]),
         ("xtask", &["chatpainter-artifacts"][..]),
     ])
@@ -130,6 +139,7 @@ fn burn_stays_out_of_the_data_crates() {
     for (name, dep) in non_dev_dependencies(&metadata()) {
         if [
             "chatpainter-artifacts",
+            "chatpainter-formats",
             "chatpainter-ingest",
             "chatpainter-report",
         ]

@@ -5,7 +5,8 @@
 use anyhow::{Context, Result, anyhow};
 use chatpainter_artifacts::digest::sha256_json;
 use chatpainter_artifacts::{BenchRow, Manifest, OutputFile, StageKey, StageOutput, run_stage};
-use chatpainter_eval::score::{BackboneChoice, METRICS_FILE, MetricsFile, ScoreSettings};
+use chatpainter_eval::score::{BackboneChoice, ScoreSettings};
+use chatpainter_formats::metrics::{METRICS_FILE, MetricsFile};
 use chatpainter_train::TrainDevice;
 use clap::Args;
 use std::path::PathBuf;
@@ -216,7 +217,8 @@ pub struct ScoreScenesArgs {
 }
 
 pub fn score_scenes(args: &ScoreScenesArgs) -> Result<()> {
-    use chatpainter_ingest::scene_score::{read_attributes, read_scene, score};
+    use chatpainter_eval::scene_score::{read_scene, score};
+    use chatpainter_formats::scenes::read_attributes;
     let truth: std::collections::BTreeMap<i64, _> = read_attributes(&args.attributes)?
         .into_iter()
         .filter(|s| s.split == args.split)
@@ -258,7 +260,7 @@ pub fn score_scenes(args: &ScoreScenesArgs) -> Result<()> {
         "{} images scored by {}:\n{}",
         scores.images,
         scores.scorer,
-        chatpainter_eval::score::scene_table(&[("accuracy", &scores)])
+        chatpainter_formats::scenes::scene_table(&[("accuracy", &scores)])
     );
     if let Some(out) = &args.json {
         let json = serde_json::to_vec_pretty(&scores)?;

@@ -15,8 +15,9 @@ use chatpainter_artifacts::digest::sha256_json;
 use chatpainter_artifacts::{
     Manifest, Outcome, OutputFile, RunDir, StageKey, StageOutput, run_stage,
 };
-use chatpainter_ingest::pipeline::{self as ingest, QUALITY_FILE, Shard};
-use chatpainter_ingest::quality::QualityReport;
+use chatpainter_formats::ingested::{QUALITY_FILE, RECORDS_FILE, Shard};
+use chatpainter_formats::quality::QualityReport;
+use chatpainter_ingest::pipeline as ingest;
 use clap::{Args, Parser, Subcommand};
 use pipeline::Pipeline;
 use std::collections::BTreeMap;
@@ -470,7 +471,7 @@ fn embed_stage(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
         inputs_digest: String::new(),
         upstream,
     };
-    let records_path = run.stage("ingest").join(ingest::RECORDS_FILE);
+    let records_path = run.stage("ingest").join(RECORDS_FILE);
     let cache_dir = run.resolve(&cfg.cache_dir);
     let bar = ui::Bar::new();
     let outcome = run_stage(
@@ -480,7 +481,7 @@ fn embed_stage(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
         args.force,
         &toml::to_string(&cfg)?,
         |dir| -> Result<StageOutput> {
-            let records = chatpainter_ingest::tables::read_records(&records_path)?;
+            let records = chatpainter_formats::ingested::read_records(&records_path)?;
             let report = embed::build(
                 &cfg,
                 &encoders,
@@ -509,7 +510,7 @@ fn embed_stage(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
     )?;
     report_outcome("embed", &dir, &outcome);
     if let Some(n) = verify_n {
-        let records = chatpainter_ingest::tables::read_records(&records_path)?;
+        let records = chatpainter_formats::ingested::read_records(&records_path)?;
         // Streams the table: only the sampled vectors are kept.
         let v = embed::verify_file(&encoders, &records, &dir.join("embeddings.parquet"), n, 0)?;
         println!(

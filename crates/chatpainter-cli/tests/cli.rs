@@ -2,7 +2,7 @@
 //! mid-stage and rerun, sharded ingestion merged, bad pipeline keys.
 #![allow(clippy::unwrap_used)] // tests may panic on fixture setup
 
-use chatpainter_ingest::tables;
+use chatpainter_formats::ingested as tables;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

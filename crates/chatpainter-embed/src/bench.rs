@@ -18,8 +18,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use chatpainter_artifacts::{BenchRow, NoProgress, SplitMix};
-use chatpainter_ingest::catalog::{Dialogue, Turn};
-use chatpainter_ingest::tables::Record;
+use chatpainter_formats::ingested::Record;
+use chatpainter_formats::ingested::{Dialogue, Turn};
 
 use crate::device::{EmbedDevice, bench_devices};
 use crate::stage::{EmbedConfig, EmbedReport, EncoderSpec, Encoders, build};

@@ -93,14 +93,10 @@ pub enum EmbedError {
         expected: Vec<String>,
     },
 
-    /// A `.npy` array (a file or a member of an `.npz` archive) is not plain float32 or is
-    /// malformed.
-    #[error("{path}: array `{name}`: {message}")]
-    Npy {
-        path: PathBuf,
-        name: String,
-        message: String,
-    },
+    /// A file format broken: a `.npy` array (a file or an `.npz` member) that is not plain
+    /// float32 or is malformed, an ingested table or `embeddings.parquet` off its schema.
+    #[error(transparent)]
+    Format(#[from] chatpainter_formats::FormatError),
 
     /// A pickle file could not be decoded or does not hold what was expected.
     #[error("{path}: {message}")]

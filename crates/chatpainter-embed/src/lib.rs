@@ -31,10 +31,8 @@ pub mod hashing;
 pub mod minilm;
 pub mod skipthought;
 pub mod stage;
-pub mod table;
 pub mod text;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use charcnn::{
@@ -48,30 +46,7 @@ pub use minilm::{BertConfig, BertModel, MiniLmConfig, MiniLmEncoder};
 pub use skipthought::{SkipThoughtConfig, SkipThoughtEncoder, SkipThoughtVariant};
 pub use text::{NORMALIZATION_VERSION, dialogue_text, normalize_whitespace, turn_text};
 
-/// What produced a set of embeddings; stored with cached vectors and compared on reuse.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EncoderIdentity {
-    /// Encoder name and algorithm version, e.g. `all-MiniLM-L6-v2` or `hashing-v1`.
-    pub name: String,
-    /// sha256 (hex) of the weights file; `None` for encoders without weights.
-    pub weights_sha256: Option<String>,
-    /// Width of every output vector.
-    pub dim: usize,
-    /// Version of the text normalisation applied before encoding
-    /// ([`NORMALIZATION_VERSION`]) plus any encoder-specific setting that changes outputs
-    /// (e.g. the token limit).
-    pub normalization: String,
-}
-
-impl EncoderIdentity {
-    /// A short, stable digest of the whole identity (sha256 hex of its JSON form), handy as a
-    /// cache key.
-    pub fn fingerprint(&self) -> String {
-        // Field order is fixed by the struct, so the JSON text is canonical.
-        let json = serde_json::to_string(self).unwrap_or_default();
-        hex::encode(Sha256::digest(json.as_bytes()))
-    }
-}
+pub use chatpainter_formats::embeddings::EncoderIdentity;
 
 /// The vectors of one [`TextEncoder::encode_batch`] call, in input order.
 #[derive(Debug, Clone, PartialEq)]

@@ -77,6 +77,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{EmbedError, EmbeddingBatch, EncoderIdentity, TextEncoder, normalize_batch};
+use chatpainter_formats::FormatError;
+use chatpainter_formats::npy::{NpyArray, Npz, read_npy};
 
 /// Conventional folder name under the models directory.
 pub const SKIPTHOUGHT_DIR_NAME: &str = "skip-thoughts";
@@ -154,131 +156,6 @@ impl SkipThoughtConfig {
     }
 }
 
-/// A float32 array read from a `.npy` file or `.npz` member.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NpyArray {
-    /// Dimensions.
-    pub shape: Vec<usize>,
-    /// Row-major values.
-    pub data: Vec<f32>,
-}
-
-/// Reads a `.npy` stream (format versions 1–3) holding a C-order `<f4` (or `>f4`) array.
-/// `path` and `name` only label errors.
-///
-/// # Errors
-/// [`EmbedError::Npy`] for a bad header, another dtype (an object array gets the conversion
-/// hint), Fortran order or short data.
-pub fn read_npy<R: Read>(mut r: R, path: &Path, name: &str) -> Result<NpyArray, EmbedError> {
-    let err = |message: String| EmbedError::Npy {
-        path: path.to_path_buf(),
-        name: name.to_string(),
-        message,
-    };
-    let mut magic = [0u8; 8];
-    r.read_exact(&mut magic)
-        .map_err(|e| err(format!("cannot read the header: {e}")))?;
-    if &magic[..6] != b"\x93NUMPY" {
-        return Err(err("not a .npy array (bad magic)".into()));
-    }
-    let header_len = match magic[6] {
-        1 => {
-            let mut b = [0u8; 2];
-            r.read_exact(&mut b)
-                .map_err(|e| err(format!("cannot read the header: {e}")))?;
-            usize::from(u16::from_le_bytes(b))
-        }
-        2 | 3 => {
-            let mut b = [0u8; 4];
-            r.read_exact(&mut b)
-                .map_err(|e| err(format!("cannot read the header: {e}")))?;
-            u32::from_le_bytes(b) as usize
-        }
-        v => return Err(err(format!("unsupported .npy format version {v}"))),
-    };
-    let mut header = vec![0u8; header_len];
-    r.read_exact(&mut header)
-        .map_err(|e| err(format!("cannot read the header: {e}")))?;
-    let header = String::from_utf8_lossy(&header);
-    let descr = header_field(&header, "descr")
-        .ok_or_else(|| err(format!("header without descr: {header}")))?;
-    let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-    let big = match descr {
-        "<f4" => false,
-        ">f4" => true,
-        "|O" => {
-            return Err(err(
-                "is a pickled object array; convert it to plain float32 first (see the `skipthought` module docs)".into(),
-            ));
-        }
-        other => return Err(err(format!("dtype `{other}` is not float32 (`<f4`)"))),
-    };
-    if header_field(&header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
-        return Err(err("Fortran-ordered arrays are not supported".into()));
-    }
-    let shape_text = header_field(&header, "shape")
-        .ok_or_else(|| err(format!("header without shape: {header}")))?;
-    let shape = shape_text
-        .trim_matches(|c| c == '(' || c == ')')
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.trim_end_matches('L')
-                .parse::<usize>()
-                .map_err(|_| err(format!("bad shape {shape_text}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| err(format!("shape {shape:?} is too large")))?;
-    let mut data = Vec::with_capacity(count);
-    let mut buf = vec![0u8; 1 << 20];
-    while data.len() < count {
-        let n = ((count - data.len()) * 4).min(buf.len());
-        r.read_exact(&mut buf[..n]).map_err(|e| {
-            err(format!(
-                "data ends early ({} of {count} values read): {e}",
-                data.len()
-            ))
-        })?;
-        data.extend(buf[..n].chunks_exact(4).map(|b| {
-            let b = [b[0], b[1], b[2], b[3]];
-            if big {
-                f32::from_be_bytes(b)
-            } else {
-                f32::from_le_bytes(b)
-            }
-        }));
-    }
-    Ok(NpyArray { shape, data })
-}
-
-/// The raw text of `'key': value` in a `.npy` header dict (up to the next top-level comma).
-fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let start = header
-        .find(&format!("'{key}'"))
-        .or_else(|| header.find(&format!("\"{key}\"")))?;
-    let rest = &header[start + key.len() + 2..];
-    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
-    let mut depth = 0i32;
-    for (i, c) in rest.char_indices() {
-        match c {
-            '(' | '[' => depth += 1,
-            ')' | ']' => {
-                depth -= 1;
-                if depth < 0 {
-                    return Some(rest[..i].trim());
-                }
-            }
-            ',' | '}' if depth == 0 => return Some(rest[..i].trim()),
-            _ => {}
-        }
-    }
-    Some(rest.trim())
-}
-
 /// Reads a whole file, returning its bytes and sha256 (hex).
 fn read_hashed(path: &Path) -> Result<(Vec<u8>, String), EmbedError> {
     let bytes = std::fs::read(path).map_err(|e| EmbedError::io(path, e))?;
@@ -301,7 +178,7 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// Reads a plain float32 word table `[n_words, dim_word]` and hashes the whole file.
-fn read_table(path: &Path, n_words: usize) -> Result<(NpyArray, String), EmbedError> {
+fn read_table(path: &Path, n_words: usize) -> Result<(NpyArray<f32>, String), EmbedError> {
     let file = std::fs::File::open(path).map_err(|e| EmbedError::io(path, e))?;
     let mut reader = HashingReader {
         inner: std::io::BufReader::with_capacity(1 << 20, file),
@@ -311,7 +188,7 @@ fn read_table(path: &Path, n_words: usize) -> Result<(NpyArray, String), EmbedEr
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let table = read_npy(&mut reader, path, &name)?;
+    let table = read_npy::<f32, _>(&mut reader, path, &name)?;
     // Hash any trailing bytes too, so the digest covers the whole file.
     std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| EmbedError::io(path, e))?;
     let width = table.shape.get(1).copied().unwrap_or(0);
@@ -346,22 +223,19 @@ struct GruParams {
 
 /// Reads the encoder members of one `.npz` archive.
 struct NpzReader<'a> {
-    archive: zip::ZipArchive<Cursor<Vec<u8>>>,
+    archive: Npz<Cursor<Vec<u8>>>,
     path: &'a Path,
 }
 
 impl NpzReader<'_> {
-    fn array(&mut self, key: &str) -> Result<NpyArray, EmbedError> {
-        let member = format!("{key}.npy");
-        let path = self.path;
-        let file = self
-            .archive
-            .by_name(&member)
-            .map_err(|_| EmbedError::TensorMissing {
-                path: path.to_path_buf(),
-                name: member.clone(),
-            })?;
-        read_npy(file, path, &member)
+    fn array(&mut self, key: &str) -> Result<NpyArray<f32>, EmbedError> {
+        if !self.archive.contains(key) {
+            return Err(EmbedError::TensorMissing {
+                path: self.path.to_path_buf(),
+                name: format!("{key}.npy"),
+            });
+        }
+        Ok(self.archive.array::<f32>(key)?)
     }
 
     fn checked(&mut self, key: &str, expected: &[usize]) -> Result<Vec<f32>, EmbedError> {
@@ -395,11 +269,12 @@ impl NpzReader<'_> {
             });
         };
         if d == 0 {
-            return Err(EmbedError::Npy {
+            return Err(FormatError::Npy {
                 path: self.path.to_path_buf(),
-                name: format!("{prefix}_bx.npy"),
+                member: format!("{prefix}_bx.npy"),
                 message: "hidden width is 0".into(),
-            });
+            }
+            .into());
         }
         let t = |v: Vec<f32>, shape: [usize; 2]| {
             Tensor::<2>::from_data(TensorData::new(v, shape), device)
@@ -422,11 +297,7 @@ impl NpzReader<'_> {
 }
 
 fn open_npz(bytes: Vec<u8>, path: &Path) -> Result<NpzReader<'_>, EmbedError> {
-    let archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| EmbedError::Npy {
-        path: path.to_path_buf(),
-        name: String::new(),
-        message: format!("not a readable .npz (zip) archive: {e}"),
-    })?;
+    let archive = Npz::new(Cursor::new(bytes), path)?;
     Ok(NpzReader { archive, path })
 }
 
@@ -536,7 +407,7 @@ impl SkipThoughtEncoder {
     /// # Errors
     /// [`EmbedError::SkipThoughtFilesMissing`] listing every missing file;
     /// [`EmbedError::Config`] for a zero batch size or token limit;
-    /// [`EmbedError::ModelConfig`] for a dictionary without `UNK`; [`EmbedError::Npy`],
+    /// [`EmbedError::ModelConfig`] for a dictionary without `UNK`; [`EmbedError::Format`],
     /// [`EmbedError::TensorMissing`] or [`EmbedError::TensorShape`] (naming the archive,
     /// the member and both shapes) for files that do not fit; [`EmbedError::Io`].
     pub fn load_on(config: &SkipThoughtConfig, device: Device) -> Result<Self, EmbedError> {
@@ -943,15 +814,5 @@ mod tests {
             ]
         );
         assert_eq!(tokenize("3,000 dogs: 2"), ["3,000", "dogs", ":", "2"]);
-    }
-
-    #[test]
-    fn npy_header_fields() {
-        let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }";
-        assert_eq!(header_field(h, "descr"), Some("'<f4'"));
-        assert_eq!(header_field(h, "fortran_order"), Some("False"));
-        assert_eq!(header_field(h, "shape"), Some("(3, 4)"));
-        let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (7,), }";
-        assert_eq!(header_field(h, "shape"), Some("(7,)"));
     }
 }

@@ -23,13 +23,13 @@
 
 use crate::cache::{EncoderCache, FillStats, Key, key_of};
 use crate::charcnn::{CharCnnRnnSource, FileDigest};
-use crate::table::{ImageEmbeddings, TableWriter};
 use crate::{
     EmbedDevice, EmbedError, HashingEncoder, MiniLmConfig, MiniLmEncoder, TextEncoder,
     dialogue_text, normalize_whitespace, turn_text,
 };
 use chatpainter_artifacts::Progress;
-use chatpainter_ingest::tables::Record;
+use chatpainter_formats::embeddings::{ImageEmbeddings, TableWriter};
+use chatpainter_formats::ingested::Record;
 use serde::{Deserialize, Serialize};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -768,7 +768,7 @@ fn not_in_table(r: &Record, slot: Slot) -> EmbedError {
 pub fn verify(
     encoders: &Encoders,
     records: &[Record],
-    table: &crate::table::EmbeddingTable,
+    table: &chatpainter_formats::embeddings::EmbeddingTable,
     n: usize,
     seed: u64,
 ) -> Result<VerifyReport, EmbedError> {
@@ -814,7 +814,7 @@ pub fn verify_file(
             .push(s);
     }
     let mut stored: Vec<Option<Vec<f32>>> = vec![None; sampled.len()];
-    crate::table::for_each_row(path, |row| {
+    chatpainter_formats::embeddings::for_each_row(path, |row| {
         if let Some(list) = wanted.get(&(row.image_id, row.split.as_str())) {
             for &s in list {
                 stored[s] = stored_vector(&row, sampled[s].1).cloned();
@@ -834,7 +834,7 @@ pub fn verify_file(
 mod tests {
     use super::*;
     use chatpainter_artifacts::NoProgress;
-    use chatpainter_ingest::catalog::{Dialogue, Turn};
+    use chatpainter_formats::ingested::{Dialogue, Turn};
 
     fn record(id: i64, caption: &str) -> Record {
         Record {
@@ -893,7 +893,7 @@ mod tests {
         );
         // "is it red? yes" is shared by every dialogue: one distinct turn text for it.
         assert_eq!(first.turns.distinct, 11);
-        let table = crate::table::read(&out).unwrap();
+        let table = chatpainter_formats::embeddings::read(&out).unwrap();
         assert_eq!(table.rows.len(), 10);
         assert_eq!(table.rows[3].turns.len(), 2);
         assert_eq!(table.rows[3].captions[1].len(), 8);
@@ -913,7 +913,7 @@ mod tests {
         assert_eq!(second.captions.reused, 19);
         assert_eq!((second.dialogues.encoded, second.turns.encoded), (1, 1));
 
-        let table = crate::table::read(&out).unwrap();
+        let table = chatpainter_formats::embeddings::read(&out).unwrap();
         let check = verify(&enc, &records, &table, 15, 7).unwrap();
         assert_eq!(check.checked, 15);
         assert_eq!(check.max_abs_diff, 0.0);
@@ -921,7 +921,7 @@ mod tests {
         assert_eq!(verify_file(&enc, &records, &out, 15, 7).unwrap(), check);
         let mut tampered = table.clone();
         tampered.rows[0].captions[0][0] += 0.5;
-        crate::table::write(&out, &tampered).unwrap();
+        chatpainter_formats::embeddings::write(&out, &tampered).unwrap();
         let all = verify_file(&enc, &records, &out, 1000, 7).unwrap();
         assert!(all.max_abs_diff >= 0.5, "{all:?}");
     }
@@ -977,7 +977,7 @@ mod tests {
             let c = cfg(dim);
             let enc = Encoders::load(&c).unwrap();
             let report = build(&c, &enc, &records, &cache, &out, &NoProgress).unwrap();
-            let table = crate::table::read(&out).unwrap();
+            let table = chatpainter_formats::embeddings::read(&out).unwrap();
             assert!(
                 table
                     .rows

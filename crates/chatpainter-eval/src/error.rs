@@ -140,7 +140,7 @@ pub enum EvalError {
 
     /// Reading the ingested dataset failed.
     #[error(transparent)]
-    Ingest(#[from] chatpainter_ingest::IngestError),
+    Format(#[from] chatpainter_formats::FormatError),
 
     /// A run artifact (manifest, atomic write) failed.
     #[error(transparent)]

@@ -15,7 +15,7 @@ use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EvalError, Result};
-use crate::npz::{NpyArray, read_npz, write_npz};
+use chatpainter_formats::npy::{NpyArray, read_npz, write_npz};
 
 /// Mean and covariance of Inception pool3 features.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +117,7 @@ impl FidStatistics {
             shape: vec![d, d],
             data: self.sigma.transpose().iter().copied().collect(),
         };
-        write_npz(path, &[("mu", &mu), ("sigma", &sigma)])
+        Ok(write_npz(path, &[("mu", &mu), ("sigma", &sigma)])?)
     }
 }
 

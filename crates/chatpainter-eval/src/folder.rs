@@ -9,7 +9,8 @@ use chatpainter_artifacts::Progress;
 
 use crate::error::{EvalError, Result};
 use crate::pictures::read_rgb;
-use crate::score::{FidReference, MetricsFile, ScoreSettings, Scorer};
+use crate::score::{FidReference, ScoreSettings, Scorer};
+use chatpainter_formats::metrics::MetricsFile;
 
 /// Image files directly inside `dir` (`.png`, `.jpg`, `.jpeg`, any case), sorted by name.
 ///

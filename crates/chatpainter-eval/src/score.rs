@@ -18,9 +18,7 @@ use crate::inception_score::InceptionScoreConfig;
 use crate::preprocess::{ImageBatch, Preprocess};
 use crate::runner::InceptionRunner;
 use crate::weights::{Availability, WeightsProvenance, load_inception};
-
-/// File name of the result inside the eval stage directory.
-pub const METRICS_FILE: &str = "metrics.json";
+use chatpainter_formats::metrics::{FidEntry, IsEntry, Protocol};
 
 /// Which network and preprocessing score the images (never compare numbers across them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,174 +108,6 @@ impl std::fmt::Display for BackboneChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
-}
-
-/// The protocol stamp of `metrics.json`: everything needed to reproduce (or refuse to compare)
-/// a number. Generator fields are `null` for `eval-folder`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Protocol {
-    /// [`BackboneChoice::name`].
-    pub backbone: String,
-    /// The weights file as given, `null` without one.
-    pub weights_file: Option<String>,
-    /// Lower-case hex sha256 of the weights file.
-    pub weights_sha256: Option<String>,
-    /// Number of images scored.
-    pub images: usize,
-    /// Inception Score splits.
-    pub splits: usize,
-    /// Images per split when the splits are random subsets (the paper's protocol); absent:
-    /// contiguous chunks of the seeded shuffle.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subset_size: Option<usize>,
-    /// Seed of the IS shuffle (and, for the eval stage, of the generator noise).
-    pub seed: u64,
-    /// [`BackboneChoice::resize_label`].
-    pub resize: String,
-    /// `stage1` or `stage2`.
-    pub generator_stage: Option<String>,
-    /// The checkpoint directory the generator was loaded from.
-    pub checkpoint: Option<String>,
-    /// The generator's training step.
-    pub step: Option<u64>,
-    /// The dataset split whose conditions were used.
-    pub split: Option<String>,
-}
-
-/// Inception Score entry of `metrics.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IsEntry {
-    pub available: bool,
-    pub mean: Option<f64>,
-    pub std: Option<f64>,
-    /// Why it is unavailable (`null` when available).
-    pub reason: Option<String>,
-}
-
-/// FID entry of `metrics.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FidEntry {
-    pub available: bool,
-    pub value: Option<f64>,
-    /// Why it is unavailable (`null` when available).
-    pub reason: Option<String>,
-    /// The reference statistics file (as given, or relative to the eval directory when the
-    /// stage computed it), `null` when there is none.
-    pub reference: Option<String>,
-}
-
-/// `metrics.json`, written by `eval` and `eval-folder` with exactly this shape.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsFile {
-    pub protocol: Protocol,
-    pub inception_score: IsEntry,
-    pub fid: FidEntry,
-    /// Ground-truth attribute scores, when the dataset is synthetic (it has `attributes.json`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scenes: Option<SceneMetrics>,
-}
-
-/// The scene scorer's results for one evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SceneMetrics {
-    /// The ground truth used (`attributes.json` of the synthetic dataset).
-    pub attributes_file: String,
-    /// Every generated image against its scene.
-    pub images: chatpainter_ingest::scene_score::SceneScores,
-    /// The per-turn strips: entry `t` scores the frames generated after turns `1..=t+1`.
-    #[serde(default)]
-    pub per_turn: Vec<chatpainter_ingest::scene_score::SceneScores>,
-}
-
-impl MetricsFile {
-    /// Writes the file atomically, pretty-printed.
-    pub fn write(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| EvalError::Data(format!("{}: {e}", path.display())))?;
-        chatpainter_artifacts::write_atomic(path, &json)?;
-        Ok(())
-    }
-
-    /// Reads a file written by [`MetricsFile::write`].
-    pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| EvalError::io(path, e))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| EvalError::Data(format!("{}: not a metrics file: {e}", path.display())))
-    }
-
-    /// One line per metric for the console, with the backbone next to every number.
-    pub fn summary(&self) -> String {
-        let b = &self.protocol.backbone;
-        let is = match (&self.inception_score.mean, &self.inception_score.std) {
-            (Some(m), Some(s)) => match self.protocol.subset_size {
-                Some(n) => format!(
-                    "{m:.4} ± {s:.4} ({b}, {} random subsets of {n})",
-                    self.protocol.splits
-                ),
-                None => format!("{m:.4} ± {s:.4} ({b}, {} splits)", self.protocol.splits),
-            },
-            _ => format!(
-                "unavailable: {}",
-                self.inception_score.reason.as_deref().unwrap_or("?")
-            ),
-        };
-        let fid = match self.fid.value {
-            Some(v) => format!("{v:.4} ({b})"),
-            None => format!("unavailable: {}", self.fid.reason.as_deref().unwrap_or("?")),
-        };
-        let mut out = format!(
-            "Inception Score over {} images: {is}\nFID: {fid}\n",
-            self.protocol.images
-        );
-        if let Some(scenes) = &self.scenes {
-            out.push_str(&format!(
-                "Scene attributes ({}, {} images):\n{}",
-                scenes.images.scorer,
-                scenes.images.images,
-                scene_table(&[("accuracy", &scenes.images)])
-            ));
-        }
-        out
-    }
-}
-
-/// A plain-text table: one row per attribute, one accuracy column per scored set, then the
-/// chance and majority baselines (of the first set).
-pub fn scene_table(columns: &[(&str, &chatpainter_ingest::scene_score::SceneScores)]) -> String {
-    use std::fmt::Write;
-    let mut out = format!("{:<13} {:<16}", "attribute", "stated by");
-    for (name, _) in columns {
-        let _ = write!(out, " {name:>26}");
-    }
-    out.push_str("   chance  majority\n");
-    let Some((_, first)) = columns.first() else {
-        return out;
-    };
-    for (row, a) in first.attributes.iter().enumerate() {
-        let stated = match a.visibility {
-            chatpainter_ingest::scene_score::Visibility::CaptionVisible => "caption",
-            chatpainter_ingest::scene_score::Visibility::DialogueOnly => "dialogue only",
-        };
-        let _ = write!(out, "{:<13} {stated:<16}", a.name);
-        for (_, scores) in columns {
-            match scores.attributes.get(row) {
-                Some(b) => {
-                    let cell = format!("{:.1} % ({}/{})", 100.0 * b.accuracy, b.correct, b.total);
-                    let _ = write!(out, " {cell:>26}");
-                }
-                None => {
-                    let _ = write!(out, " {:>26}", "-");
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "   {:>5.1} %   {:>5.1} %",
-            100.0 * a.chance,
-            100.0 * a.majority
-        );
-    }
-    out
 }
 
 /// Settings shared by the eval stage and `eval-folder`.
@@ -521,6 +351,7 @@ impl Scorer {
 #[allow(clippy::unwrap_used)] // a panic is how a test fails
 mod tests {
     use super::*;
+    use chatpainter_formats::metrics::MetricsFile;
 
     #[test]
     fn no_weights_gives_reasons_and_no_numbers() {

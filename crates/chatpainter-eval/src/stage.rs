@@ -31,11 +31,10 @@ use crate::conditions::{RunEncoders, TurnPair};
 use crate::error::{EvalError, Result};
 use crate::genapi::{Condition, DialogueCondition, Generated, RunGenerator};
 use crate::pictures::{center_crop, grid, strip, write_png};
-use crate::score::{
-    BackboneChoice, FidReference, METRICS_FILE, MetricsFile, SceneMetrics, ScoreSettings, Scorer,
-};
-use chatpainter_ingest::scene_score::{self, SceneReading};
-use chatpainter_ingest::synth::{ATTRIBUTES_FILE, Scene};
+use crate::scene_score::{self, SceneReading};
+use crate::score::{BackboneChoice, FidReference, ScoreSettings, Scorer};
+use chatpainter_formats::metrics::{METRICS_FILE, MetricsFile, SceneMetrics};
+use chatpainter_formats::scenes::{ATTRIBUTES_FILE, Scene};
 
 /// Generated images, relative to the eval directory.
 pub const IMAGES_DIR: &str = "images";
@@ -195,13 +194,18 @@ fn ground_truth(run: &RunDir, ingest_dir: &Path) -> Result<Option<GroundTruth>> 
     let Ok(text) = std::fs::read_to_string(&config_path) else {
         return Ok(None);
     };
-    let config: chatpainter_ingest::IngestConfig = toml::from_str(&text)
+    /// The one field of ingest's `config.toml` needed here (the rest is ingest's business).
+    #[derive(Deserialize)]
+    struct IngestDataRoot {
+        data_root: String,
+    }
+    let config: IngestDataRoot = toml::from_str(&text)
         .map_err(|e| EvalError::Data(format!("{}: {e}", config_path.display())))?;
     let path = run.resolve(&config.data_root).join(ATTRIBUTES_FILE);
     if !path.is_file() {
         return Ok(None);
     }
-    let scenes = scene_score::read_attributes(&path)?
+    let scenes = chatpainter_formats::scenes::read_attributes(&path)?
         .into_iter()
         .map(|s| ((s.split.clone(), s.image_id), s))
         .collect();
@@ -213,7 +217,7 @@ fn score_readings<'a>(
     truth: &'a BTreeMap<(String, i64), Scene>,
     split: &str,
     readings: impl IntoIterator<Item = (i64, &'a SceneReading)>,
-) -> scene_score::SceneScores {
+) -> chatpainter_formats::scenes::SceneScores {
     scene_score::score(
         readings
             .into_iter()
@@ -497,9 +501,9 @@ fn per_turn_strips(
 ) -> Result<(Vec<String>, Vec<StripReading>)> {
     let encoders = RunEncoders::load(embed_dir)?;
     encoders.check_widths(variant, generator.caption_dim(), generator.dialogue_dim())?;
-    let records_path = ingest_dir.join(chatpainter_ingest::pipeline::RECORDS_FILE);
-    let records: BTreeMap<i64, chatpainter_ingest::tables::Record> =
-        chatpainter_ingest::tables::read_records(&records_path)?
+    let records_path = ingest_dir.join(chatpainter_formats::ingested::RECORDS_FILE);
+    let records: BTreeMap<i64, chatpainter_formats::ingested::Record> =
+        chatpainter_formats::ingested::read_records(&records_path)?
             .into_iter()
             .filter(|r| r.split == cfg.split)
             .map(|r| (r.image_id, r))

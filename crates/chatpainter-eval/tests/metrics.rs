@@ -15,12 +15,12 @@ use std::io::Write;
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use chatpainter_eval::fid::{FidStatistics, frechet_distance};
-use chatpainter_eval::npz::{NpyArray, read_npz, write_npz};
 use chatpainter_eval::weights::{
     Availability, load_inception, load_weights_into, pytorch_parameter_count,
     pytorch_tensor_shapes, save_pytorch_named_safetensors,
 };
 use chatpainter_eval::{Backbone, EvalError, InceptionConfig};
+use chatpainter_formats::npy::{NpyArray, read_npz, write_npz};
 
 const TV_NO_AUX: usize = 23_834_568;
 const TV_AUX: usize = 27_161_264;

@@ -7,27 +7,12 @@
 
 use crate::config::{IngestConfig, is_split_name};
 use crate::error::{IngestError, Result};
-use crate::quality::{FileCounts, Issue, QualityReport, Reason};
 use crate::sources::{self, CocoFile, VisdialFile};
+use chatpainter_formats::ingested::{Dialogue, Turn};
+use chatpainter_formats::quality::{FileCounts, Issue, QualityReport, Reason};
 use polars::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// One dialogue round; `answer` is `None` only in the last round of VisDial v1.0 test.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Turn {
-    pub question: String,
-    pub answer: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dialogue {
-    /// The caption VisDial showed the questioner.
-    pub caption: String,
-    pub turns: Vec<Turn>,
-    /// `"<version>/<split>"` of the VisDial file, e.g. `1.0/train`.
-    pub source: String,
-}
 
 /// An image that passed every JSON-level check; its pixels are checked next.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
 //! Whole-file and whole-run errors. Per-record problems are not errors: they are
-//! [`crate::quality::Issue`]s, quarantined and counted (unless `strict`).
+//! [`chatpainter_formats::quality::Issue`]s, quarantined and counted (unless `strict`).
 
 use std::path::PathBuf;
 
@@ -25,6 +25,8 @@ pub enum IngestError {
     Strict { count: usize, first: String },
     #[error("{path}: {message}")]
     Contract { path: PathBuf, message: String },
+    #[error(transparent)]
+    Format(#[from] chatpainter_formats::FormatError),
     #[error(transparent)]
     Artifact(#[from] chatpainter_artifacts::ArtifactError),
     #[error("parquet: {0}")]

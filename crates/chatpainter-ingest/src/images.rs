@@ -6,10 +6,11 @@
 //! whose support widens when downscaling, i.e. antialiased like PIL's `BILINEAR`. Each size is
 //! stored as a lossless PNG.
 
-use crate::quality::Reason;
-use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
+use chatpainter_formats::quality::Reason;
+
+use chatpainter_formats::ingested::encode_png;
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageEncoder, ImageFormat, RgbImage};
+use image::{DynamicImage, ImageFormat, RgbImage};
 use std::path::Path;
 
 /// A decoded, resized, re-encoded image.
@@ -102,24 +103,6 @@ pub fn decode(bytes: &[u8], path: &Path, sizes: &[u32]) -> Result<Decoded, Rejec
 /// The reference's square squash-resize.
 pub fn squash(rgb: &RgbImage, size: u32) -> RgbImage {
     image::imageops::resize(rgb, size, size, FilterType::Triangle)
-}
-
-/// Encodes RGB as the image tables store it (fast compression, adaptive filter).
-pub fn encode_png(rgb: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
-    let mut out = Vec::with_capacity(rgb.as_raw().len() / 2);
-    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, PngFilter::Adaptive)
-        .write_image(
-            rgb.as_raw(),
-            rgb.width(),
-            rgb.height(),
-            image::ExtendedColorType::Rgb8,
-        )?;
-    Ok(out)
-}
-
-/// Decodes a stored PNG back to RGB (for loaders and tests).
-pub fn decode_png(bytes: &[u8]) -> Result<RgbImage, image::ImageError> {
-    Ok(image::load_from_memory_with_format(bytes, ImageFormat::Png)?.to_rgb8())
 }
 
 struct JpegInfo {

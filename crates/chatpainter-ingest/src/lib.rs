@@ -1,8 +1,8 @@
 //! MS COCO 2014 captions + VisDial dialogues + images → validated Parquet.
 //!
 //! [`catalog`] reads and joins the JSON files, quarantining bad records; [`pipeline`] decodes the
-//! images (in parallel, one row group at a time), writes the tables of [`tables`] and the quality
-//! report of [`quality`], and merges shards. [`synth`] writes a synthetic dataset in the real file
+//! images (in parallel, one row group at a time), writes the tables and the quality report whose
+//! formats live in `chatpainter_formats::{ingested, quality}`, and merges shards. [`synth`] writes a synthetic dataset in the real file
 //! formats, for CI and benchmarks. No Burn here.
 
 pub mod catalog;
@@ -10,15 +10,12 @@ pub mod config;
 pub mod error;
 pub mod images;
 pub mod pipeline;
-pub mod quality;
-pub mod scene_score;
 pub mod sources;
 pub mod synth;
-pub mod tables;
 
 pub use config::{CocoSource, IngestConfig, VisdialSource};
 pub use error::{IngestError, Result};
-pub use pipeline::{IngestOutput, IngestSummary, Shard};
+pub use pipeline::IngestOutput;
 
 use std::path::Path;
 

@@ -5,78 +5,16 @@ use crate::catalog::{self, Candidate};
 use crate::config::IngestConfig;
 use crate::error::{IngestError, Result};
 use crate::images;
-use crate::quality::{Action, Issue, QualityReport, Reason};
-use crate::tables::{self, ImageTableWriter, Record};
 use chatpainter_artifacts::{Manifest, OutputFile, Progress, write_atomic};
+use chatpainter_formats::ingested::{
+    self as tables, ISSUES_FILE, ImageTableWriter, IngestSummary, QUALITY_FILE, RECORDS_FILE,
+    Record, Shard,
+};
+use chatpainter_formats::quality::{Action, Issue, QualityReport, Reason};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-
-pub const RECORDS_FILE: &str = "records.parquet";
-pub const ISSUES_FILE: &str = "issues.parquet";
-pub const QUALITY_FILE: &str = "quality.json";
-
-/// `--shard I/N`: this process handles the images whose id hashes to `index` modulo `count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Shard {
-    pub index: u32,
-    pub count: u32,
-}
-
-impl Shard {
-    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
-
-    /// Folder of a shard's outputs inside the ingest stage directory.
-    pub fn dir_name(&self) -> String {
-        format!("shards/{:05}-of-{:05}", self.index, self.count)
-    }
-
-    pub fn owns(&self, image_id: i64) -> bool {
-        shard_of(image_id, self.count) == self.index
-    }
-}
-
-impl std::str::FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (i, n) = s
-            .split_once('/')
-            .ok_or_else(|| format!("--shard {s:?}: expected I/N, e.g. 0/8"))?;
-        let index: u32 = i
-            .trim()
-            .parse()
-            .map_err(|_| format!("--shard {s:?}: I is not a number"))?;
-        let count: u32 = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("--shard {s:?}: N is not a number"))?;
-        if count == 0 || index >= count {
-            return Err(format!("--shard {s:?}: need 0 <= I < N"));
-        }
-        Ok(Self { index, count })
-    }
-}
-
-/// Deterministic on every machine: SplitMix64 of the id, modulo the shard count.
-pub fn shard_of(image_id: i64, count: u32) -> u32 {
-    (chatpainter_artifacts::SplitMix::new(image_id as u64).next_u64() % count as u64) as u32
-}
-
-/// Counts a merge checks; kept in each shard's manifest summary.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct IngestSummary {
-    pub shard: Option<Shard>,
-    /// Candidate images (after JSON-level checks) in the whole dataset, and in this shard.
-    pub candidates_total: u64,
-    pub candidates: u64,
-    pub records: u64,
-    /// Candidates whose image could not be used.
-    pub images_dropped: u64,
-    pub load_sizes: Vec<u32>,
-    /// Image table paths (relative to the stage directory) per load size and split.
-    pub image_tables: BTreeMap<u32, BTreeMap<String, Vec<String>>>,
-}
 
 pub struct IngestOutput {
     pub outputs: Vec<OutputFile>,
@@ -399,7 +337,7 @@ pub fn merge(stage_dir: &Path, count: u32) -> Result<IngestOutput> {
                         .ok_or_else(|| {
                             IngestError::contract(&dir, format!("{p} is not in the shard manifest"))
                         })?;
-                    if out.rows != Some(s.records_in(&records, split)) {
+                    if out.rows != Some(records_in(&records, split)) {
                         return Err(IngestError::contract(
                             dir.join(p),
                             "image rows differ from the split's records",
@@ -452,8 +390,7 @@ pub fn merge(stage_dir: &Path, count: u32) -> Result<IngestOutput> {
     })
 }
 
-impl IngestSummary {
-    fn records_in(&self, records: &[Record], split: &str) -> u64 {
-        records.iter().filter(|r| r.split == split).count() as u64
-    }
+/// Records of one split.
+fn records_in(records: &[Record], split: &str) -> u64 {
+    records.iter().filter(|r| r.split == split).count() as u64
 }

@@ -13,6 +13,10 @@
 
 use crate::error::{IngestError, Result};
 use chatpainter_artifacts::{AtomicFile, OutputFile, SplitMix};
+use chatpainter_formats::scenes::{
+    ATTRIBUTES_FILE, BACKGROUNDS, COLOURS, COLUMNS, LARGE_RADIUS, Object, SHADE_DROP, SHAPES,
+    SMALL_RADIUS, Scene,
+};
 use image::codecs::jpeg::JpegEncoder;
 use image::{Rgb, RgbImage};
 use rayon::prelude::*;
@@ -100,60 +104,27 @@ fn pick<'a, T>(rng: &mut SplitMix, items: &'a [T]) -> &'a T {
     &items[rng.below(items.len())]
 }
 
-/// Shape kinds, colour and background palettes and columns: shared with [`crate::scene_score`].
-pub const SHAPES: [&str; 3] = ["circle", "square", "triangle"];
-pub const COLOURS: [(&str, [u8; 3]); 7] = [
-    ("red", [220, 30, 30]),
-    ("green", [30, 170, 50]),
-    ("blue", [30, 60, 220]),
-    ("yellow", [240, 220, 30]),
-    ("purple", [140, 40, 170]),
-    ("orange", [250, 140, 20]),
-    ("white", [245, 245, 245]),
-];
-pub const BACKGROUNDS: [(&str, [u8; 3]); 4] = [
-    ("a blue sky", [120, 170, 235]),
-    ("green grass", [70, 140, 60]),
-    ("a sandy beach", [220, 200, 150]),
-    ("a dark night", [25, 25, 45]),
-];
-pub const COLUMNS: [&str; 3] = ["left", "middle", "right"];
-/// The background darkens linearly from the top row (×1) to the bottom (×(1 − this)).
-pub const SHADE_DROP: f32 = 0.25;
-/// Object radius as a fraction of the shorter image side.
-pub const LARGE_RADIUS: f32 = 0.16;
-pub const SMALL_RADIUS: f32 = 0.09;
-
-/// Ground truth of one object in a scene.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Object {
-    pub shape: String,
-    pub colour: String,
-    /// `left`, `middle` or `right`.
-    pub position: String,
-    pub large: bool,
-}
-
-/// The ground-truth file in the dataset folder: a JSON array of [`Scene`].
-pub const ATTRIBUTES_FILE: &str = "attributes.json";
-
-/// Ground truth of one image, written to `attributes.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Scene {
-    pub image_id: i64,
-    pub split: String,
-    pub file_name: String,
-    pub width: u32,
-    pub height: u32,
-    pub background: String,
-    pub objects: Vec<Object>,
-}
-
 fn number(n: usize) -> &'static str {
     ["zero", "one", "two", "three", "four"][n.min(4)]
 }
 
-impl Scene {
+/// How synth draws and describes a scene (the scene itself is the `attributes.json` format of
+/// `chatpainter_formats::scenes`).
+trait Synthesize: Sized {
+    fn random(
+        rng: &mut SplitMix,
+        image_id: i64,
+        split: &str,
+        file_name: String,
+        cfg: &SynthConfig,
+    ) -> Self;
+    fn shape_phrase(&self) -> String;
+    fn captions(&self, rng: &mut SplitMix) -> Vec<String>;
+    fn dialogue(&self, rng: &mut SplitMix, rounds: usize) -> Vec<(String, String)>;
+    fn render(&self, seed: u64) -> RgbImage;
+}
+
+impl Synthesize for Scene {
     fn random(
         rng: &mut SplitMix,
         image_id: i64,

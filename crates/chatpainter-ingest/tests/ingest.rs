@@ -3,10 +3,10 @@
 #![allow(clippy::unwrap_used)] // tests may panic on fixture setup
 
 use chatpainter_artifacts::NoProgress;
-use chatpainter_ingest::pipeline::{self, Shard};
-use chatpainter_ingest::quality::{Issue, Reason};
+use chatpainter_formats::ingested::{self as tables, Record, Shard};
+use chatpainter_formats::quality::{Issue, Reason};
+use chatpainter_ingest::pipeline;
 use chatpainter_ingest::synth::{self, SynthConfig};
-use chatpainter_ingest::tables::{self, Record};
 use chatpainter_ingest::{CocoSource, IngestConfig, VisdialSource, images};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -216,7 +216,7 @@ fn parquet_texts_equal_the_json() {
             group.iter().map(|g| g.0).collect::<Vec<_>>(),
             train[4..].to_vec()
         );
-        let rgb = images::decode_png(&group[0].1).unwrap();
+        let rgb = tables::decode_png(&group[0].1).unwrap();
         assert_eq!(rgb.dimensions(), (size, size));
     }
 }
@@ -336,7 +336,7 @@ fn quarantines_every_bad_record_with_its_reason() {
     );
 
     // The quality report counts them.
-    let report: chatpainter_ingest::quality::QualityReport =
+    let report: chatpainter_formats::quality::QualityReport =
         serde_json::from_slice(&std::fs::read(f.out.join("quality.json")).unwrap()).unwrap();
     assert_eq!(report.reasons["path-escapes-root"], 2);
     assert_eq!(report.splits["train"].images_in, 13);
@@ -424,7 +424,7 @@ fn odd_but_valid_images_come_out_as_8bit_rgb() {
     let mut stored = BTreeMap::new();
     for g in 0..2 {
         for (i, png) in tables::read_image_group(&table, g).unwrap() {
-            stored.insert(i, images::decode_png(&png).unwrap());
+            stored.insert(i, tables::decode_png(&png).unwrap());
         }
     }
     for k in [1, 2] {
@@ -595,8 +595,5 @@ fn shard_assignment_is_a_partition() {
         counts.iter().all(|&c| (800..1200).contains(&c)),
         "{counts:?}"
     );
-    assert_eq!(
-        pipeline::shard_of(123_456, 8),
-        pipeline::shard_of(123_456, 8)
-    );
+    assert_eq!(tables::shard_of(123_456, 8), tables::shard_of(123_456, 8));
 }

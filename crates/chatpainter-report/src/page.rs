@@ -447,7 +447,7 @@ impl Page<'_> {
     }
 
     /// The scene scorer's table and the per-turn curve.
-    fn scenes(&mut self, scenes: &read::SceneMetrics) {
+    fn scenes(&mut self, scenes: &chatpainter_formats::metrics::SceneMetrics) {
         let _ = write!(
             self.body,
             "<h3 id=\"scene-scores\">Scene attributes against the ground truth</h3>\n<p>{} generated images scored by \
@@ -465,7 +465,7 @@ impl Page<'_> {
             .map(|a| {
                 vec![
                     esc(&a.name),
-                    esc(&a.visibility),
+                    esc(a.visibility.name()),
                     format!("{} ({}/{})", pct(a.accuracy), a.correct, a.total),
                     pct(a.chance),
                     pct(a.majority),

@@ -7,6 +7,8 @@
 //! failing the whole report.
 
 use crate::ReportError;
+use chatpainter_formats::metrics::MetricsFile;
+use chatpainter_formats::quality::QualityReport;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,148 +28,19 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ReportError
     })
 }
 
-/// `eval/metrics.json`: the protocol stamp and the two metrics, each possibly unavailable.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct EvalMetrics {
-    pub protocol: Protocol,
-    pub inception_score: InceptionScore,
-    pub fid: Fid,
-    /// Ground-truth scene scores (synthetic data only).
-    pub scenes: Option<SceneMetrics>,
-}
-
-/// `scenes` of `eval/metrics.json`: the scene scorer's accuracy per attribute over every
-/// generated image, and over the per-turn strips' frames after each number of turns.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct SceneMetrics {
-    pub attributes_file: String,
-    pub images: SceneScores,
-    pub per_turn: Vec<SceneScores>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct SceneScores {
-    pub scorer: String,
-    pub images: u64,
-    pub attributes: Vec<AttributeScore>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct AttributeScore {
-    pub name: String,
-    /// `caption-visible` or `dialogue-only`.
-    pub visibility: String,
-    pub correct: u64,
-    pub total: u64,
-    pub accuracy: f64,
-    pub chance: f64,
-    pub majority: f64,
-}
-
-/// How the numbers were obtained; without it a score cannot be compared with another.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct Protocol {
-    pub backbone: Option<String>,
-    pub weights_file: Option<String>,
-    pub weights_sha256: Option<String>,
-    pub images: Option<u64>,
-    pub splits: Option<u64>,
-    pub seed: Option<u64>,
-    pub resize: Option<String>,
-    pub generator_stage: Option<String>,
-    pub checkpoint: Option<String>,
-    pub step: Option<u64>,
-    pub split: Option<String>,
-}
-
-impl Protocol {
-    /// The stamp as (field, value) rows in the file's order; absent fields read "—".
-    pub fn rows(&self) -> Vec<(&'static str, String)> {
-        fn s(v: &Option<String>) -> String {
-            v.clone().unwrap_or_else(|| "—".into())
-        }
-        fn n(v: &Option<u64>) -> String {
-            v.map_or_else(|| "—".into(), |v| v.to_string())
-        }
-        vec![
-            ("backbone", s(&self.backbone)),
-            ("weights_file", s(&self.weights_file)),
-            ("weights_sha256", s(&self.weights_sha256)),
-            ("images", n(&self.images)),
-            ("splits", n(&self.splits)),
-            ("seed", n(&self.seed)),
-            ("resize", s(&self.resize)),
-            ("generator_stage", s(&self.generator_stage)),
-            ("checkpoint", s(&self.checkpoint)),
-            ("step", n(&self.step)),
-            ("split", s(&self.split)),
-        ]
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct InceptionScore {
-    pub available: bool,
-    pub mean: Option<f64>,
-    pub std: Option<f64>,
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct Fid {
-    pub available: bool,
-    pub value: Option<f64>,
-    pub reason: Option<String>,
-    pub reference: Option<String>,
-}
-
-/// Reads `eval/metrics.json`.
+/// Reads `eval/metrics.json` (the format's own type, tolerant of other versions).
 ///
 /// # Errors
 /// [`ReportError::Io`] or [`ReportError::Json`] naming the file.
-pub fn read_eval_metrics(path: &Path) -> Result<EvalMetrics, ReportError> {
+pub fn read_eval_metrics(path: &Path) -> Result<MetricsFile, ReportError> {
     read_json(path)
-}
-
-/// `ingest/quality.json`, as far as the report shows it.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct Quality {
-    pub files: BTreeMap<String, FileCounts>,
-    pub splits: BTreeMap<String, SplitCounts>,
-    pub reasons: BTreeMap<String, u64>,
-    pub captions_whitespace_normalised: u64,
-    pub examples: BTreeMap<String, Vec<String>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct FileCounts {
-    pub kind: String,
-    pub records_in: u64,
-    pub records_used: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct SplitCounts {
-    pub images_in: u64,
-    pub records_out: u64,
-    pub dropped: u64,
 }
 
 /// Reads `ingest/quality.json`.
 ///
 /// # Errors
 /// [`ReportError::Io`] or [`ReportError::Json`] naming the file.
-pub fn read_quality(path: &Path) -> Result<Quality, ReportError> {
+pub fn read_quality(path: &Path) -> Result<QualityReport, ReportError> {
     read_json(path)
 }
 
@@ -380,8 +253,9 @@ mod tests {
         )
         .unwrap();
         let m = read_eval_metrics(&path).unwrap();
-        assert_eq!(m.protocol.backbone.as_deref(), Some("torchvision"));
-        assert_eq!(m.protocol.images, Some(16));
+        assert_eq!(m.protocol.backbone, "torchvision");
+        assert_eq!(m.protocol.images, 16);
+        assert_eq!(m.protocol.rows()[5], ("seed", "0".to_string()));
         assert_eq!(m.inception_score.mean, Some(1.5));
         assert!(!m.fid.available);
         std::fs::write(&path, "{").unwrap();

@@ -161,7 +161,7 @@ pub fn loader_rows(seconds: f64) -> Result<Vec<BenchRow>, TrainError> {
                 let image = if geometry.keeps_decoded() {
                     Ok(StoredImage::Rgb(rgb.into_raw()))
                 } else {
-                    chatpainter_ingest::images::encode_png(&rgb)
+                    chatpainter_formats::ingested::encode_png(&rgb)
                         .map(StoredImage::Png)
                         .map_err(|e| TrainError::Internal(format!("encoding a PNG: {e}")))
                 };

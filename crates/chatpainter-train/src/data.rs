@@ -73,7 +73,7 @@ impl StoredImage {
     ) -> Result<std::borrow::Cow<'_, [u8]>, TrainError> {
         let bytes: std::borrow::Cow<'_, [u8]> = match self {
             Self::Rgb(v) => v.as_slice().into(),
-            Self::Png(png) => chatpainter_ingest::images::decode_png(png)
+            Self::Png(png) => chatpainter_formats::ingested::decode_png(png)
                 .map_err(|e| TrainError::Data(format!("image {id}: {e}")))?
                 .into_raw()
                 .into(),
@@ -219,14 +219,14 @@ impl TrainData {
     ) -> Result<Self, TrainError> {
         let tables = crate::source::image_tables(ingest_dir, split, geometry)?;
         let records =
-            chatpainter_ingest::tables::read_records(&ingest_dir.join("records.parquet"))?;
+            chatpainter_formats::ingested::read_records(&ingest_dir.join("records.parquet"))?;
         let wanted: HashSet<i64> = records
             .iter()
             .filter(|r| r.split == split)
             .map(|r| r.image_id)
             .collect();
-        let emb = chatpainter_embed::table::read(&embed_dir.join("embeddings.parquet"))?;
-        let mut embeddings: BTreeMap<i64, chatpainter_embed::table::ImageEmbeddings> = emb
+        let emb = chatpainter_formats::embeddings::read(&embed_dir.join("embeddings.parquet"))?;
+        let mut embeddings: BTreeMap<i64, chatpainter_formats::embeddings::ImageEmbeddings> = emb
             .rows
             .into_iter()
             .filter(|r| wanted.contains(&r.image_id))
@@ -281,7 +281,7 @@ where
     let groups = parquet::file::reader::FileReader::metadata(&reader).num_row_groups();
     let mut out = Vec::new();
     for g in 0..groups {
-        let rows = chatpainter_ingest::tables::read_image_group(path, g)?;
+        let rows = chatpainter_formats::ingested::read_image_group(path, g)?;
         let decoded: Result<Vec<_>, TrainError> = rows
             .into_par_iter()
             .filter(|(id, _)| wanted.contains_key(id))
@@ -312,7 +312,7 @@ pub(crate) fn stored_image(
         ))
     };
     if geometry.keeps_decoded() {
-        let img = chatpainter_ingest::images::decode_png(&png)
+        let img = chatpainter_formats::ingested::decode_png(&png)
             .map_err(|e| TrainError::Data(format!("{}: image {id}: {e}", path.display())))?;
         if img.width() as usize != load || img.height() as usize != load {
             return Err(wrong_size(img.width(), img.height()));

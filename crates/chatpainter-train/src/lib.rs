@@ -125,7 +125,7 @@ pub enum TrainError {
     #[error(transparent)]
     Artifact(#[from] chatpainter_artifacts::ArtifactError),
     #[error(transparent)]
-    Ingest(#[from] chatpainter_ingest::IngestError),
+    Format(#[from] chatpainter_formats::FormatError),
     #[error(transparent)]
     Embed(#[from] chatpainter_embed::EmbedError),
     #[error("network: {0}")]

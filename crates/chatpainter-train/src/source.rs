@@ -14,8 +14,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use chatpainter_artifacts::manifest::Manifest;
-use chatpainter_embed::table::{Columns, ProjectedReader};
-use chatpainter_ingest::IngestSummary;
+use chatpainter_formats::embeddings::{Columns, ProjectedReader};
+use chatpainter_formats::ingested::IngestSummary;
 use rayon::prelude::*;
 
 use crate::TrainError;
@@ -222,7 +222,7 @@ impl ParquetSource {
         let tables = image_tables(ingest_dir, split, geometry)?;
         let mut pictures = HashMap::new();
         for (t, path) in tables.iter().enumerate() {
-            let ids = chatpainter_ingest::tables::read_image_ids(path, geometry.load as u32)?;
+            let ids = chatpainter_formats::ingested::read_image_ids(path, geometry.load as u32)?;
             let file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
             let reader = parquet::file::serialized_reader::SerializedFileReader::new(file)
                 .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
@@ -330,7 +330,7 @@ impl ParquetSource {
     fn block_rows(
         &self,
         block: usize,
-    ) -> Result<Vec<chatpainter_embed::table::ImageEmbeddings>, TrainError> {
+    ) -> Result<Vec<chatpainter_formats::embeddings::ImageEmbeddings>, TrainError> {
         let b = self.blocks.get(block).ok_or_else(|| {
             TrainError::Internal(format!("block {block} of {}", self.blocks.len()))
         })?;
@@ -380,7 +380,7 @@ impl ParquetSource {
         let mut out = HashMap::with_capacity(ids.len());
         for ((t, g), wanted) in groups {
             let path = &self.tables[t];
-            let rows = chatpainter_ingest::tables::read_image_group(path, g)?;
+            let rows = chatpainter_formats::ingested::read_image_group(path, g)?;
             let decoded: Vec<(i64, StoredImage)> = rows
                 .into_par_iter()
                 .filter(|(id, _)| wanted.contains(id))

@@ -322,9 +322,9 @@ fn bad_inputs_are_refused() {
 fn loads_the_ingest_and_embed_artifacts() {
     use chatpainter_artifacts::{Manifest, StageKey};
     use chatpainter_embed::EncoderIdentity;
-    use chatpainter_embed::table::{EmbeddingTable, ImageEmbeddings};
-    use chatpainter_ingest::IngestSummary;
-    use chatpainter_ingest::tables::{ImageTableWriter, Record, write_records};
+    use chatpainter_formats::embeddings::{EmbeddingTable, ImageEmbeddings};
+    use chatpainter_formats::ingested::IngestSummary;
+    use chatpainter_formats::ingested::{ImageTableWriter, Record, write_records};
     use std::collections::BTreeMap;
 
     let root = tempfile::tempdir().expect("tempdir");
@@ -393,7 +393,8 @@ fn loads_the_ingest_and_embed_artifacts() {
         dialogue_encoder: ident(3),
         rows: vec![row(1, "train"), row(2, "train"), row(4, "test")],
     };
-    chatpainter_embed::table::write(&embed.join("embeddings.parquet"), &table).expect("embeddings");
+    chatpainter_formats::embeddings::write(&embed.join("embeddings.parquet"), &table)
+        .expect("embeddings");
 
     let data = TrainData::load(&ingest, &embed, "train", Geometry::STAGE1).expect("load");
     assert_eq!(
@@ -1044,9 +1045,9 @@ mod lazy {
     use super::*;
     use chatpainter_artifacts::{Manifest, StageKey};
     use chatpainter_embed::EncoderIdentity;
-    use chatpainter_embed::table::{ImageEmbeddings, TableWriter};
-    use chatpainter_ingest::IngestSummary;
-    use chatpainter_ingest::tables::{ImageTableWriter, Record, write_records};
+    use chatpainter_formats::embeddings::{ImageEmbeddings, TableWriter};
+    use chatpainter_formats::ingested::IngestSummary;
+    use chatpainter_formats::ingested::{ImageTableWriter, Record, write_records};
     use chatpainter_train::ParquetSource;
     use chatpainter_train::TextNorm;
     use chatpainter_train::data::{Augment, BatchShape, assemble};
@@ -1215,9 +1216,9 @@ mod lazy {
         let root = tempfile::tempdir().expect("tempdir");
         let (ingest, embed) = write_dataset(root.path(), 12, 4);
         let path = embed.join("embeddings.parquet");
-        let mut table = chatpainter_embed::table::read(&path).expect("read");
+        let mut table = chatpainter_formats::embeddings::read(&path).expect("read");
         table.rows.reverse();
-        chatpainter_embed::table::write(&path, &table).expect("write");
+        chatpainter_formats::embeddings::write(&path, &table).expect("write");
         let err = ParquetSource::open(
             &ingest,
             &embed,

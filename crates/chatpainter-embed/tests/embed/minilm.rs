@@ -476,8 +476,8 @@ fn minilm_token_budget_never_changes_vectors() -> TestResult {
 #[test]
 fn the_stage_counts_truncated_dialogues_and_states_the_limit() -> TestResult {
     use chatpainter_embed::stage::{EmbedConfig, EncoderSpec, Encoders, build};
-    use chatpainter_ingest::catalog::{Dialogue, Turn};
-    use chatpainter_ingest::tables::Record;
+    use chatpainter_formats::ingested::Record;
+    use chatpainter_formats::ingested::{Dialogue, Turn};
     minilm_or_skip!();
     let dir = weights_dir().ok_or("weights")?;
     let spec = EncoderSpec::Minilm {

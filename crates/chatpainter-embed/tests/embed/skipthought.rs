@@ -13,10 +13,12 @@
 use std::io::Write;
 use std::path::Path;
 
-use chatpainter_embed::skipthought::{NpyArray, read_npy, tokenize};
+use chatpainter_embed::skipthought::tokenize;
 use chatpainter_embed::{
     EmbedError, SkipThoughtConfig, SkipThoughtEncoder, SkipThoughtVariant, TextEncoder,
 };
+use chatpainter_formats::FormatError;
+use chatpainter_formats::npy::{NpyArray, read_npy};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -523,7 +525,7 @@ fn pickled_object_tables_are_refused_with_the_conversion_hint() -> TestResult {
         ),
     )?;
     match model.encoder(SkipThoughtVariant::Uni) {
-        Err(e @ EmbedError::Npy { .. }) => {
+        Err(e @ EmbedError::Format(FormatError::Npy { .. })) => {
             assert!(e.to_string().contains("convert"), "{e}");
         }
         other => panic!("expected an npy error, got {other:?}"),
@@ -535,7 +537,7 @@ fn pickled_object_tables_are_refused_with_the_conversion_hint() -> TestResult {
 fn npy_reader_round_trips() -> TestResult {
     let data: Vec<f32> = (0..6).map(|i| i as f32 * 0.5).collect();
     let bytes = npy_bytes(&[2, 3], &data);
-    let a = read_npy(bytes.as_slice(), Path::new("mem"), "x")?;
+    let a = read_npy::<f32, _>(bytes.as_slice(), Path::new("mem"), "x")?;
     assert_eq!(
         a,
         NpyArray {
@@ -545,8 +547,8 @@ fn npy_reader_round_trips() -> TestResult {
     );
     let short = &bytes[..bytes.len() - 4];
     assert!(matches!(
-        read_npy(short, Path::new("mem"), "x"),
-        Err(EmbedError::Npy { .. })
+        read_npy::<f32, _>(short, Path::new("mem"), "x"),
+        Err(FormatError::Npy { .. })
     ));
     Ok(())
 }

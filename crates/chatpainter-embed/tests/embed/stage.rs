@@ -9,8 +9,8 @@ use chatpainter_artifacts::{NoProgress, RunDir};
 use chatpainter_embed::cache::{EncoderCache, key_of};
 use chatpainter_embed::stage::{EmbedConfig, EncoderSpec, Encoders, Paths, build, verify};
 use chatpainter_embed::{EmbedError, HashingEncoder, TextEncoder};
-use chatpainter_ingest::catalog::{Dialogue, Turn};
-use chatpainter_ingest::tables::Record;
+use chatpainter_formats::ingested::Record;
+use chatpainter_formats::ingested::{Dialogue, Turn};
 use sha2::{Digest, Sha256};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -210,7 +210,7 @@ fn char_cnn_rnn_captions_end_to_end() -> TestResult {
     )?;
 
     // Vectors by image id, in caption order; the quarantined images are left out.
-    let table = chatpainter_embed::table::read(&out)?;
+    let table = chatpainter_formats::embeddings::read(&out)?;
     let ids: Vec<i64> = table.rows.iter().map(|r| r.image_id).collect();
     assert_eq!(ids, [9, 25, 30]);
     for row in &table.rows {
@@ -282,7 +282,7 @@ fn char_cnn_rnn_captions_end_to_end() -> TestResult {
         &NoProgress,
     )?;
     assert_eq!(swapped.dialogues.encoded, 0, "dialogue vectors are reused");
-    let table = chatpainter_embed::table::read(&out)?;
+    let table = chatpainter_formats::embeddings::read(&out)?;
     assert_eq!(
         table.rows[0].captions[0],
         vector(25, 0),
@@ -686,7 +686,7 @@ fn empty_and_non_ascii_text_policies() -> TestResult {
     let report = build(&cfg, &enc, &records, &cache, &out, &NoProgress)?;
     assert_eq!(report.empty_turns_skipped, 1);
     assert_eq!(report.captions.distinct, 3, "{report:?}");
-    let table = chatpainter_embed::table::read(&out)?;
+    let table = chatpainter_formats::embeddings::read(&out)?;
     assert_eq!(table.rows[0].captions[0], table.rows[1].captions[0]);
     assert_eq!(table.rows[0].turns.len(), 1);
     assert!(table.rows[1].dialogue.is_none());

@@ -1,9 +1,9 @@
-//! The Parquet tables ingest writes, their Arrow schemas, and typed readers that check the
-//! schema on open. Schemas are documented in ARCHITECTURE.md; a change here bumps
-//! `chatpainter_artifacts::SCHEMA_VERSION`.
+//! The Parquet tables ingest writes (`records.parquet`, `issues.parquet` and the image tables),
+//! their Arrow schemas, writers, and typed readers that check the schema on open. Schemas are
+//! documented in ARCHITECTURE.md; a change here bumps `chatpainter_artifacts::SCHEMA_VERSION`.
 
-use crate::catalog::{Dialogue, Turn};
-use crate::error::{IngestError, Result};
+use crate::error::{FormatError, Result};
+use crate::parquet_io::{check_schema, column, metadata, open_file};
 use crate::quality::{Issue, Reason};
 use arrow::array::{
     Array, ArrayRef, BinaryArray, Int32Array, Int64Array, ListArray, RecordBatch, StringArray,
@@ -11,14 +11,102 @@ use arrow::array::{
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
-use chatpainter_artifacts::{AtomicFile, SCHEMA_VERSION};
+use chatpainter_artifacts::AtomicFile;
+use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
+use image::{ImageEncoder, ImageFormat, RgbImage};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+
+/// File names inside the ingest stage directory.
+pub const RECORDS_FILE: &str = "records.parquet";
+pub const ISSUES_FILE: &str = "issues.parquet";
+pub const QUALITY_FILE: &str = "quality.json";
+
+/// `--shard I/N`: this process handles the images whose id hashes to `index` modulo `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Folder of a shard's outputs inside the ingest stage directory.
+    pub fn dir_name(&self) -> String {
+        format!("shards/{:05}-of-{:05}", self.index, self.count)
+    }
+
+    pub fn owns(&self, image_id: i64) -> bool {
+        shard_of(image_id, self.count) == self.index
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("--shard {s:?}: expected I/N, e.g. 0/8"))?;
+        let index: u32 = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard {s:?}: I is not a number"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard {s:?}: N is not a number"))?;
+        if count == 0 || index >= count {
+            return Err(format!("--shard {s:?}: need 0 <= I < N"));
+        }
+        Ok(Self { index, count })
+    }
+}
+
+/// Deterministic on every machine: SplitMix64 of the id, modulo the shard count.
+pub fn shard_of(image_id: i64, count: u32) -> u32 {
+    (chatpainter_artifacts::SplitMix::new(image_id as u64).next_u64() % count as u64) as u32
+}
+
+/// Counts a merge checks; kept in each shard's manifest summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IngestSummary {
+    pub shard: Option<Shard>,
+    /// Candidate images (after JSON-level checks) in the whole dataset, and in this shard.
+    pub candidates_total: u64,
+    pub candidates: u64,
+    pub records: u64,
+    /// Candidates whose image could not be used.
+    pub images_dropped: u64,
+    pub load_sizes: Vec<u32>,
+    /// Image table paths (relative to the stage directory) per load size and split.
+    pub image_tables: BTreeMap<u32, BTreeMap<String, Vec<String>>>,
+}
+
+/// One question/answer round of a VisDial dialogue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    /// With its `?` restored.
+    pub question: String,
+    /// `None` only in the last round of VisDial v1.0 test.
+    pub answer: Option<String>,
+}
+
+/// An image's VisDial dialogue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dialogue {
+    /// The caption VisDial showed the questioner.
+    pub caption: String,
+    pub turns: Vec<Turn>,
+    /// `"<version>/<split>"` of the VisDial file, e.g. `1.0/train`.
+    pub source: String,
+}
 
 /// One row of `records.parquet`: a usable image with its texts.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,20 +127,6 @@ fn turn_fields() -> Fields {
         Field::new("question", DataType::Utf8, false),
         Field::new("answer", DataType::Utf8, true),
     ])
-}
-
-fn metadata(table: &str, extra: &[(&str, String)]) -> HashMap<String, String> {
-    let mut m = HashMap::from([
-        ("chatpainter.table".to_string(), table.to_string()),
-        (
-            "chatpainter.schema_version".to_string(),
-            SCHEMA_VERSION.to_string(),
-        ),
-    ]);
-    for (k, v) in extra {
-        m.insert(format!("chatpainter.{k}"), v.clone());
-    }
-    m
 }
 
 pub fn records_schema() -> SchemaRef {
@@ -291,69 +365,14 @@ impl ImageTableWriter {
     }
 }
 
-/// Opens a Parquet file and checks that its Arrow schema has exactly the expected columns.
+/// Opens a Parquet file and checks its schema version and columns against `expected`.
 fn open_checked(
     path: &Path,
     expected: &SchemaRef,
 ) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
-    let file = std::fs::File::open(path).map_err(|e| IngestError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-    let found = builder.schema().clone();
-    match found.metadata().get("chatpainter.schema_version") {
-        Some(v) if *v == SCHEMA_VERSION.to_string() => {}
-        other => {
-            return Err(IngestError::contract(
-                path,
-                format!("schema version {other:?}, expected {SCHEMA_VERSION}"),
-            ));
-        }
-    }
-    for field in expected.fields() {
-        match found.field_with_name(field.name()) {
-            Err(_) => {
-                return Err(IngestError::contract(
-                    path,
-                    format!("column `{}` is missing", field.name()),
-                ));
-            }
-            Ok(f) if !same_type(f.data_type(), field.data_type()) => {
-                return Err(IngestError::contract(
-                    path,
-                    format!(
-                        "column `{}`: expected {}, found {}",
-                        field.name(),
-                        field.data_type(),
-                        f.data_type()
-                    ),
-                ));
-            }
-            Ok(_) => {}
-        }
-    }
+    let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?)?;
+    check_schema(path, builder.schema(), expected)?;
     Ok(builder.with_batch_size(8192).build()?)
-}
-
-/// Types equal up to the names and nullability of nested fields.
-fn same_type(a: &DataType, b: &DataType) -> bool {
-    match (a, b) {
-        (DataType::List(x), DataType::List(y)) => same_type(x.data_type(), y.data_type()),
-        (DataType::Struct(x), DataType::Struct(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .zip(y.iter())
-                    .all(|(f, g)| f.name() == g.name() && same_type(f.data_type(), g.data_type()))
-        }
-        _ => a == b,
-    }
-}
-
-fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a T> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| {
-            IngestError::contract(path, format!("column `{name}` has an unexpected type"))
-        })
 }
 
 fn string_at(a: &StringArray, i: usize) -> Option<String> {
@@ -379,17 +398,17 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
             let caps = caps
                 .as_any()
                 .downcast_ref::<StringArray>()
-                .ok_or_else(|| IngestError::contract(path, "captions: not a list of strings"))?;
+                .ok_or_else(|| FormatError::contract(path, "captions: not a list of strings"))?;
             let dialogue = if dialog.is_valid(i) {
                 let turns = dialog.value(i);
                 let turns = turns
                     .as_any()
                     .downcast_ref::<StructArray>()
-                    .ok_or_else(|| IngestError::contract(path, "dialog: not a list of structs"))?;
+                    .ok_or_else(|| FormatError::contract(path, "dialog: not a list of structs"))?;
                 let q = turns.column(0).as_any().downcast_ref::<StringArray>();
                 let a = turns.column(1).as_any().downcast_ref::<StringArray>();
                 let (Some(q), Some(a)) = (q, a) else {
-                    return Err(IngestError::contract(
+                    return Err(FormatError::contract(
                         path,
                         "dialog: turn fields are not strings",
                     ));
@@ -438,7 +457,7 @@ pub fn read_issues(path: &Path) -> Result<Vec<Issue>> {
             let reason: Reason =
                 serde_json::from_value(serde_json::Value::String(reason.value(i).to_string()))
                     .map_err(|_| {
-                        IngestError::contract(
+                        FormatError::contract(
                             path,
                             format!("row {i}: unknown reason {:?}", reason.value(i)),
                         )
@@ -458,8 +477,8 @@ pub fn read_issues(path: &Path) -> Result<Vec<Issue>> {
 
 /// Reads the image ids of an image table, in order (to verify coverage without decoding pixels).
 pub fn read_image_ids(path: &Path, size: u32) -> Result<Vec<i64>> {
-    let file = std::fs::File::open(path).map_err(|e| IngestError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?)?;
+    check_schema(path, builder.schema(), &images_schema(size))?;
     let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0]);
     let mut ids = Vec::new();
     let stored = builder
@@ -468,7 +487,7 @@ pub fn read_image_ids(path: &Path, size: u32) -> Result<Vec<i64>> {
         .get("chatpainter.image_size")
         .cloned();
     if stored != Some(size.to_string()) {
-        return Err(IngestError::contract(
+        return Err(FormatError::contract(
             path,
             format!("image size {stored:?}, expected {size}"),
         ));
@@ -481,13 +500,32 @@ pub fn read_image_ids(path: &Path, size: u32) -> Result<Vec<i64>> {
     Ok(ids)
 }
 
-/// Reads the `(image_id, png)` pairs of one row group.
+/// Encodes RGB as the image tables store it (`png-rgb8`) (fast compression, adaptive filter).
+pub fn encode_png(rgb: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
+    let mut out = Vec::with_capacity(rgb.as_raw().len() / 2);
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, PngFilter::Adaptive)
+        .write_image(
+            rgb.as_raw(),
+            rgb.width(),
+            rgb.height(),
+            image::ExtendedColorType::Rgb8,
+        )?;
+    Ok(out)
+}
+
+/// Decodes a stored PNG back to RGB (for loaders and tests).
+pub fn decode_png(bytes: &[u8]) -> Result<RgbImage, image::ImageError> {
+    Ok(image::load_from_memory_with_format(bytes, ImageFormat::Png)?.to_rgb8())
+}
+
+/// Reads the `(image_id, png)` pairs of one row group, after the same schema checks as every
+/// reader (the image size is the caller's to check, with [`read_image_ids`]).
 pub fn read_image_group(path: &Path, group: usize) -> Result<Vec<(i64, Vec<u8>)>> {
-    let file = std::fs::File::open(path).map_err(|e| IngestError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?)?;
+    check_schema(path, builder.schema(), &images_schema(0))?;
     let groups = builder.metadata().num_row_groups();
     if group >= groups {
-        return Err(IngestError::contract(
+        return Err(FormatError::contract(
             path,
             format!("row group {group} requested, file has {groups}"),
         ));

@@ -2,9 +2,12 @@
 //! centre crop), and the contract between the scenes and their texts.
 #![allow(clippy::unwrap_used)] // tests may panic on fixture setup
 
+use chatpainter_eval::scene_score::{SceneReading, read_scene, score};
+use chatpainter_formats::ingested::decode_png;
+use chatpainter_formats::scenes::read_attributes;
+use chatpainter_formats::scenes::{BACKGROUNDS, COLOURS, COLUMNS, Scene};
 use chatpainter_ingest::images;
-use chatpainter_ingest::scene_score::{SceneReading, read_attributes, read_scene, score};
-use chatpainter_ingest::synth::{self, BACKGROUNDS, COLOURS, COLUMNS, Scene, SynthConfig};
+use chatpainter_ingest::synth::{self, SynthConfig};
 use image::RgbImage;
 use serde_json::Value;
 
@@ -38,7 +41,7 @@ fn reads_every_attribute_of_ingested_scenes_at_64_and_256() {
         let path = tmp.path().join("val2014").join(&s.file_name);
         let decoded = images::load(&path, &[76, 304]).unwrap();
         for (k, (png, crop)) in decoded.png.iter().zip([64, 256]).enumerate() {
-            let squashed = images::decode_png(png).unwrap();
+            let squashed = decode_png(png).unwrap();
             readings[k].push(read_scene(&centre_crop(&squashed, crop)));
         }
     }

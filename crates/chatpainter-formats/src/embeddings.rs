@@ -13,20 +13,46 @@
 //! File metadata: `chatpainter.schema_version`, `chatpainter.caption_encoder` and
 //! `chatpainter.dialogue_encoder` (the [`EncoderIdentity`] JSON of each).
 
-use crate::{EmbedError, EncoderIdentity};
+use crate::error::{FormatError, Result};
+use crate::parquet_io::{check_schema, metadata, open_file};
 use arrow::array::{
     Array, ArrayRef, FixedSizeListArray, Float32Array, Int32Array, Int64Array, ListArray,
     RecordBatch, StringArray,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use chatpainter_artifacts::{AtomicFile, SCHEMA_VERSION};
+use chatpainter_artifacts::AtomicFile;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::properties::WriterProperties;
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
+
+/// What produced a set of embeddings; stored with cached vectors and compared on reuse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncoderIdentity {
+    /// Encoder name and algorithm version, e.g. `all-MiniLM-L6-v2` or `hashing-v1`.
+    pub name: String,
+    /// sha256 (hex) of the weights file; `None` for encoders without weights.
+    pub weights_sha256: Option<String>,
+    /// Width of every output vector.
+    pub dim: usize,
+    /// Version of the text normalisation applied before encoding
+    /// (embed's `NORMALIZATION_VERSION`) plus any encoder-specific setting that changes outputs
+    /// (e.g. the token limit).
+    pub normalization: String,
+}
+
+impl EncoderIdentity {
+    /// A short, stable digest of the whole identity (sha256 hex of its JSON form), handy as a
+    /// cache key.
+    pub fn fingerprint(&self) -> String {
+        // Field order is fixed by the struct, so the JSON text is canonical.
+        let json = serde_json::to_string(self).unwrap_or_default();
+        chatpainter_artifacts::digest::sha256_bytes(json.as_bytes())
+    }
+}
 
 /// The vectors of one image.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,26 +116,27 @@ pub fn schema(caption_dim: usize, dialogue_dim: usize) -> Schema {
     ])
 }
 
-fn contract(path: &Path, message: impl Into<String>) -> EmbedError {
-    EmbedError::Config(format!("{}: {}", path.display(), message.into()))
+fn contract(path: &Path, message: impl Into<String>) -> FormatError {
+    FormatError::contract(path, message)
 }
 
-fn vectors(
-    values: Vec<f32>,
-    dim: usize,
-    nulls: Option<NullBuffer>,
-) -> Result<FixedSizeListArray, EmbedError> {
+/// A table-building error (not tied to a file yet).
+fn build(e: impl std::fmt::Display) -> FormatError {
+    FormatError::contract("embedding table", e.to_string())
+}
+
+fn vectors(values: Vec<f32>, dim: usize, nulls: Option<NullBuffer>) -> Result<FixedSizeListArray> {
     FixedSizeListArray::try_new(
         Arc::new(Field::new_list_field(DataType::Float32, false)),
         dim as i32,
         Arc::new(Float32Array::from(values)),
         nulls,
     )
-    .map_err(|e| EmbedError::Config(format!("embedding table: {e}")))
+    .map_err(build)
 }
 
 /// Checks every vector's width, naming the image and the column on a mismatch.
-fn check_dims(rows: &[ImageEmbeddings], dc: usize, dd: usize) -> Result<(), EmbedError> {
+fn check_dims(rows: &[ImageEmbeddings], dc: usize, dd: usize) -> Result<()> {
     for r in rows {
         let bad = r
             .captions
@@ -129,7 +156,7 @@ fn check_dims(rows: &[ImageEmbeddings], dc: usize, dd: usize) -> Result<(), Embe
                     .map(|v| ("turns", dd, v.len()))
             });
         if let Some((col, want, got)) = bad {
-            return Err(EmbedError::Config(format!(
+            return Err(build(format!(
                 "image {} ({}): {col} vector has {got} values, expected {want}",
                 r.image_id, r.split
             )));
@@ -142,7 +169,7 @@ fn batch(
     rows: &[ImageEmbeddings],
     (dc, dd): (usize, usize),
     schema: &SchemaRef,
-) -> Result<RecordBatch, EmbedError> {
+) -> Result<RecordBatch> {
     let caption_values: Vec<f32> = rows
         .iter()
         .flat_map(|r| r.captions.iter().flatten().copied())
@@ -153,7 +180,7 @@ fn batch(
         Arc::new(vectors(caption_values, dc, None)?),
         None,
     )
-    .map_err(|e| EmbedError::Config(e.to_string()))?;
+    .map_err(build)?;
     let dialogue_values: Vec<f32> = rows
         .iter()
         .flat_map(|r| r.dialogue.clone().unwrap_or_else(|| vec![0.0; dd]))
@@ -177,7 +204,7 @@ fn batch(
         Arc::new(vectors(turn_values, dd, None)?),
         None,
     )
-    .map_err(|e| EmbedError::Config(e.to_string()))?;
+    .map_err(build)?;
     let columns: Vec<ArrayRef> = vec![
         Arc::new(rows.iter().map(|r| r.image_id).collect::<Int64Array>()),
         Arc::new(
@@ -194,7 +221,7 @@ fn batch(
                 .collect::<Int32Array>(),
         ),
     ];
-    RecordBatch::try_new(schema.clone(), columns).map_err(|e| EmbedError::Config(e.to_string()))
+    RecordBatch::try_new(schema.clone(), columns).map_err(build)
 }
 
 /// Writes `embeddings.parquet` a chunk of images at a time (one row group per chunk), so that
@@ -213,24 +240,16 @@ impl TableWriter {
         path: &Path,
         caption_encoder: &EncoderIdentity,
         dialogue_encoder: &EncoderIdentity,
-    ) -> Result<Self, EmbedError> {
+    ) -> Result<Self> {
         let json = |id: &EncoderIdentity| serde_json::to_string(id).unwrap_or_default();
         let schema: SchemaRef = Arc::new(
-            schema(caption_encoder.dim, dialogue_encoder.dim).with_metadata(HashMap::from([
-                ("chatpainter.table".to_string(), "embeddings".to_string()),
-                (
-                    "chatpainter.schema_version".to_string(),
-                    SCHEMA_VERSION.to_string(),
-                ),
-                (
-                    "chatpainter.caption_encoder".to_string(),
-                    json(caption_encoder),
-                ),
-                (
-                    "chatpainter.dialogue_encoder".to_string(),
-                    json(dialogue_encoder),
-                ),
-            ])),
+            schema(caption_encoder.dim, dialogue_encoder.dim).with_metadata(metadata(
+                "embeddings",
+                &[
+                    ("caption_encoder", json(caption_encoder)),
+                    ("dialogue_encoder", json(dialogue_encoder)),
+                ],
+            )),
         );
         let file = AtomicFile::create(path).map_err(|e| contract(path, e.to_string()))?;
         let writer = ArrowWriter::try_new(
@@ -248,7 +267,7 @@ impl TableWriter {
     }
 
     /// Appends `rows` as one row group (its encoded pages leave memory right away).
-    pub fn write(&mut self, rows: &[ImageEmbeddings]) -> Result<(), EmbedError> {
+    pub fn write(&mut self, rows: &[ImageEmbeddings]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -262,7 +281,7 @@ impl TableWriter {
     }
 
     /// Closes the file and renames it into place.
-    pub fn finish(self) -> Result<(), EmbedError> {
+    pub fn finish(self) -> Result<()> {
         let path = self.path;
         self.writer
             .into_inner()
@@ -273,7 +292,7 @@ impl TableWriter {
 }
 
 /// Writes a whole in-memory table atomically (1,024 images per row group).
-pub fn write(path: &Path, table: &EmbeddingTable) -> Result<(), EmbedError> {
+pub fn write(path: &Path, table: &EmbeddingTable) -> Result<()> {
     check_dims(&table.rows, table.caption_dim(), table.dialogue_dim())?;
     let mut writer = TableWriter::create(path, &table.caption_encoder, &table.dialogue_encoder)?;
     for chunk in table.rows.chunks(1024) {
@@ -282,12 +301,7 @@ pub fn write(path: &Path, table: &EmbeddingTable) -> Result<(), EmbedError> {
     writer.finish()
 }
 
-fn list_of_vectors(
-    list: &ListArray,
-    i: usize,
-    path: &Path,
-    column: &str,
-) -> Result<Vec<Vec<f32>>, EmbedError> {
+fn list_of_vectors(list: &ListArray, i: usize, path: &Path, column: &str) -> Result<Vec<Vec<f32>>> {
     let inner = list.value(i);
     let fixed = inner
         .as_any()
@@ -303,12 +317,7 @@ fn list_of_vectors(
         .collect()
 }
 
-fn vector(
-    fixed: &FixedSizeListArray,
-    k: usize,
-    path: &Path,
-    column: &str,
-) -> Result<Vec<f32>, EmbedError> {
+fn vector(fixed: &FixedSizeListArray, k: usize, path: &Path, column: &str) -> Result<Vec<f32>> {
     let v = fixed.value(k);
     let floats = v
         .as_any()
@@ -318,7 +327,7 @@ fn vector(
 }
 
 /// Reads the whole table, checking the schema version and the encoders recorded in it.
-pub fn read(path: &Path) -> Result<EmbeddingTable, EmbedError> {
+pub fn read(path: &Path) -> Result<EmbeddingTable> {
     let mut rows = Vec::new();
     let (caption_encoder, dialogue_encoder) = for_each_row(path, |row| {
         rows.push(row);
@@ -335,8 +344,8 @@ pub fn read(path: &Path) -> Result<EmbeddingTable, EmbedError> {
 /// [`read`]; returns the caption and dialogue encoder identities recorded in it.
 pub fn for_each_row(
     path: &Path,
-    mut f: impl FnMut(ImageEmbeddings) -> Result<(), EmbedError>,
-) -> Result<(EncoderIdentity, EncoderIdentity), EmbedError> {
+    mut f: impl FnMut(ImageEmbeddings) -> Result<()>,
+) -> Result<(EncoderIdentity, EncoderIdentity)> {
     let reader = ProjectedReader::open(path, Columns::ALL)?;
     for group in 0..reader.row_groups() {
         reader.for_each_in_group(group, |row, _| f(row))?;
@@ -379,22 +388,13 @@ impl ProjectedReader {
     /// # Errors
     /// IO errors and contract breaches (schema version, encoder metadata, column types), naming
     /// the file.
-    pub fn open(path: &Path, columns: Columns) -> Result<Self, EmbedError> {
+    pub fn open(path: &Path, columns: Columns) -> Result<Self> {
         let file = open_file(path)?;
         let metadata =
             parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&file, Default::default())
                 .map_err(|e| contract(path, e.to_string()))?;
         let meta = metadata.schema().metadata().clone();
-        if meta.get("chatpainter.schema_version") != Some(&SCHEMA_VERSION.to_string()) {
-            return Err(contract(
-                path,
-                format!(
-                    "schema version {:?}, expected {SCHEMA_VERSION}",
-                    meta.get("chatpainter.schema_version")
-                ),
-            ));
-        }
-        let identity = |key: &str| -> Result<EncoderIdentity, EmbedError> {
+        let identity = |key: &str| -> Result<EncoderIdentity> {
             let json = meta
                 .get(key)
                 .ok_or_else(|| contract(path, format!("metadata `{key}` is missing")))?;
@@ -404,29 +404,11 @@ impl ProjectedReader {
             identity("chatpainter.caption_encoder")?,
             identity("chatpainter.dialogue_encoder")?,
         );
-        let expected = schema(caption_encoder.dim, dialogue_encoder.dim);
-        for field in expected.fields() {
-            match metadata.schema().field_with_name(field.name()) {
-                Ok(f) if f.data_type() == field.data_type() => {}
-                Ok(f) => {
-                    return Err(contract(
-                        path,
-                        format!(
-                            "column `{}`: expected {}, found {}",
-                            field.name(),
-                            field.data_type(),
-                            f.data_type()
-                        ),
-                    ));
-                }
-                Err(_) => {
-                    return Err(contract(
-                        path,
-                        format!("column `{}` is missing", field.name()),
-                    ));
-                }
-            }
-        }
+        check_schema(
+            path,
+            metadata.schema(),
+            &schema(caption_encoder.dim, dialogue_encoder.dim),
+        )?;
         Ok(Self {
             path: path.to_path_buf(),
             columns,
@@ -460,8 +442,8 @@ impl ProjectedReader {
     pub fn for_each_in_group(
         &self,
         group: usize,
-        mut f: impl FnMut(ImageEmbeddings, usize) -> Result<(), EmbedError>,
-    ) -> Result<(), EmbedError> {
+        mut f: impl FnMut(ImageEmbeddings, usize) -> Result<()>,
+    ) -> Result<()> {
         let path = self.path.as_path();
         if group >= self.row_groups() {
             return Err(contract(
@@ -517,7 +499,7 @@ impl ProjectedReader {
                 .as_any()
                 .downcast_ref::<Int32Array>()
                 .ok_or_else(|| contract(path, "n_turns"))?;
-            let list = |name: &str, on: bool| -> Result<Option<&ListArray>, EmbedError> {
+            let list = |name: &str, on: bool| -> Result<Option<&ListArray>> {
                 if !on {
                     return Ok(None);
                 }
@@ -577,13 +559,6 @@ impl ProjectedReader {
         }
         Ok(())
     }
-}
-
-fn open_file(path: &Path) -> Result<std::fs::File, EmbedError> {
-    std::fs::File::open(path).map_err(|source| EmbedError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 #[cfg(test)]

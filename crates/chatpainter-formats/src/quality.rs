@@ -107,6 +107,7 @@ impl std::fmt::Display for Issue {
 
 /// Per input file: records read and kept.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FileCounts {
     pub kind: String,
     pub records_in: u64,
@@ -115,6 +116,7 @@ pub struct FileCounts {
 
 /// Per split: candidate images and usable records.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SplitCounts {
     pub images_in: u64,
     pub records_out: u64,
@@ -123,6 +125,7 @@ pub struct SplitCounts {
 
 /// `quality.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct QualityReport {
     pub files: BTreeMap<String, FileCounts>,
     pub splits: BTreeMap<String, SplitCounts>,

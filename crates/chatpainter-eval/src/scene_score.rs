@@ -1,4 +1,4 @@
-//! Reads the scene attributes that [`crate::synth`] draws back out of an image (generated or
+//! Reads the scene attributes that ingest's `synth` draws back out of an image (generated or
 //! real, 64×64 or 256×256 training crops, or any square image of a whole scene), and scores a set
 //! of readings against `attributes.json`. Deterministic image processing on the known palettes
 //! and layout; no learned weights.
@@ -37,7 +37,10 @@ use std::collections::BTreeMap;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::synth::{BACKGROUNDS, COLOURS, COLUMNS, SHADE_DROP, SHAPES, Scene};
+use chatpainter_formats::scenes::{
+    AttributeScore, BACKGROUNDS, COLOURS, COLUMNS, SHADE_DROP, SHAPES, Scene, SceneScores,
+    Visibility,
+};
 
 /// Stamped into every score: bump it whenever a reading rule changes.
 pub const SCORER_VERSION: &str = "scene-score-v1";
@@ -259,47 +262,6 @@ fn largest_region(
     best
 }
 
-/// Which text states an attribute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Visibility {
-    /// The captions say it (shape kinds).
-    CaptionVisible,
-    /// Only the dialogue says it.
-    DialogueOnly,
-}
-
-/// Accuracy of one attribute over a set of images.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttributeScore {
-    pub name: String,
-    pub visibility: Visibility,
-    pub correct: usize,
-    pub total: usize,
-    pub accuracy: f64,
-    /// Accuracy of a random guess drawn from the ground truth's distribution (Σ p²).
-    pub chance: f64,
-    /// Accuracy of always answering the most frequent value (max p): what a generator that
-    /// ignores the text but draws the common case gets.
-    pub majority: f64,
-    /// `(truth, read, count)` for every wrong reading, most frequent first.
-    pub confusions: Vec<(String, String, usize)>,
-}
-
-/// Scores of a set of readings against their scenes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SceneScores {
-    pub scorer: String,
-    pub images: usize,
-    pub attributes: Vec<AttributeScore>,
-}
-
-impl SceneScores {
-    pub fn get(&self, name: &str) -> Option<&AttributeScore> {
-        self.attributes.iter().find(|a| a.name == name)
-    }
-}
-
 /// Attribute names in table order, with what states them.
 pub const ATTRIBUTES: [(&str, Visibility); 7] = [
     ("background", Visibility::DialogueOnly),
@@ -405,20 +367,6 @@ pub fn score<'a>(pairs: impl IntoIterator<Item = (&'a SceneReading, &'a Scene)>)
             .map(|(name, vis)| t.remove(name).unwrap_or_default().finish(name, *vis))
             .collect(),
     }
-}
-
-/// Reads `attributes.json` as written by [`crate::synth::generate`].
-///
-/// # Errors
-/// IO and parse errors naming the file.
-pub fn read_attributes(path: &std::path::Path) -> crate::Result<Vec<Scene>> {
-    let bytes = std::fs::read(path).map_err(|e| crate::IngestError::io(path, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        crate::IngestError::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-        )
-    })
 }
 
 #[cfg(test)]
