@@ -26,7 +26,8 @@ use crate::model::{Stage1Generator, Stage2Generator, StageGenerator};
 use crate::precision::Precision;
 use crate::ranks::World;
 use crate::rng::Xoshiro256;
-use crate::trainer::{StepInputs, adam, train_step};
+use crate::step::{Optimizers, StepInputs, train_step};
+use crate::trainer::adam;
 
 /// Rows per device and batch size: median ms/step over `steps` after one warm-up step,
 /// images/s, and the process's peak RSS after that configuration (batch sizes run in increasing
@@ -77,17 +78,14 @@ pub fn stage2_rows(
                 };
                 let t0 = Instant::now();
                 // The step reads its losses back, so the device has finished when it returns.
-                let (g2, d2, _, _) = train_step(
-                    g,
-                    d,
-                    &mut opt_g,
-                    &mut opt_d,
-                    (2e-4, 2e-4),
-                    inputs,
-                    &dev,
-                    &World::single(),
-                )?;
-                (g, d) = (g2, d2);
+                let opt = Optimizers {
+                    g: &mut opt_g,
+                    d: &mut opt_d,
+                    lr_g: 2e-4,
+                    lr_d: 2e-4,
+                };
+                let stepped = train_step(g, d, opt, inputs, &dev, &World::single())?;
+                (g, d) = (stepped.gnet, stepped.d);
                 if i > 0 {
                     times.push(t0.elapsed().as_secs_f64() * 1e3);
                 }
@@ -341,25 +339,22 @@ fn time_stage<G: StageGenerator>(
         let step_inputs = random_inputs::<G>(s, &net, side, o.precision, 1 + (i % 2) as u64);
         let t0 = Instant::now();
         // The step reads its losses back, so the device has finished when it returns.
-        let (g2, d2, losses, _) = train_step(
-            gnet,
-            d,
-            &mut opt_g,
-            &mut opt_d,
-            (s.lr, s.lr),
-            step_inputs,
-            &dev,
-            &World::single(),
-        )?;
+        let opt = Optimizers {
+            g: &mut opt_g,
+            d: &mut opt_d,
+            lr_g: s.lr,
+            lr_d: s.lr,
+        };
+        let stepped = train_step(gnet, d, opt, step_inputs, &dev, &World::single())?;
         if i >= o.warmup {
             step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
         }
-        (gnet, d, last) = (g2, d2, Some(losses));
+        (gnet, d, last) = (stepped.gnet, stepped.d, Some(stepped.losses));
     }
     let timing = Timing::from_steps(o.warmup, step_ms, s.batch);
     let losses: BTreeMap<String, f64> = last
         .map(|l| {
-            [("d_loss", l.d_loss), ("g_loss", l.g_loss), ("kl", l.kl)]
+            [("d_loss", l.d.total), ("g_loss", l.g.total), ("kl", l.g.kl)]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect()

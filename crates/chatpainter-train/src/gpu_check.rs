@@ -28,7 +28,7 @@ use crate::export::first_non_finite;
 use crate::model::Stage1Generator;
 use crate::ranks::World;
 use crate::rng::Xoshiro256;
-use crate::trainer::{StepInputs, train_step};
+use crate::step::{self, Optimizers, StepInputs, train_step};
 
 /// Image side of Stage-I.
 const SIDE: usize = 64;
@@ -211,6 +211,20 @@ pub struct StepLosses {
     pub kl: f64,
 }
 
+impl From<step::StepLosses> for StepLosses {
+    fn from(l: step::StepLosses) -> Self {
+        Self {
+            d_loss: l.d.total,
+            d_real: l.d.real,
+            d_wrong: l.d.wrong,
+            d_fake: l.d.fake,
+            g_loss: l.g.total,
+            g_adv: l.g.adversarial,
+            kl: l.g.kl,
+        }
+    }
+}
+
 impl StepLosses {
     /// `(name, value)` pairs, in a fixed order.
     pub fn named(&self) -> [(&'static str, f64); 7] {
@@ -373,26 +387,16 @@ impl Trainee {
             kl_coeff: s.kl_coeff,
             precision: crate::precision::Precision::F32,
         };
-        let (gnet, d, l, _) = train_step(
-            self.gnet.clone(),
-            self.d.clone(),
-            &mut self.opt_g,
-            &mut self.opt_d,
-            (s.lr, s.lr),
-            step_inputs,
-            &self.device,
-            &World::single(),
-        )?;
-        (self.gnet, self.d) = (gnet, d);
-        Ok(StepLosses {
-            d_loss: l.d_loss,
-            d_real: l.d_real,
-            d_wrong: l.d_wrong,
-            d_fake: l.d_fake,
-            g_loss: l.g_loss,
-            g_adv: l.g_adv,
-            kl: l.kl,
-        })
+        let opt = Optimizers {
+            g: &mut self.opt_g,
+            d: &mut self.opt_d,
+            lr_g: s.lr,
+            lr_d: s.lr,
+        };
+        let (gnet, d) = (self.gnet.clone(), self.d.clone());
+        let stepped = train_step(gnet, d, opt, step_inputs, &self.device, &World::single())?;
+        (self.gnet, self.d) = (stepped.gnet, stepped.d);
+        Ok(StepLosses::from(stepped.losses))
     }
 
     /// The first non-finite weight of G or D, as `(path, value)`.

@@ -8,9 +8,10 @@
 //!   load).
 //! - [`model`]: the networks of each stage behind [`StageGenerator`] (Stage-II holds the frozen
 //!   Stage-I G); [`text_norm`]: the optional standardisation of text vectors before the CA.
-//! - [`trainer`]: the GAN loop in StackGAN-Pytorch's order (D update on real / wrong / detached
-//!   fake, then G update with the KL term), checkpoints and exact resume, the stop flag, the
-//!   NaN/Inf guard.
+//! - [`trainer`]: the GAN loop, checkpoints and exact resume, the stop flag; [`step`]: one step
+//!   in StackGAN-Pytorch's order (D update on real / wrong / detached fake, then G update with
+//!   the KL term), its named losses and the NaN/Inf guard. The loop's schedule, resume, sample
+//!   sheets and data-parallel averaging are private modules beside it.
 //! - [`checkpoint`]: the on-disk checkpoint layout (atomic directory per step, newest N kept).
 //! - [`metrics`]: `metrics.jsonl` and sample sheets. [`export`]: safetensors with reference names.
 //! - [`import`] and [`reference_run`]: reference PyTorch checkpoints into our modules, and a
@@ -53,6 +54,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+mod data_parallel;
 pub mod device;
 pub mod export;
 pub mod generate;
@@ -64,8 +66,12 @@ pub mod model;
 pub mod precision;
 pub mod ranks;
 pub mod reference_run;
+mod resume;
 pub mod rng;
+mod sampling;
+mod schedule;
 pub mod source;
+pub mod step;
 pub mod text_norm;
 pub mod trainer;
 
