@@ -229,7 +229,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::BenchStep(args) => {
-            let report = chatpainter_train::bench::step_bench(&args.options()?)?;
+            let report = chatpainter_bench::step::step_bench(&args.options()?)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

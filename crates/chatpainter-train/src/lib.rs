@@ -18,7 +18,6 @@
 //!   reference Stage-II generator into a run directory that generation samples from.
 //! - [`generate`]: images from a trained run (eval's test split, `generate`'s new text).
 //! - [`device`] and [`ranks`]: devices (flex CPU, LibTorch CPU/CUDA) and data-parallel ranks.
-//! - [`gpu_check`] and [`bench`]: a device check and step timings without a dataset.
 //! - [`rng`]: the seeded, checkpointable generators behind every random choice.
 //!
 //! The stage directory (`out_dir` of [`train_stage1`]; Stage-II's has the same layout with
@@ -50,7 +49,6 @@
 //! rank 0 broadcasts its state, every rank trains on its contiguous share of each global batch,
 //! gradients are averaged over the ranks before each optimiser step, and only rank 0 writes.
 
-pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -58,7 +56,6 @@ mod data_parallel;
 pub mod device;
 pub mod export;
 pub mod generate;
-pub mod gpu_check;
 pub mod import;
 pub mod loader;
 pub mod metrics;
