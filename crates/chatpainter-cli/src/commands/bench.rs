@@ -6,6 +6,29 @@ use anyhow::{Result, bail};
 use chatpainter_artifacts::BenchRow;
 use std::path::PathBuf;
 
+/// `chatpainter bench <what>`: one JSON row per figure on stdout.
+pub fn bench(what: &str) -> Result<()> {
+    // Benchmarks report what they skip as tracing warnings: show them on stderr.
+    crate::ui::init_logging(None)?;
+    for row in run(what)? {
+        println!("{}", serde_json::to_string(&row)?);
+    }
+    Ok(())
+}
+
+/// `chatpainter bench-step`: prints the report's JSON line.
+pub fn bench_step(args: &StepArgs) -> Result<()> {
+    let report = chatpainter_bench::step::step_bench(&args.options()?)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// `chatpainter bench-encode`: prints the JSON line of [`encode`].
+pub fn bench_encode(args: &EncodeArgs) -> Result<()> {
+    println!("{}", encode(args)?);
+    Ok(())
+}
+
 /// Runs one benchmark by name.
 pub fn run(what: &str) -> Result<Vec<BenchRow>> {
     match what {
@@ -35,7 +58,7 @@ pub fn run(what: &str) -> Result<Vec<BenchRow>> {
         // Training loader: images/s per core for each stage's batch preparation and the cores
         // that keep one and eight H200s fed.
         "loader" => Ok(chatpainter_bench::loader::loader_rows(3.0)?),
-        "eval" => crate::eval_cmd::bench(chatpainter_train::TrainDevice::Cpu),
+        "eval" => super::eval::bench(chatpainter_train::TrainDevice::Cpu),
         other => bail!("bench {other}: unknown benchmark"),
     }
 }
