@@ -84,6 +84,17 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "chatpainter-nn",
             ][..],
         ),
+        // Benchmarks and the device check: the training step on random inputs, outside the
+        // training library; only the CLI uses them.
+        (
+            "chatpainter-bench",
+            &[
+                "chatpainter-artifacts",
+                "chatpainter-formats",
+                "chatpainter-nn",
+                "chatpainter-train",
+            ][..],
+        ),
         (
             "chatpainter-cli",
             &[
@@ -92,6 +103,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "chatpainter-ingest",
                 "chatpainter-embed",
                 "chatpainter-train",
+                "chatpainter-bench",
                 "chatpainter-nn",
                 "chatpainter-eval",
                 "chatpainter-report",

@@ -115,6 +115,8 @@ fn libtorch_cpu_check() -> Result<()> {
         "-p",
         "chatpainter-train",
         "-p",
+        "chatpainter-bench",
+        "-p",
         "chatpainter-cli",
         "--features",
         "chatpainter-cli/tch",

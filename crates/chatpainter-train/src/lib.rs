@@ -8,16 +8,16 @@
 //!   load).
 //! - [`model`]: the networks of each stage behind [`StageGenerator`] (Stage-II holds the frozen
 //!   Stage-I G); [`text_norm`]: the optional standardisation of text vectors before the CA.
-//! - [`trainer`]: the GAN loop in StackGAN-Pytorch's order (D update on real / wrong / detached
-//!   fake, then G update with the KL term), checkpoints and exact resume, the stop flag, the
-//!   NaN/Inf guard.
+//! - [`trainer`]: the GAN loop, checkpoints and exact resume, the stop flag; [`step`]: one step
+//!   in StackGAN-Pytorch's order (D update on real / wrong / detached fake, then G update with
+//!   the KL term), its named losses and the NaN/Inf guard. The loop's schedule, resume, sample
+//!   sheets and data-parallel averaging are private modules beside it.
 //! - [`checkpoint`]: the on-disk checkpoint layout (atomic directory per step, newest N kept).
 //! - [`metrics`]: `metrics.jsonl` and sample sheets. [`export`]: safetensors with reference names.
 //! - [`import`] and [`reference_run`]: reference PyTorch checkpoints into our modules, and a
 //!   reference Stage-II generator into a run directory that generation samples from.
 //! - [`generate`]: images from a trained run (eval's test split, `generate`'s new text).
 //! - [`device`] and [`ranks`]: devices (flex CPU, LibTorch CPU/CUDA) and data-parallel ranks.
-//! - [`gpu_check`] and [`bench`]: a device check and step timings without a dataset.
 //! - [`rng`]: the seeded, checkpointable generators behind every random choice.
 //!
 //! The stage directory (`out_dir` of [`train_stage1`]; Stage-II's has the same layout with
@@ -49,14 +49,13 @@
 //! rank 0 broadcasts its state, every rank trains on its contiguous share of each global batch,
 //! gradients are averaged over the ranks before each optimiser step, and only rank 0 writes.
 
-pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+mod data_parallel;
 pub mod device;
 pub mod export;
 pub mod generate;
-pub mod gpu_check;
 pub mod import;
 pub mod loader;
 pub mod metrics;
@@ -64,8 +63,12 @@ pub mod model;
 pub mod precision;
 pub mod ranks;
 pub mod reference_run;
+mod resume;
 pub mod rng;
+mod sampling;
+mod schedule;
 pub mod source;
+pub mod step;
 pub mod text_norm;
 pub mod trainer;
 

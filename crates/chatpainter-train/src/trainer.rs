@@ -5,6 +5,13 @@
 //! Checkpoints, exact resume, metrics, sample sheets, the NaN guard and data-parallel ranks
 //! are wired here once; [`train_stage1`] and [`train_stage2`] only build their networks.
 //!
+//! The loop's parts have their own modules: the step itself and its named losses
+//! ([`crate::step`]), the schedule (`schedule.rs`: steps, epochs, learning rates, the cadence of
+//! logs, samples and checkpoints), fresh start or resume and checked checkpoint writes
+//! (`resume.rs`), sample sheets (`sampling.rs`) and what the loop does across ranks
+//! (`data_parallel.rs`: rank 0's start shared, gradients and losses averaged); a session
+//! (`Session`) opens, steps and summarises.
+//!
 //! Data-parallel ranks ([`World`], one process per device, as PyTorch DDP):
 //! - rank 0 picks the checkpoint (or initialises) and sends its whole state — weights, BatchNorm
 //!   statistics, optimiser moments, data order, RNG streams — to the others, so every replica
@@ -24,36 +31,38 @@
 //! - only rank 0 writes (config, metrics, samples, checkpoints, exports).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::optim::{AdamConfig, ModuleOptimizer};
+use burn::tensor::Device;
 use chatpainter_artifacts::{OutputFile, Progress};
 use chatpainter_nn::Stage1D;
-use chatpainter_nn::loss::{discriminator_loss, generator_loss};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::checkpoint::{self, CHECKPOINT_FORMAT, TrainState};
-use crate::config::{ResolvedNetwork, TrainConfig, Variant};
-use crate::data::{Geometry, HostBatch};
-use crate::export::first_non_finite;
-use crate::loader::{Cursor, Layout, Plan, Prefetcher, WINDOW_BYTES, first_items_batch};
-use crate::metrics::{
-    METRICS_FILE, MetricsWriter, SAMPLES_DIR, SheetColumn, StepMetrics, sample_sheet_png,
-};
-use crate::model::{DeviceBatch, Stage1Generator, Stage2Generator, StageGenerator};
-use crate::precision::Precision;
+use crate::checkpoint::{self, TrainState};
+use crate::config::{ResolvedNetwork, TrainConfig};
+use crate::data::Geometry;
+use crate::data_parallel::{self, Scratch};
+use crate::loader::{Cursor, Plan, Prefetcher, Prepared, WINDOW_BYTES};
+use crate::metrics::{METRICS_FILE, MetricsWriter, StepMetrics};
+use crate::model::{Stage1Generator, Stage2Generator, StageGenerator};
 use crate::ranks::World;
-use crate::rng::Xoshiro256;
+use crate::resume::{self, Start, save_checked};
+use crate::sampling::Sampler;
+use crate::schedule::Schedule;
+pub use crate::schedule::lr_halvings;
 use crate::source::TrainSource;
+use crate::step::{Optimizers, StepInputs, StepLosses, Stepped, train_step};
 use crate::text_norm::{TextNorm, TextStats};
 
-/// RNG stream ids derived from the seed.
-const STREAM_DATA: u64 = 1;
-const STREAM_NOISE: u64 = 2;
-const STREAM_SAMPLES: u64 = 3;
+/// RNG stream ids derived from the seed: the data order and draws, G's noise and CA eps (both
+/// checkpointed), and the sample sheets' fixed inputs.
+pub(crate) const STREAM_DATA: u64 = 1;
+pub(crate) const STREAM_NOISE: u64 = 2;
+pub(crate) const STREAM_SAMPLES: u64 = 3;
 
 /// File with the resolved configuration in the stage directory.
 pub const RESOLVED_CONFIG_FILE: &str = "config.json";
@@ -176,40 +185,6 @@ pub(crate) fn adam(cfg: &TrainConfig) -> ModuleOptimizer {
         .with_beta_2(cfg.adam.beta2 as f32)
         .with_epsilon(cfg.adam.eps as f32)
         .init()
-}
-
-/// Learning-rate halvings in `epoch` (the reference halves at every multiple of the period).
-pub fn lr_halvings(epoch: u64, decay_epochs: u64) -> u32 {
-    epoch
-        .checked_div(decay_epochs)
-        .map_or(0, |h| u32::try_from(h).unwrap_or(u32::MAX))
-}
-
-fn tensor2(v: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
-    Tensor::from_data(TensorData::new(v, shape), device)
-}
-
-/// The values of `[1]`-shaped loss terms in one device-to-host transfer (on a GPU each read
-/// waits for the device, so one read per phase instead of one per term).
-fn scalars<const N: usize>(terms: [&Tensor<1>; N]) -> [f64; N] {
-    let all = Tensor::cat(terms.iter().map(|t| (*t).clone().detach()).collect(), 0);
-    let values = all
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default();
-    std::array::from_fn(|i| values.get(i).map_or(f64::NAN, |v| f64::from(*v)))
-}
-
-fn guard(step: u64, losses: &[(&'static str, f64)]) -> Result<(), TrainError> {
-    match losses.iter().find(|(_, v)| !v.is_finite()) {
-        Some((name, value)) => Err(TrainError::NonFinite {
-            step,
-            what: format!("loss {name}"),
-            value: *value,
-        }),
-        None => Ok(()),
-    }
 }
 
 /// Loads a Stage-I checkpoint's networks for inference (on the config's inference device), with
@@ -369,36 +344,14 @@ fn check_geometry(data: &dyn TrainSource, want: Geometry) -> Result<(), TrainErr
 }
 
 /// One training run of either stage.
-struct Run<'a> {
-    cfg: &'a TrainConfig,
-    data: &'a dyn TrainSource,
-    out_dir: &'a Path,
-    net: ResolvedNetwork,
-    stage1: Option<Stage1Origin>,
-    text_stats: Option<TextStats>,
-    world: &'a World,
-}
-
-/// The logged terms of one step.
-pub(crate) struct StepLosses {
-    pub d_loss: f64,
-    pub d_real: f64,
-    pub d_wrong: f64,
-    pub d_fake: f64,
-    pub d_uncond: Option<(f64, f64)>,
-    pub g_loss: f64,
-    pub g_adv: f64,
-    pub kl: f64,
-}
-
-/// The networks, optimisers and loop state a session starts from.
-struct Start<G: StageGenerator> {
-    gnet: G,
-    d: G::D,
-    opt_g: ModuleOptimizer,
-    opt_d: ModuleOptimizer,
-    state: TrainState,
-    resumed_from: Option<u64>,
+pub(crate) struct Run<'a> {
+    pub cfg: &'a TrainConfig,
+    pub data: &'a dyn TrainSource,
+    pub out_dir: &'a Path,
+    pub net: ResolvedNetwork,
+    pub stage1: Option<Stage1Origin>,
+    pub text_stats: Option<TextStats>,
+    pub world: &'a World,
 }
 
 impl Run<'_> {
@@ -408,234 +361,17 @@ impl Run<'_> {
         progress: &dyn Progress,
         stop: &AtomicBool,
     ) -> Result<TrainSummary, TrainError> {
-        let (cfg, data, out_dir, net, world) =
-            (self.cfg, self.data, self.out_dir, self.net, self.world);
-        data.check_variant(cfg.variant)?;
-        let choice = cfg.device.for_local_rank(world.local_rank());
-        // A `cuda:N` this machine lacks panics inside tch on first use; fail cleanly first.
-        choice.probe()?;
-        let n = data.len();
-        let batch = cfg.batch_size;
-        let ranks = world.size();
-        if !batch.is_multiple_of(ranks) || batch / ranks < 2 {
-            return Err(TrainError::Config(format!(
-                "batch_size: {batch} does not split into {ranks} ranks of at least 2 images"
-            )));
-        }
-        let share = batch / ranks;
-        let rows = world.rank() * share..(world.rank() + 1) * share;
-        let spe = (n / batch) as u64;
-        if spe == 0 {
-            return Err(TrainError::Data(format!(
-                "{n} training images do not fill one batch of {batch}"
-            )));
-        }
-        let total = match (cfg.epochs, cfg.max_steps) {
-            (Some(e), Some(s)) => s.min(e.saturating_mul(spe)),
-            (Some(e), None) => e.saturating_mul(spe),
-            (None, Some(s)) => s,
-            (None, None) => 0,
-        };
-        let root = world.is_root();
-        if root {
-            self.write_resolved_config::<G>(spe, total)?;
-        }
-        let (device, infer_device) = choice.devices();
-        let (gnet, d) = init(&device)?;
-        let start = self.start(gnet, d, n)?;
-        let (start, _scratch) = if ranks > 1 {
-            let (start, scratch) = share_root_state(world, start)?;
-            (start, Some(scratch))
-        } else {
-            (start, None)
-        };
-        let Start {
-            gnet,
-            d,
-            mut opt_g,
-            mut opt_d,
-            mut state,
-            resumed_from,
-        } = start;
-        state.config = cfg.clone();
-        state.world_size = ranks;
-
-        // Rank 0 writes; the other ranks have no writers.
-        let mut metrics = root
-            .then(|| MetricsWriter::open(out_dir, state.step))
-            .transpose()?;
-        let sampler = root
-            .then(|| Sampler::new::<G>(cfg, data, &net, self.text_stats.as_ref()))
-            .transpose()?;
-        let mut last_checkpoint = if root {
-            checkpoint::latest(out_dir)?
-        } else {
-            None
-        };
-        let mut last_metrics = None;
-        let mut stopped = false;
+        let (mut session, gnet, d) = Session::open(self, init)?;
+        let total = session.schedule.total;
         progress.start(G::STAGE, total);
-        progress.advance(state.step.min(total));
-
-        let plan = Plan {
-            source: data,
-            variant: cfg.variant,
-            text_stats: self.text_stats.as_ref(),
-            batch,
-            rows: rows.clone(),
-            steps_per_epoch: spe,
-            flip: cfg.flip,
-            z_dim: net.z_dim,
-            cond_dim: net.cond_dim,
-            ca_draws: G::CA_DRAWS,
-            window_bytes: WINDOW_BYTES,
-        };
-        let mut permutation = std::sync::Arc::new(std::mem::take(&mut state.permutation));
-        let cursor = Cursor {
-            epoch: state.epoch,
-            next_batch: state.next_batch,
-            permutation: permutation.clone(),
-            data_rng: state.data_rng,
-            noise_rng: state.noise_rng,
-        };
-        state.permutation = permutation.as_ref().clone();
-        let (gnet, d) = std::thread::scope(|scope| -> Result<(G, G::D), TrainError> {
-            let (mut gnet, mut d) = (gnet, d);
-            let batches = Prefetcher::spawn(scope, plan, cursor, total.saturating_sub(state.step));
-            while state.step < total {
-                let t0 = Instant::now();
-                let prepared = batches.next()?;
-                // Adopt the cursor after this batch: a checkpoint counts the batches steps used.
-                state.epoch = prepared.epoch;
-                state.next_batch = prepared.after.next_batch;
-                state.data_rng = prepared.after.data_rng;
-                state.noise_rng = prepared.after.noise_rng;
-                if !std::sync::Arc::ptr_eq(&permutation, &prepared.after.permutation) {
-                    permutation = prepared.after.permutation.clone();
-                    state.permutation = permutation.as_ref().clone();
-                }
-                state.lr_halvings = lr_halvings(state.epoch, cfg.lr_decay_epochs);
-                let factor = 0.5f64.powi(state.lr_halvings as i32);
-                let (lr_g, lr_d) = (cfg.lr_g * factor, cfg.lr_d * factor);
-                let step = state.step + 1;
-                let inputs = StepInputs {
-                    host: prepared.host,
-                    noise: prepared.noise,
-                    eps: prepared.eps,
-                    variant: cfg.variant,
-                    net,
-                    step,
-                    kl_coeff: cfg.kl_coeff,
-                    precision: cfg.precision,
-                };
-                // A backend failure inside the step (LibTorch raises out-of-memory as a panic)
-                // becomes an error naming the batch size; the last checkpoint stays intact.
-                let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    train_step(
-                        gnet,
-                        d,
-                        &mut opt_g,
-                        &mut opt_d,
-                        (lr_g, lr_d),
-                        inputs,
-                        &device,
-                        world,
-                    )
-                }));
-                let (losses, sync_s);
-                (gnet, d, losses, sync_s) = match stepped {
-                    Ok(result) => result?,
-                    Err(payload) => {
-                        let message = payload
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                            .unwrap_or_else(|| "the backend panicked".into());
-                        return Err(TrainError::StepFailed {
-                            step,
-                            batch_size: batch,
-                            message,
-                        });
-                    }
-                };
-
-                state.step = step;
-                let step_s = t0.elapsed().as_secs_f64();
-                let m = StepMetrics {
-                    step,
-                    epoch: state.epoch,
-                    d_loss: losses.d_loss,
-                    d_real: losses.d_real,
-                    d_wrong: losses.d_wrong,
-                    d_fake: losses.d_fake,
-                    d_uncond_real: losses.d_uncond.map(|u| u.0),
-                    d_uncond_fake: losses.d_uncond.map(|u| u.1),
-                    g_loss: losses.g_loss,
-                    g_adv: losses.g_adv,
-                    kl: losses.kl,
-                    lr_g,
-                    lr_d,
-                    step_ms: step_s * 1e3,
-                    images_per_s: batch as f64 / step_s.max(1e-9),
-                    sync_ms: (ranks > 1).then_some(sync_s * 1e3),
-                };
-                if let Some(writer) = metrics.as_mut() {
-                    writer.append(&m)?;
-                }
-                if root && cfg.log_every > 0 && step % cfg.log_every == 0 {
-                    tracing::info!(
-                        step,
-                        epoch = state.epoch,
-                        d_loss = m.d_loss,
-                        g_loss = m.g_loss,
-                        kl = m.kl,
-                        lr_g,
-                        ms = m.step_ms,
-                        "{}",
-                        G::STAGE
-                    );
-                }
-                last_metrics = Some(m);
-                if let Some(sampler) = &sampler
-                    && cfg.sample_every > 0
-                    && step % cfg.sample_every == 0
-                {
-                    sampler.write(&gnet, out_dir, step, &infer_device)?;
-                }
-                progress.advance(1);
-                // Every rank must leave at the same step: a stop asked of any rank stops them all.
-                let stop_now = world.any(stop.load(Ordering::SeqCst));
-                let at_interval = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0;
-                if root && (at_interval || stop_now || step == total) {
-                    last_checkpoint = Some(save_checked(
-                        out_dir, &state, &gnet, &d, &opt_g, &opt_d, cfg,
-                    )?);
-                }
-                if stop_now && step < total {
-                    tracing::info!(step, "stop requested: checkpoint written, leaving");
-                    stopped = true;
-                    break;
-                }
-            }
-            Ok((gnet, d))
-        })?;
+        progress.advance(session.state.step.min(total));
+        let (gnet, d) = session.run_loop(gnet, d, progress, stop)?;
         progress.finish();
-        if root && !stopped && state.step >= total {
+        if self.world.is_root() && !session.stopped && session.state.step >= total {
             // Final weights with the reference names.
-            gnet.export(&d, out_dir)?;
+            gnet.export(&d, self.out_dir)?;
         }
-        Ok(TrainSummary {
-            stage: G::STAGE.into(),
-            steps: state.step,
-            total_steps: total,
-            epoch: state.epoch,
-            stopped,
-            resumed_from,
-            last_checkpoint,
-            last_metrics,
-            network: net,
-            ranks,
-        })
+        Ok(session.summary::<G>())
     }
 
     /// `config.json`: the configuration this run actually uses.
@@ -660,406 +396,315 @@ impl Run<'_> {
         chatpainter_artifacts::write_atomic(self.out_dir.join(RESOLVED_CONFIG_FILE), &json)?;
         Ok(())
     }
+}
 
-    /// Rank 0: the newest intact checkpoint's state (damaged newer ones set aside), or a fresh
-    /// start. The other ranks get theirs from rank 0 ([`share_root_state`]).
-    fn start<G: StageGenerator>(&self, gnet: G, d: G::D, n: usize) -> Result<Start<G>, TrainError> {
-        let cfg = self.cfg;
-        let (opt_g, opt_d) = (adam(cfg), adam(cfg));
-        let resume_from = if self.world.is_root() {
-            checkpoint::remove_partial(self.out_dir)?;
-            checkpoint::latest_intact(self.out_dir)?
-        } else {
-            None
-        };
-        let Some(dir) = resume_from else {
-            let mut data_rng = Xoshiro256::new(cfg.seed, STREAM_DATA);
-            let mut permutation: Vec<u32> = (0..n as u32).collect();
-            Layout::new(self.data, cfg.variant, WINDOW_BYTES)
-                .shuffle(&mut permutation, &mut data_rng);
-            let state = TrainState {
-                format: CHECKPOINT_FORMAT,
-                step: 0,
-                epoch: 0,
-                next_batch: 0,
-                permutation,
-                data_rng,
-                noise_rng: Xoshiro256::new(cfg.seed, STREAM_NOISE),
-                lr_halvings: 0,
-                config: cfg.clone(),
-                network: self.net,
-                world_size: self.world.size(),
-            };
-            return Ok(Start {
-                gnet,
-                d,
-                opt_g,
-                opt_d,
-                state,
-                resumed_from: None,
-            });
-        };
-        let st = checkpoint::read_state(&dir)?;
-        check_resumable(&dir, &st, cfg, &self.net, n)?;
-        let (gnet, d, opt_g, opt_d) = checkpoint::load_tensors(&dir, gnet, d, opt_g, opt_d)?;
-        tracing::info!(step = st.step, checkpoint = %dir.display(), "resuming {}", G::STAGE);
-        let ranks = self.world.size();
-        if st.world_size != ranks {
-            let message = format!(
-                "{}: resuming step {} written by {} rank(s) with {ranks} rank(s): the global \
-                 batch ({}) and its order are unchanged, each rank now takes {} images per step",
-                G::STAGE,
-                st.step,
-                st.world_size,
-                cfg.batch_size,
-                cfg.batch_size / ranks
-            );
-            tracing::info!("{message}");
+/// What one session of a run (this process, this rank) carries from step to step.
+struct Session<'r> {
+    run: &'r Run<'r>,
+    schedule: Schedule,
+    /// Where this rank trains, and where sample sheets are drawn.
+    device: Device,
+    infer_device: Device,
+    opt_g: ModuleOptimizer,
+    opt_d: ModuleOptimizer,
+    /// The loop state a checkpoint saves; it counts the batches steps consumed.
+    state: TrainState,
+    /// The data order `state.permutation` copies, shared with the prefetcher's cursors.
+    permutation: Arc<Vec<u32>>,
+    resumed_from: Option<u64>,
+    /// Rank 0's writers; the other ranks have none.
+    metrics: Option<MetricsWriter>,
+    sampler: Option<Sampler>,
+    last_checkpoint: Option<PathBuf>,
+    last_metrics: Option<StepMetrics>,
+    stopped: bool,
+    /// Rank 0's state as the other ranks loaded it (read lazily): kept for the whole session.
+    _scratch: Option<Scratch>,
+}
+
+impl<'r> Session<'r> {
+    /// Checks the data and device, writes `config.json` (rank 0), builds the networks with
+    /// `init`, starts them fresh or from the newest intact checkpoint (rank 0's start on every
+    /// rank) and opens rank 0's writers.
+    fn open<G: StageGenerator>(
+        run: &'r Run<'r>,
+        init: impl Fn(&Device) -> Result<(G, G::D), TrainError>,
+    ) -> Result<(Self, G, G::D), TrainError> {
+        let (cfg, data, world) = (run.cfg, run.data, run.world);
+        data.check_variant(cfg.variant)?;
+        let choice = cfg.device.for_local_rank(world.local_rank());
+        // A `cuda:N` this machine lacks panics inside tch on first use; fail cleanly first.
+        choice.probe()?;
+        let schedule = Schedule::new(cfg, data.len(), world)?;
+        let root = world.is_root();
+        if root {
+            run.write_resolved_config::<G>(schedule.steps_per_epoch, schedule.total)?;
         }
-        Ok(Start {
-            gnet: gnet.after_load(),
+        let (device, infer_device) = choice.devices();
+        let (gnet, d) = init(&device)?;
+        let start = resume::start(run, gnet, d)?;
+        let (start, scratch) = data_parallel::share_start(world, start)?;
+        let Start {
+            gnet,
             d,
             opt_g,
             opt_d,
-            resumed_from: Some(st.step),
-            state: st,
-        })
-    }
-}
-
-/// Rank 0's [`Start`] on every rank: rank 0 writes its state as a checkpoint into a scratch
-/// directory and broadcasts the files; the others load them. Loading restores rank 0's
-/// parameter ids too, so the optimiser moments line up with the parameters. Burn reads a loaded
-/// record's tensors lazily, on first use, so the receiving ranks keep their copy (the returned
-/// [`Scratch`]) for the whole session.
-fn share_root_state<G: StageGenerator>(
-    world: &World,
-    start: Start<G>,
-) -> Result<(Start<G>, Scratch), TrainError> {
-    let scratch = Scratch::new(world)?;
-    let bytes = if world.is_root() {
-        checkpoint::write_into(
-            &scratch.0,
-            &start.state,
-            &start.gnet,
-            &start.d,
-            &start.opt_g,
-            &start.opt_d,
-        )?;
-        checkpoint::pack(&scratch.0)?
-    } else {
-        Vec::new()
-    };
-    let bytes = world.broadcast_bytes(bytes);
-    if world.is_root() {
-        return Ok((start, scratch));
-    }
-    checkpoint::unpack(&bytes, &scratch.0)?;
-    let state = checkpoint::read_state(&scratch.0)?;
-    let (gnet, d, opt_g, opt_d) =
-        checkpoint::load_tensors(&scratch.0, start.gnet, start.d, start.opt_g, start.opt_d)?;
-    let start = Start {
-        gnet: gnet.after_load(),
-        d,
-        opt_g,
-        opt_d,
-        resumed_from: (state.step > 0).then_some(state.step),
-        state,
-    };
-    Ok((start, scratch))
-}
-
-/// A rank's private scratch directory under the system's temporary folder, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(world: &World) -> Result<Self, TrainError> {
-        let dir = std::env::temp_dir().join(format!(
-            "chatpainter-rank{}-{}",
-            world.rank(),
-            std::process::id()
-        ));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-        }
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Refuses to resume from a checkpoint of another configuration or data set.
-fn check_resumable(
-    dir: &Path,
-    st: &TrainState,
-    cfg: &TrainConfig,
-    net: &ResolvedNetwork,
-    n: usize,
-) -> Result<(), TrainError> {
-    if st.config.resume_key() != cfg.resume_key() || st.network != *net {
-        return Err(TrainError::ResumeMismatch {
-            checkpoint: dir.to_path_buf(),
-            detail: format!(
-                "checkpoint config {:?} / network {:?}, requested {:?} / {:?}",
-                st.config.resume_key(),
-                st.network,
-                cfg.resume_key(),
-                net
-            ),
-        });
-    }
-    let mut seen = vec![false; n];
-    let is_permutation = st.permutation.len() == n
-        && st.permutation.iter().all(|&i| {
-            let fresh = seen.get(i as usize).is_some_and(|s| !s);
-            if fresh {
-                seen[i as usize] = true;
-            }
-            fresh
-        });
-    if !is_permutation {
-        return Err(TrainError::ResumeMismatch {
-            checkpoint: dir.to_path_buf(),
-            detail: format!(
-                "the checkpoint's data order ({} entries) is not a permutation of the {n} images",
-                st.permutation.len()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// The host-side inputs of one optimiser step.
-pub(crate) struct StepInputs {
-    pub host: HostBatch,
-    pub noise: Vec<f32>,
-    /// One `[B, cond_dim]` block per CA draw.
-    pub eps: Vec<Vec<f32>>,
-    pub variant: Variant,
-    pub net: ResolvedNetwork,
-    pub step: u64,
-    pub kl_coeff: f64,
-    pub precision: Precision,
-}
-
-impl StepInputs {
-    /// The batch, noise and CA eps as tensors on `device`, in the compute precision.
-    fn into_device(self, device: &Device) -> (DeviceBatch, Tensor<2>, Vec<Tensor<2>>) {
-        let (rows, p) = (self.host.size, self.precision);
-        let b = DeviceBatch::new(self.host, self.variant, &self.net, device).cast(p);
-        let z = p.input(tensor2(self.noise, [rows, self.net.z_dim], device));
-        let eps = self
-            .eps
-            .into_iter()
-            .map(|e| p.input(tensor2(e, [rows, self.net.cond_dim], device)))
-            .collect();
-        (b, z, eps)
-    }
-}
-
-/// One D update then one G update on this rank's share of the batch, each gradient averaged
-/// over the ranks before its optimiser step. Returns the updated networks, the logged terms
-/// (means over the ranks, so every rank's NaN guard decides alike) and the seconds spent in
-/// collectives.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn train_step<G: StageGenerator>(
-    gnet: G,
-    d: G::D,
-    opt_g: &mut ModuleOptimizer,
-    opt_d: &mut ModuleOptimizer,
-    (lr_g, lr_d): (f64, f64),
-    inputs: StepInputs,
-    device: &Device,
-    world: &World,
-) -> Result<(G, G::D, StepLosses, f64), TrainError> {
-    let (step, kl_coeff, precision) = (inputs.step, inputs.kl_coeff, inputs.precision);
-    let (b, z, eps) = inputs.into_device(device);
-    let mut synced = 0.0;
-    // D phase: G forward, D loss on real / wrong / detached fake. The networks compute in the
-    // step's precision; the gradients land on the f32 parameters of `gnet` and `d`.
-    let out = precision
-        .compute(&gnet)
-        .generate(b.captions, &b.dialogue, z, eps)?;
-    let dl = discriminator_loss(
-        &precision.compute(&d),
-        b.real,
-        out.fake.clone(),
-        out.mu.clone(),
-    )?;
-    let has_uncond = dl.uncond_real.is_some();
-    let mut terms = match (&dl.uncond_real, &dl.uncond_fake) {
-        (Some(ur), Some(uf)) => scalars([&dl.total, &dl.real, &dl.wrong, &dl.fake, ur, uf]),
-        _ => {
-            let [t, r, w, f] = scalars([&dl.total, &dl.real, &dl.wrong, &dl.fake]);
-            [t, r, w, f, 0.0, 0.0]
-        }
-    };
-    let grads = GradientsParams::from_grads(dl.total.backward(), &d);
-    let t0 = Instant::now();
-    let grads = world.average_gradients(grads, &d);
-    world.mean_f64(&mut terms);
-    synced += t0.elapsed().as_secs_f64();
-    let [d_loss, d_real, d_wrong, d_fake, uncond_real, uncond_fake] = terms;
-    let d_uncond = has_uncond.then_some((uncond_real, uncond_fake));
-    let mut checks = vec![
-        ("d_loss", d_loss),
-        ("d_real", d_real),
-        ("d_wrong", d_wrong),
-        ("d_fake", d_fake),
-    ];
-    if let Some((ur, uf)) = d_uncond {
-        checks.extend([("d_uncond_real", ur), ("d_uncond_fake", uf)]);
-    }
-    guard(step, &checks)?;
-    let d = opt_d.step(lr_d, d, grads);
-    // G phase: the same fakes through the updated D (no new G forward).
-    let gl = generator_loss(
-        &precision.compute(&d),
-        out.fake,
-        out.mu,
-        out.logvar,
-        kl_coeff,
-    );
-    let mut terms = scalars([&gl.total, &gl.adversarial, &gl.kl]);
-    let grads = GradientsParams::from_grads(gl.total.backward(), &gnet);
-    let t0 = Instant::now();
-    let grads = world.average_gradients(grads, &gnet);
-    world.mean_f64(&mut terms);
-    synced += t0.elapsed().as_secs_f64();
-    let [g_loss, g_adv, kl] = terms;
-    guard(step, &[("g_loss", g_loss), ("g_adv", g_adv), ("kl", kl)])?;
-    let gnet = opt_g.step(lr_g, gnet, grads);
-    let losses = StepLosses {
-        d_loss,
-        d_real,
-        d_wrong,
-        d_fake,
-        d_uncond,
-        g_loss,
-        g_adv,
-        kl,
-    };
-    Ok((gnet, d, losses, synced))
-}
-
-/// Refuses to checkpoint non-finite weights (the previous checkpoint stays the last good one).
-fn save_checked<G: StageGenerator>(
-    out_dir: &Path,
-    state: &TrainState,
-    gnet: &G,
-    d: &G::D,
-    opt_g: &ModuleOptimizer,
-    opt_d: &ModuleOptimizer,
-    cfg: &TrainConfig,
-) -> Result<PathBuf, TrainError> {
-    for (net, bad) in [("G", first_non_finite(gnet)), ("D", first_non_finite(d))] {
-        if let Some((path, value)) = bad {
-            return Err(TrainError::NonFinite {
-                step: state.step,
-                what: format!("{net} weight `{path}`"),
-                value: f64::from(value),
-            });
-        }
-    }
-    checkpoint::save(out_dir, state, gnet, d, opt_g, opt_d, cfg.keep_checkpoints)
-}
-
-/// Fixed conditions, noise and CA eps for sample sheets (derived from the seed, never from the
-/// training streams, so sampling does not change the training run).
-struct Sampler {
-    count: usize,
-    real: Vec<f32>,
-    host: HostBatch,
-    noise: Vec<f32>,
-    eps: Vec<Vec<f32>>,
-    variant: Variant,
-    net: ResolvedNetwork,
-}
-
-impl Sampler {
-    fn new<G: StageGenerator>(
-        cfg: &TrainConfig,
-        data: &dyn TrainSource,
-        net: &ResolvedNetwork,
-        text_stats: Option<&TextStats>,
-    ) -> Result<Self, TrainError> {
-        let count = cfg.sample_count.clamp(1, data.len());
-        let mut host = first_items_batch(data, cfg.variant, count)?;
-        if let Some(stats) = text_stats {
-            stats.apply_batch(&mut host);
-        }
-        let mut rng = Xoshiro256::new(cfg.seed, STREAM_SAMPLES);
-        Ok(Self {
-            count,
-            real: host.images.clone(),
-            noise: rng.normals(count * net.z_dim),
-            eps: (0..G::CA_DRAWS)
-                .map(|_| rng.normals(count * net.cond_dim))
-                .collect(),
-            host,
-            variant: cfg.variant,
-            net: *net,
-        })
-    }
-
-    /// G on the fixed inputs, its BatchNorms normalising with the sheet's own batch statistics
-    /// (as the reference, which draws sheets in train mode; the running statistics are neither
-    /// used nor changed): real | (Stage-I image, in Stage-II) | generated.
-    fn write<G: StageGenerator>(
-        &self,
-        gnet: &G,
-        out_dir: &Path,
-        step: u64,
-        device: &Device,
-    ) -> Result<(), TrainError> {
-        let g = gnet.valid();
-        let n = self.count;
-        let b = DeviceBatch::new(self.host.clone(), self.variant, &self.net, device);
-        let noise = tensor2(self.noise.clone(), [n, self.net.z_dim], device);
-        let eps = self
-            .eps
-            .iter()
-            .map(|e| tensor2(e.clone(), [n, self.net.cond_dim], device))
-            .collect();
-        // Batch statistics, as the reference's train-mode sheets (running statistics untouched).
-        let out = chatpainter_nn::blocks::with_batch_statistics(|| {
-            g.generate(b.captions, &b.dialogue, noise, eps)
-        })?;
-        let host = |t: Tensor<4>| -> (usize, Vec<f32>) {
-            (t.dims()[3], t.into_data().iter::<f32>().collect())
+            mut state,
+            resumed_from,
+        } = start;
+        state.config = cfg.clone();
+        state.world_size = world.size();
+        let metrics = root
+            .then(|| MetricsWriter::open(run.out_dir, state.step))
+            .transpose()?;
+        let sampler = root
+            .then(|| Sampler::new::<G>(cfg, data, &run.net, run.text_stats.as_ref()))
+            .transpose()?;
+        let last_checkpoint = if root {
+            checkpoint::latest(run.out_dir)?
+        } else {
+            None
         };
-        let crop = self.host.crop;
-        let mut columns = vec![(crop, self.real.clone())];
-        if let Some(s1) = out.stage1_img {
-            columns.push(host(s1));
+        let permutation = Arc::new(std::mem::take(&mut state.permutation));
+        state.permutation = permutation.as_ref().clone();
+        let session = Self {
+            run,
+            schedule,
+            device,
+            infer_device,
+            opt_g,
+            opt_d,
+            state,
+            permutation,
+            resumed_from,
+            metrics,
+            sampler,
+            last_checkpoint,
+            last_metrics: None,
+            stopped: false,
+            _scratch: scratch,
+        };
+        Ok((session, gnet, d))
+    }
+
+    /// Steps until the step limit or a stop, with the batches prepared on a background thread.
+    fn run_loop<G: StageGenerator>(
+        &mut self,
+        gnet: G,
+        d: G::D,
+        progress: &dyn Progress,
+        stop: &AtomicBool,
+    ) -> Result<(G, G::D), TrainError> {
+        let (run, total) = (self.run, self.schedule.total);
+        let plan = Plan {
+            source: run.data,
+            variant: run.cfg.variant,
+            text_stats: run.text_stats.as_ref(),
+            batch: self.schedule.batch,
+            rows: self.schedule.rows.clone(),
+            steps_per_epoch: self.schedule.steps_per_epoch,
+            flip: run.cfg.flip,
+            z_dim: run.net.z_dim,
+            cond_dim: run.net.cond_dim,
+            ca_draws: G::CA_DRAWS,
+            window_bytes: WINDOW_BYTES,
+        };
+        let cursor = Cursor {
+            epoch: self.state.epoch,
+            next_batch: self.state.next_batch,
+            permutation: self.permutation.clone(),
+            data_rng: self.state.data_rng,
+            noise_rng: self.state.noise_rng,
+        };
+        let remaining = total.saturating_sub(self.state.step);
+        std::thread::scope(|scope| -> Result<(G, G::D), TrainError> {
+            let (mut gnet, mut d) = (gnet, d);
+            let batches = Prefetcher::spawn(scope, plan, cursor, remaining);
+            while self.state.step < total {
+                let t0 = Instant::now();
+                let (lrs, inputs) = self.adopt(batches.next()?);
+                let stepped = self.guarded_step(gnet, d, lrs, inputs)?;
+                (gnet, d) = (stepped.gnet, stepped.d);
+                self.state.step += 1;
+                self.record::<G>(
+                    &stepped.losses,
+                    lrs,
+                    t0.elapsed().as_secs_f64(),
+                    stepped.sync_s,
+                )?;
+                if self.after_step(&gnet, &d, progress, stop)? {
+                    break;
+                }
+            }
+            Ok((gnet, d))
+        })
+    }
+
+    /// Adopts the cursor after `prepared` (a checkpoint counts the batches steps used) and
+    /// returns the next step's learning rates `(lr_g, lr_d)` and inputs.
+    fn adopt(&mut self, prepared: Prepared) -> ((f64, f64), StepInputs) {
+        let state = &mut self.state;
+        state.epoch = prepared.epoch;
+        state.next_batch = prepared.after.next_batch;
+        state.data_rng = prepared.after.data_rng;
+        state.noise_rng = prepared.after.noise_rng;
+        if !Arc::ptr_eq(&self.permutation, &prepared.after.permutation) {
+            self.permutation = prepared.after.permutation.clone();
+            state.permutation = self.permutation.as_ref().clone();
         }
-        columns.push(host(out.fake));
-        let views: Vec<SheetColumn<'_>> = columns
-            .iter()
-            .map(|(side, values)| SheetColumn {
-                side: *side,
-                values,
+        state.lr_halvings = self.schedule.lr_halvings(state.epoch);
+        let cfg = self.run.cfg;
+        let inputs = StepInputs {
+            host: prepared.host,
+            noise: prepared.noise,
+            eps: prepared.eps,
+            variant: cfg.variant,
+            net: self.run.net,
+            step: state.step + 1,
+            kl_coeff: cfg.kl_coeff,
+            precision: cfg.precision,
+        };
+        (self.schedule.learning_rates(state.lr_halvings), inputs)
+    }
+
+    /// [`train_step`]; a backend failure inside it (LibTorch raises out-of-memory as a panic)
+    /// becomes an error naming the batch size; the last checkpoint stays intact.
+    fn guarded_step<G: StageGenerator>(
+        &mut self,
+        gnet: G,
+        d: G::D,
+        (lr_g, lr_d): (f64, f64),
+        inputs: StepInputs,
+    ) -> Result<Stepped<G>, TrainError> {
+        let step = inputs.step;
+        let opt = Optimizers {
+            g: &mut self.opt_g,
+            d: &mut self.opt_d,
+            lr_g,
+            lr_d,
+        };
+        let (device, world) = (&self.device, self.run.world);
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            train_step(gnet, d, opt, inputs, device, world)
+        }));
+        stepped.unwrap_or_else(|payload| {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "the backend panicked".into());
+            Err(TrainError::StepFailed {
+                step,
+                batch_size: self.schedule.batch,
+                message,
             })
-            .collect();
-        let png = sample_sheet_png(&views, n)?;
-        let path = out_dir
-            .join(SAMPLES_DIR)
-            .join(format!("{}.png", checkpoint::dir_name(step)));
-        chatpainter_artifacts::write_atomic(path, &png)?;
+        })
+    }
+
+    /// The finished step's line of `metrics.jsonl` (rank 0 writes it) and, at the log interval,
+    /// of the log.
+    fn record<G: StageGenerator>(
+        &mut self,
+        losses: &StepLosses,
+        (lr_g, lr_d): (f64, f64),
+        step_s: f64,
+        sync_s: f64,
+    ) -> Result<(), TrainError> {
+        let (step, ranks) = (self.state.step, self.run.world.size());
+        let (dl, gl) = (losses.d, losses.g);
+        let m = StepMetrics {
+            step,
+            epoch: self.state.epoch,
+            d_loss: dl.total,
+            d_real: dl.real,
+            d_wrong: dl.wrong,
+            d_fake: dl.fake,
+            d_uncond_real: dl.uncond.map(|u| u.real),
+            d_uncond_fake: dl.uncond.map(|u| u.fake),
+            g_loss: gl.total,
+            g_adv: gl.adversarial,
+            kl: gl.kl,
+            lr_g,
+            lr_d,
+            step_ms: step_s * 1e3,
+            images_per_s: self.schedule.batch as f64 / step_s.max(1e-9),
+            sync_ms: (ranks > 1).then_some(sync_s * 1e3),
+        };
+        if let Some(writer) = self.metrics.as_mut() {
+            writer.append(&m)?;
+        }
+        if self.run.world.is_root() && self.schedule.logs(step) {
+            tracing::info!(
+                step,
+                epoch = m.epoch,
+                d_loss = m.d_loss,
+                g_loss = m.g_loss,
+                kl = m.kl,
+                lr_g,
+                ms = m.step_ms,
+                "{}",
+                G::STAGE
+            );
+        }
+        self.last_metrics = Some(m);
         Ok(())
+    }
+
+    /// The sample sheet, progress, checkpoint and stop flag after a step; true when the session
+    /// leaves (stopped before the step limit).
+    fn after_step<G: StageGenerator>(
+        &mut self,
+        gnet: &G,
+        d: &G::D,
+        progress: &dyn Progress,
+        stop: &AtomicBool,
+    ) -> Result<bool, TrainError> {
+        let (run, step) = (self.run, self.state.step);
+        if let Some(sampler) = &self.sampler
+            && self.schedule.samples(step)
+        {
+            sampler.write(gnet, run.out_dir, step, &self.infer_device)?;
+        }
+        progress.advance(1);
+        // Every rank must leave at the same step: a stop asked of any rank stops them all.
+        let stop_now = run.world.any(stop.load(Ordering::SeqCst));
+        if run.world.is_root() && self.schedule.checkpoints(step, stop_now) {
+            let (state, opt_g, opt_d) = (&self.state, &self.opt_g, &self.opt_d);
+            let saved = save_checked(run.out_dir, state, gnet, d, opt_g, opt_d, run.cfg)?;
+            self.last_checkpoint = Some(saved);
+        }
+        if stop_now && step < self.schedule.total {
+            tracing::info!(step, "stop requested: checkpoint written, leaving");
+            self.stopped = true;
+        }
+        Ok(self.stopped)
+    }
+
+    fn summary<G: StageGenerator>(self) -> TrainSummary {
+        TrainSummary {
+            stage: G::STAGE.into(),
+            steps: self.state.step,
+            total_steps: self.schedule.total,
+            epoch: self.state.epoch,
+            stopped: self.stopped,
+            resumed_from: self.resumed_from,
+            last_checkpoint: self.last_checkpoint,
+            last_metrics: self.last_metrics,
+            network: self.run.net,
+            ranks: self.run.world.size(),
+        }
     }
 }
 
 #[cfg(all(test, feature = "mpi"))]
 mod tests {
     use super::*;
-    use crate::config::TrainConfig;
+    use crate::config::{TrainConfig, Variant};
+    use crate::data::HostBatch;
     use crate::export::tensor_values;
+    use crate::precision::Precision;
     use crate::ranks::mpirun;
+    use crate::rng::Xoshiro256;
     use burn::module::Module;
 
     const TEST: &str = "trainer::tests::two_mpi_ranks_equal_one_rank";
@@ -1162,19 +807,15 @@ mod tests {
             let (mut og, mut od) = (sgd(), sgd());
             let mut losses = Vec::new();
             for _ in 0..2 {
-                let l;
-                (g, d, l, _) = train_step(
-                    g,
-                    d,
-                    &mut og,
-                    &mut od,
-                    (0.05, 0.05),
-                    inputs(rows),
-                    &device,
-                    w,
-                )
-                .expect("step");
-                losses.push((l.d_loss, l.g_loss));
+                let opt = Optimizers {
+                    g: &mut og,
+                    d: &mut od,
+                    lr_g: 0.05,
+                    lr_d: 0.05,
+                };
+                let s = train_step(g, d, opt, inputs(rows), &device, w).expect("step");
+                (g, d) = (s.gnet, s.d);
+                losses.push((s.losses.d.total, s.losses.g.total));
             }
             (tensor_values(&g.valid()), tensor_values(&d.valid()), losses)
         };

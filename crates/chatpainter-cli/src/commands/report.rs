@@ -4,10 +4,11 @@
 
 use anyhow::{Context, Result};
 use chatpainter_artifacts::digest::sha256_json;
-use chatpainter_artifacts::{StageKey, StageOutput, run_stage};
+use chatpainter_artifacts::{StageKey, StageOutput};
 use chatpainter_report::{Inputs, REPORT_FILE, REPORT_STAGE};
 
-use crate::{StageArgs, load, report_outcome, ui};
+use super::stage::{StageRunner, load};
+use crate::StageArgs;
 
 /// `chatpainter report --pipeline P --run R`. Works on any run, whichever stages it has: the
 /// `[report]` table is optional and absent stages are listed as not run.
@@ -23,18 +24,14 @@ pub fn report(args: &StageArgs) -> Result<()> {
     }
     // The page shows the resolved pipeline, so it is part of what the page is made from.
     let pipeline_toml = toml::to_string(&pipeline).context("serialising the resolved pipeline")?;
-    let dir = run.create_stage(REPORT_STAGE)?;
-    ui::init_logging(Some(&dir.join("log.txt")))?;
+    let stage = StageRunner::create(&run, REPORT_STAGE, args.force)?;
     let key = StageKey {
         config_digest: sha256_json(&(&cfg, &pipeline_toml)),
         inputs_digest: String::new(),
         upstream: chatpainter_report::upstream_digests(run.root())?,
     };
-    let outcome = run_stage(
-        &dir,
-        REPORT_STAGE,
+    stage.run(
         &key,
-        args.force,
         &toml::to_string(&cfg)?,
         |dir| -> Result<StageOutput> {
             let report = chatpainter_report::build(&Inputs {
@@ -66,7 +63,6 @@ pub fn report(args: &StageArgs) -> Result<()> {
             })
         },
     )?;
-    report_outcome(REPORT_STAGE, &dir, &outcome);
     tracing::info!("report: {:.2} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -1,25 +1,23 @@
-//! `chatpainter eval` (the eval stage), `chatpainter eval-folder` and `chatpainter bench eval`.
+//! `chatpainter eval` (the eval stage), `eval-folder`, `score-scenes` and `bench eval`.
 //! The work is in `chatpainter_eval`; this module wires config, the artifact contract, logging
 //! and the progress bar.
 
 use anyhow::{Context, Result, anyhow};
 use chatpainter_artifacts::digest::sha256_json;
-use chatpainter_artifacts::{BenchRow, Manifest, OutputFile, StageKey, StageOutput, run_stage};
+use chatpainter_artifacts::{BenchRow, Manifest, OutputFile, StageKey, StageOutput};
 use chatpainter_eval::score::{BackboneChoice, ScoreSettings};
 use chatpainter_formats::metrics::{METRICS_FILE, MetricsFile};
 use chatpainter_train::TrainDevice;
 use clap::Args;
 use std::path::PathBuf;
 
-use crate::{StageArgs, load, report_outcome, ui, upstream_of};
+use super::stage::{StageRunner, load, table, upstream_of};
+use crate::{StageArgs, ui};
 
 /// `chatpainter eval --pipeline P --run R`.
 pub fn eval_stage(args: &StageArgs) -> Result<()> {
     let (pipeline, run) = load(args)?;
-    let cfg = pipeline
-        .eval
-        .clone()
-        .with_context(|| format!("{}: no [eval] table", args.pipeline.display()))?;
+    let cfg = table(args, &pipeline.eval, "eval")?;
     cfg.validate()
         .map_err(|e| anyhow!("{}: {e}", args.pipeline.display()))?;
     cfg.device
@@ -31,8 +29,7 @@ pub fn eval_stage(args: &StageArgs) -> Result<()> {
         &run,
         &[&format!("run:{generator}"), "run:embed", "run:ingest"],
     )?;
-    let dir = run.create_stage("eval")?;
-    ui::init_logging(Some(&dir.join("log.txt")))?;
+    let stage = StageRunner::create(&run, "eval", args.force)?;
     // Files read from outside the run are identified by their content.
     let mut inputs = Vec::new();
     for (key, path) in [
@@ -57,11 +54,8 @@ pub fn eval_stage(args: &StageArgs) -> Result<()> {
         upstream,
     };
     let bar = ui::Bar::new();
-    let outcome = run_stage(
-        &dir,
-        "eval",
+    stage.run_or_show(
         &key,
-        args.force,
         &toml::to_string(&cfg)?,
         |dir| -> Result<StageOutput> {
             let out = chatpainter_eval::stage::run_eval(&cfg, &run, dir, &bar)?;
@@ -83,14 +77,14 @@ pub fn eval_stage(args: &StageArgs) -> Result<()> {
                 seed: Some(cfg.seed),
             })
         },
+        |dir| {
+            let m = MetricsFile::read(&dir.join(METRICS_FILE))?;
+            print!("{}", m.summary());
+            Ok(())
+        },
     )?;
-    if matches!(outcome, chatpainter_artifacts::Outcome::Skipped) {
-        let m = MetricsFile::read(&dir.join(METRICS_FILE))?;
-        print!("{}", m.summary());
-    }
-    report_outcome("eval", &dir, &outcome);
     // The manifest is the stage's last write; make sure it is there.
-    Manifest::load(&dir)?;
+    Manifest::load(stage.dir())?;
     Ok(())
 }
 

@@ -15,20 +15,19 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use chatpainter_artifacts::BenchRow;
 use chatpainter_nn::{Stage1D, count_trainable};
+use chatpainter_train::config::{AdamSettings, ResolvedNetwork, TrainDevice, Variant};
+use chatpainter_train::data::HostBatch;
+use chatpainter_train::export::first_non_finite;
+use chatpainter_train::rng::Xoshiro256;
+use chatpainter_train::step::{self, Optimizers, StepInputs, train_step};
+use chatpainter_train::{Precision, Stage1Generator, TrainError, World};
 use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
-use crate::config::{AdamSettings, ResolvedNetwork, TrainDevice, Variant};
-use crate::data::HostBatch;
-use crate::export::first_non_finite;
-use crate::model::Stage1Generator;
-use crate::ranks::World;
-use crate::rng::Xoshiro256;
-use crate::trainer::{StepInputs, train_step};
+use crate::adam;
 
 /// Image side of Stage-I.
 const SIDE: usize = 64;
@@ -211,6 +210,20 @@ pub struct StepLosses {
     pub kl: f64,
 }
 
+impl From<step::StepLosses> for StepLosses {
+    fn from(l: step::StepLosses) -> Self {
+        Self {
+            d_loss: l.d.total,
+            d_real: l.d.real,
+            d_wrong: l.d.wrong,
+            d_fake: l.d.fake,
+            g_loss: l.g.total,
+            g_adv: l.g.adversarial,
+            kl: l.g.kl,
+        }
+    }
+}
+
 impl StepLosses {
     /// `(name, value)` pairs, in a fixed order.
     pub fn named(&self) -> [(&'static str, f64); 7] {
@@ -323,15 +336,11 @@ impl Trainee {
         } else {
             (gnet.fork(&train_device), d.fork(&train_device))
         };
-        let adam = AdamConfig::new()
-            .with_beta_1(setup.adam.beta1 as f32)
-            .with_beta_2(setup.adam.beta2 as f32)
-            .with_epsilon(setup.adam.eps as f32);
         Self {
             gnet,
             d,
-            opt_g: adam.init(),
-            opt_d: adam.init(),
+            opt_g: adam(&setup.adam),
+            opt_d: adam(&setup.adam),
             device: train_device,
             setup: setup.clone(),
         }
@@ -371,28 +380,18 @@ impl Trainee {
             net: s.net,
             step: 1,
             kl_coeff: s.kl_coeff,
-            precision: crate::precision::Precision::F32,
+            precision: Precision::F32,
         };
-        let (gnet, d, l, _) = train_step(
-            self.gnet.clone(),
-            self.d.clone(),
-            &mut self.opt_g,
-            &mut self.opt_d,
-            (s.lr, s.lr),
-            step_inputs,
-            &self.device,
-            &World::single(),
-        )?;
-        (self.gnet, self.d) = (gnet, d);
-        Ok(StepLosses {
-            d_loss: l.d_loss,
-            d_real: l.d_real,
-            d_wrong: l.d_wrong,
-            d_fake: l.d_fake,
-            g_loss: l.g_loss,
-            g_adv: l.g_adv,
-            kl: l.kl,
-        })
+        let opt = Optimizers {
+            g: &mut self.opt_g,
+            d: &mut self.opt_d,
+            lr_g: s.lr,
+            lr_d: s.lr,
+        };
+        let (gnet, d) = (self.gnet.clone(), self.d.clone());
+        let stepped = train_step(gnet, d, opt, step_inputs, &self.device, &World::single())?;
+        (self.gnet, self.d) = (stepped.gnet, stepped.d);
+        Ok(StepLosses::from(stepped.losses))
     }
 
     /// The first non-finite weight of G or D, as `(path, value)`.
@@ -676,7 +675,7 @@ pub fn bench_rows(devices: &[TrainDevice]) -> Result<Vec<BenchRow>, TrainError> 
         device.probe()?;
         let mut trainee = Trainee::new(&setup, device);
         let (timing, _) = time_steps(&mut trainee, warmup, steps)?;
-        let threads = format!("{}, {cpus} CPUs", crate::bench::intra_op_threads(device));
+        let threads = format!("{}, {cpus} CPUs", crate::step::intra_op_threads(device));
         let conditions = format!(
             "device {device}; {}; {threads}; median of {steps} steps after {warmup} warm-up",
             setup.describe()
@@ -746,5 +745,48 @@ mod tests {
         assert!(v[0].starts_with("kl:"), "{v:?}");
         b.g_loss = f64::NAN;
         assert_eq!(t.violations(&a, &b).len(), 2);
+    }
+}
+
+/// Stage-I on LibTorch CPU (`--features tch`; needs libtorch from `cargo xtask setup libtorch`,
+/// so plain `cargo test` does not build it): the same steps from the same weights and inputs
+/// give the same losses as flex.
+#[cfg(all(test, feature = "tch"))]
+mod tch_cpu {
+    use super::*;
+
+    #[test]
+    fn stage1_steps_on_libtorch_cpu_match_flex() {
+        let mut setup = StepSetup::smoke_recurrent(8);
+        setup.turns = 4;
+        setup.seed = 3;
+        let mut flex = Trainee::new(&setup, TrainDevice::Cpu);
+        let mut tch = Trainee::new(&setup, TrainDevice::TchCpu);
+        assert!(tch.device.is_autodiff());
+        let tol = Tolerance::for_device(TrainDevice::TchCpu);
+        let mut worst = Vec::new();
+        for step in 0..4u64 {
+            let inputs = HostInputs::random(&setup, step);
+            let a = flex.step(&inputs).expect("flex step");
+            let b = tch.step(&inputs).expect("tch step");
+            assert!(b.all_finite(), "{b:?}");
+            let (abs, rel) = max_diffs(&a, &b);
+            worst.push((abs, rel));
+            // Step 1 starts from identical weights: the kernels alone differ. Later steps also
+            // carry the weight differences that Adam's first updates amplify (an update is
+            // ≈ lr·sign(g) for any |g| ≫ ε, so a gradient near 0 whose sign differs moves a
+            // weight by up to 2·lr): allow 10× more.
+            let t = if step == 0 {
+                tol
+            } else {
+                Tolerance {
+                    rtol: tol.rtol * 10.0,
+                    atol: tol.atol * 10.0,
+                }
+            };
+            let v = t.violations(&a, &b);
+            assert!(v.is_empty(), "step {}: {v:?}", step + 1);
+        }
+        eprintln!("flex vs tch-cpu, max (abs, rel) loss difference per step: {worst:?}");
     }
 }

@@ -1,10 +1,9 @@
-//! Training benchmarks. Random weights and inputs: speed does not depend on them.
+//! Step benchmarks. Random weights and inputs: speed does not depend on them.
 //!
 //! - `chatpainter bench stage2` ([`stage2_rows`]): one Stage-II optimiser step (the trainer's own
 //!   step) and the memory it needs, at the paper's widths (`chatpainter` preset: Stage-I gf 128,
 //!   Stage-II gf 128 / df 64 / 4 residual blocks, caption-only, 1024-d captions) for a few batch
 //!   sizes, per device.
-//! - `chatpainter bench loader` ([`loader_rows`]): the batch preparation the loader does per core.
 //! - `chatpainter bench-step` ([`step_bench`]): one step of either stage at any widths, the JSON
 //!   the PyTorch reference `tests/reference/step_torch.py` prints too.
 
@@ -12,21 +11,20 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::AdamConfig;
 use burn::tensor::Tensor;
 use chatpainter_artifacts::BenchRow;
 use chatpainter_artifacts::bench::peak_rss_mib;
+use chatpainter_train::config::{ResolvedNetwork, Stage2Widths, TrainConfig, TrainDevice, Variant};
+use chatpainter_train::data::HostBatch;
+use chatpainter_train::rng::Xoshiro256;
+use chatpainter_train::step::{Optimizers, StepInputs, train_step};
+use chatpainter_train::{
+    Precision, Stage1Generator, Stage2Generator, StageGenerator, TrainError, World,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
-use crate::config::{ResolvedNetwork, Stage2Widths, TrainConfig, TrainDevice, Variant};
-use crate::data::HostBatch;
+use crate::adam;
 use crate::gpu_check::{HostInputs, StepSetup, Timing};
-use crate::model::{Stage1Generator, Stage2Generator, StageGenerator};
-use crate::precision::Precision;
-use crate::ranks::World;
-use crate::rng::Xoshiro256;
-use crate::trainer::{StepInputs, adam, train_step};
 
 /// Rows per device and batch size: median ms/step over `steps` after one warm-up step,
 /// images/s, and the process's peak RSS after that configuration (batch sizes run in increasing
@@ -52,7 +50,7 @@ pub fn stage2_rows(
         let (g1, _) = Stage1Generator::init(&s1, Variant::Stackgan, &dev, 0);
         let (mut g, mut d) = Stage2Generator::init(&net, Variant::Stackgan, g1, &dev, 0)?;
         for &batch in &batches {
-            let (mut opt_g, mut opt_d) = (adam(&cfg), adam(&cfg));
+            let (mut opt_g, mut opt_d) = (adam(&cfg.adam), adam(&cfg.adam));
             let mut rng = Xoshiro256::new(7, batch as u64);
             let mut times = Vec::with_capacity(steps);
             for i in 0..=steps {
@@ -77,17 +75,14 @@ pub fn stage2_rows(
                 };
                 let t0 = Instant::now();
                 // The step reads its losses back, so the device has finished when it returns.
-                let (g2, d2, _, _) = train_step(
-                    g,
-                    d,
-                    &mut opt_g,
-                    &mut opt_d,
-                    (2e-4, 2e-4),
-                    inputs,
-                    &dev,
-                    &World::single(),
-                )?;
-                (g, d) = (g2, d2);
+                let opt = Optimizers {
+                    g: &mut opt_g,
+                    d: &mut opt_d,
+                    lr_g: 2e-4,
+                    lr_d: 2e-4,
+                };
+                let stepped = train_step(g, d, opt, inputs, &dev, &World::single())?;
+                (g, d) = (stepped.gnet, stepped.d);
                 if i > 0 {
                     times.push(t0.elapsed().as_secs_f64() * 1e3);
                 }
@@ -121,130 +116,6 @@ pub fn stage2_rows(
         }
     }
     Ok(rows)
-}
-
-/// Step rates of one H200 that the loader must keep up with (images/s): Stage-I at batch 384,
-/// Stage-II at batch 64, as measured by the project's GPU check (not by this benchmark).
-pub const H200_STAGE1_IMAGES_PER_S: f64 = 1200.0;
-pub const H200_STAGE2_IMAGES_PER_S: f64 = 115.0;
-
-/// `chatpainter bench loader`: images/s one core prepares for each stage — Stage-I: 76→64
-/// random crop + flip + `[-1, 1]` from decoded pixels; Stage-II: PNG 304 decode + 256 crop —
-/// through the trainer's own batch assembly on a one-thread pool, and from that how many cores
-/// keep one and eight H200s fed. Pictures are synthetic (smooth colour fields plus noise, so
-/// their PNGs are photo-sized rather than trivially compressible); the conditions give the mean
-/// PNG size.
-///
-/// # Errors
-/// A thread pool that cannot be built; assembly errors.
-pub fn loader_rows(seconds: f64) -> Result<Vec<BenchRow>, TrainError> {
-    use crate::data::{Augment, BatchShape, Geometry, StoredImage, TrainItem, assemble_items};
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .map_err(|e| TrainError::Internal(format!("one-thread pool: {e}")))?;
-    let mut rows = Vec::new();
-    let stages = [
-        (
-            "stage1",
-            Geometry::STAGE1,
-            384usize,
-            H200_STAGE1_IMAGES_PER_S,
-        ),
-        ("stage2", Geometry::STAGE2, 64, H200_STAGE2_IMAGES_PER_S),
-    ];
-    for (stage, geometry, batch, gpu_rate) in stages {
-        let mut rng = Xoshiro256::new(11, geometry.load as u64);
-        let items: Vec<TrainItem> = (0..batch)
-            .map(|i| {
-                let rgb = synthetic_picture(geometry.load, i as u64, &mut rng);
-                let image = if geometry.keeps_decoded() {
-                    Ok(StoredImage::Rgb(rgb.into_raw()))
-                } else {
-                    chatpainter_formats::ingested::encode_png(&rgb)
-                        .map(StoredImage::Png)
-                        .map_err(|e| TrainError::Internal(format!("encoding a PNG: {e}")))
-                };
-                Ok(TrainItem {
-                    image_id: i as i64,
-                    image: image?,
-                    captions: vec![rng.normals(1024)],
-                    dialogue: None,
-                    turns: Vec::new(),
-                })
-            })
-            .collect::<Result<_, TrainError>>()?;
-        let png_kib = items
-            .iter()
-            .map(|it| match &it.image {
-                StoredImage::Png(p) => p.len() as f64 / 1024.0,
-                StoredImage::Rgb(_) => 0.0,
-            })
-            .sum::<f64>()
-            / batch as f64;
-        let refs: Vec<&TrainItem> = items.iter().collect();
-        let shape = BatchShape {
-            geometry,
-            dialogue_dim: 0,
-            turn_dim: 0,
-            max_turns: 0,
-        };
-        let (mut images, t0) = (0usize, Instant::now());
-        while images == 0 || t0.elapsed().as_secs_f64() < seconds {
-            let augs: Vec<Augment> = (0..batch)
-                .map(|_| Augment::draw(&mut rng, 1, geometry, true))
-                .collect();
-            let host = pool.install(|| assemble_items(&refs, shape, Variant::Stackgan, &augs))?;
-            images += host.size;
-        }
-        let per_core = images as f64 / t0.elapsed().as_secs_f64();
-        let what = if geometry.keeps_decoded() {
-            format!(
-                "{}→{} crop + flip from decoded pixels",
-                geometry.load, geometry.crop
-            )
-        } else {
-            format!(
-                "PNG {} decode + {} crop + flip (mean PNG {png_kib:.0} KiB)",
-                geometry.load, geometry.crop
-            )
-        };
-        rows.push(BenchRow::new(
-            format!("loader {stage} per core"),
-            per_core,
-            "images/s",
-            format!("{what}; batch {batch}, caption 1024-d, one thread"),
-        ));
-        for gpus in [1.0, 8.0] {
-            rows.push(BenchRow::new(
-                format!("loader {stage} cores for {gpus} H200"),
-                (gpus * gpu_rate / per_core).ceil(),
-                "cores",
-                format!(
-                    "to never starve {gpus} GPU(s) stepping at {gpu_rate} images/s each (given \
-                     H200 step rate, batch {batch}), at this machine's per-core rate; decoding \
-                     scales with cores, Parquet reads not counted"
-                ),
-            ));
-        }
-    }
-    Ok(rows)
-}
-
-/// A `side`-px picture: smooth colour gradients with per-pixel noise (±12).
-fn synthetic_picture(side: usize, seed: u64, rng: &mut Xoshiro256) -> image::RgbImage {
-    let phase = (seed % 17) as f32;
-    image::RgbImage::from_fn(side as u32, side as u32, |x, y| {
-        let (x, y) = (x as f32 / side as f32, y as f32 / side as f32);
-        let mut px = [0u8; 3];
-        for (c, v) in px.iter_mut().enumerate() {
-            let base =
-                127.0 + 100.0 * ((x * 6.0 + phase + c as f32) * (1.0 + y * 3.0)).sin() * y.cos();
-            let noise = rng.below(25) as f32 - 12.0;
-            *v = (base + noise).clamp(0.0, 255.0) as u8;
-        }
-        image::Rgb(px)
-    })
 }
 
 /// What `chatpainter bench-step` measures: one training step of either stage, at any widths,
@@ -328,11 +199,7 @@ fn time_stage<G: StageGenerator>(
 ) -> Result<StepBenchReport, TrainError> {
     let s = &o.setup;
     let (dev, _) = o.device.devices();
-    let adam = AdamConfig::new()
-        .with_beta_1(s.adam.beta1 as f32)
-        .with_beta_2(s.adam.beta2 as f32)
-        .with_epsilon(s.adam.eps as f32);
-    let (mut opt_g, mut opt_d) = (adam.init(), adam.init());
+    let (mut opt_g, mut opt_d) = (adam(&s.adam), adam(&s.adam));
     let (params_g, params_d) = (count_updated(&gnet), count_updated(&d));
     let mut step_ms = Vec::with_capacity(o.steps);
     let mut last = None;
@@ -341,25 +208,22 @@ fn time_stage<G: StageGenerator>(
         let step_inputs = random_inputs::<G>(s, &net, side, o.precision, 1 + (i % 2) as u64);
         let t0 = Instant::now();
         // The step reads its losses back, so the device has finished when it returns.
-        let (g2, d2, losses, _) = train_step(
-            gnet,
-            d,
-            &mut opt_g,
-            &mut opt_d,
-            (s.lr, s.lr),
-            step_inputs,
-            &dev,
-            &World::single(),
-        )?;
+        let opt = Optimizers {
+            g: &mut opt_g,
+            d: &mut opt_d,
+            lr_g: s.lr,
+            lr_d: s.lr,
+        };
+        let stepped = train_step(gnet, d, opt, step_inputs, &dev, &World::single())?;
         if i >= o.warmup {
             step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
         }
-        (gnet, d, last) = (g2, d2, Some(losses));
+        (gnet, d, last) = (stepped.gnet, stepped.d, Some(stepped.losses));
     }
     let timing = Timing::from_steps(o.warmup, step_ms, s.batch);
     let losses: BTreeMap<String, f64> = last
         .map(|l| {
-            [("d_loss", l.d_loss), ("g_loss", l.g_loss), ("kl", l.kl)]
+            [("d_loss", l.d.total), ("g_loss", l.g.total), ("kl", l.g.kl)]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect()

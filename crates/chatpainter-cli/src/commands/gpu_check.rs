@@ -1,16 +1,16 @@
 //! `chatpainter gpu-check --device <dev> --out DIR [--batch 64]`: the check to run first on a
-//! machine with an accelerator (or on LibTorch CPU here). It needs no dataset: the train crate's
-//! [`chatpainter_train::gpu_check`] trains a few Stage-I steps on random inputs of the real
+//! machine with an accelerator (or on LibTorch CPU here). It needs no dataset: the bench crate's
+//! [`chatpainter_bench::gpu_check`] trains a few Stage-I steps on random inputs of the real
 //! shapes, compares one step with flex, times the rest, and this command writes
 //! `DIR/results.json` and `DIR/summary.txt` and exits non-zero when a check fails.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use chatpainter_train::TrainDevice;
-use chatpainter_train::gpu_check::{
+use chatpainter_bench::gpu_check::{
     GpuCheckOptions, StepSetup, Tolerance, gpu_check, write_report,
 };
+use chatpainter_train::TrainDevice;
 use clap::{Args, ValueEnum};
 
 /// Network widths of the check.

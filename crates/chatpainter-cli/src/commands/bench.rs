@@ -6,6 +6,29 @@ use anyhow::{Result, bail};
 use chatpainter_artifacts::BenchRow;
 use std::path::PathBuf;
 
+/// `chatpainter bench <what>`: one JSON row per figure on stdout.
+pub fn bench(what: &str) -> Result<()> {
+    // Benchmarks report what they skip as tracing warnings: show them on stderr.
+    crate::ui::init_logging(None)?;
+    for row in run(what)? {
+        println!("{}", serde_json::to_string(&row)?);
+    }
+    Ok(())
+}
+
+/// `chatpainter bench-step`: prints the report's JSON line.
+pub fn bench_step(args: &StepArgs) -> Result<()> {
+    let report = chatpainter_bench::step::step_bench(&args.options()?)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// `chatpainter bench-encode`: prints the JSON line of [`encode`].
+pub fn bench_encode(args: &EncodeArgs) -> Result<()> {
+    println!("{}", encode(args)?);
+    Ok(())
+}
+
 /// Runs one benchmark by name.
 pub fn run(what: &str) -> Result<Vec<BenchRow>> {
     match what {
@@ -13,15 +36,15 @@ pub fn run(what: &str) -> Result<Vec<BenchRow>> {
             &chatpainter_embed::bench::BenchOptions::default(),
         )?),
         // Stage-I step time per device (flex; LibTorch CPU in `tch` builds; or the devices in
-        // $CHATPAINTER_BENCH_DEVICES), measured by the train crate.
+        // $CHATPAINTER_BENCH_DEVICES), measured by the bench crate.
         "stage1" => {
-            let devices = chatpainter_train::gpu_check::bench_devices()?;
-            Ok(chatpainter_train::gpu_check::bench_rows(&devices)?)
+            let devices = chatpainter_bench::gpu_check::bench_devices()?;
+            Ok(chatpainter_bench::gpu_check::bench_rows(&devices)?)
         }
         // Stage-II step time and peak memory at the paper's widths, batches 2 and 4 (more with
         // $CHATPAINTER_BENCH_BATCHES, e.g. "4,16,64" on a GPU).
         "stage2" => {
-            let devices = chatpainter_train::gpu_check::bench_devices()?;
+            let devices = chatpainter_bench::gpu_check::bench_devices()?;
             let batches: Vec<usize> = match std::env::var("CHATPAINTER_BENCH_BATCHES") {
                 Ok(list) => list
                     .split(',')
@@ -30,14 +53,12 @@ pub fn run(what: &str) -> Result<Vec<BenchRow>> {
                     .map_err(|e| anyhow::anyhow!("CHATPAINTER_BENCH_BATCHES={list:?}: {e}"))?,
                 Err(_) => vec![2, 4],
             };
-            Ok(chatpainter_train::bench::stage2_rows(
-                &devices, &batches, 3,
-            )?)
+            Ok(chatpainter_bench::step::stage2_rows(&devices, &batches, 3)?)
         }
         // Training loader: images/s per core for each stage's batch preparation and the cores
         // that keep one and eight H200s fed.
-        "loader" => Ok(chatpainter_train::bench::loader_rows(3.0)?),
-        "eval" => crate::eval_cmd::bench(chatpainter_train::TrainDevice::Cpu),
+        "loader" => Ok(chatpainter_bench::loader::loader_rows(3.0)?),
+        "eval" => super::eval::bench(chatpainter_train::TrainDevice::Cpu),
         other => bail!("bench {other}: unknown benchmark"),
     }
 }
@@ -98,9 +119,9 @@ impl StepArgs {
     ///
     /// # Errors
     /// An unknown stage, variant, device or precision.
-    pub fn options(&self) -> Result<chatpainter_train::bench::StepBenchOptions> {
+    pub fn options(&self) -> Result<chatpainter_bench::step::StepBenchOptions> {
+        use chatpainter_bench::gpu_check::StepSetup;
         use chatpainter_train::config::Stage2Widths;
-        use chatpainter_train::gpu_check::StepSetup;
         let variant: chatpainter_train::Variant =
             serde_json::from_value(serde_json::Value::String(self.variant.clone())).map_err(
                 |_| {
@@ -143,7 +164,7 @@ impl StepArgs {
             }),
             other => bail!("--stage {other}: must be 1 or 2"),
         };
-        Ok(chatpainter_train::bench::StepBenchOptions {
+        Ok(chatpainter_bench::step::StepBenchOptions {
             setup,
             stage2,
             device: self.device.parse()?,
@@ -211,7 +232,7 @@ pub fn encode(args: &EncodeArgs) -> Result<serde_json::Value> {
     Ok(serde_json::json!({
         "impl": "chatpainter",
         "device": "cpu",
-        "threads": chatpainter_train::bench::intra_op_threads(chatpainter_train::TrainDevice::Cpu),
+        "threads": chatpainter_bench::step::intra_op_threads(chatpainter_train::TrainDevice::Cpu),
         "batch": config.batch_size,
         "batch_tokens": config.batch_tokens,
         "texts": texts.len(),

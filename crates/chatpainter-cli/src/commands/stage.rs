@@ -1,0 +1,135 @@
+//! The template every pipeline-stage command follows: the pipeline file and the stage's table,
+//! `<run>/<stage>/` with this process's log going to its `log.txt`, the work run under the
+//! artifact contract (skipped when current, `--force` redoes it, one process at a time, the
+//! manifest written last) and the one-line outcome that `cargo xtask` reads from stdout.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use chatpainter_artifacts::{
+    ArtifactError, Manifest, Outcome, RunDir, StageKey, StageOutput, run_stage,
+};
+
+use crate::pipeline::Pipeline;
+use crate::{StageArgs, ui};
+
+/// The pipeline file (with the `--set` overrides) and the run directory of a stage command.
+pub(crate) fn load(args: &StageArgs) -> Result<(Pipeline, RunDir)> {
+    Ok((
+        Pipeline::load(&args.pipeline, &args.overrides)?,
+        RunDir::new(&args.run),
+    ))
+}
+
+/// The stage's table of the pipeline, which must be there.
+pub(crate) fn table<T: Clone>(args: &StageArgs, table: &Option<T>, name: &str) -> Result<T> {
+    table
+        .clone()
+        .with_context(|| format!("{}: no [{name}] table", args.pipeline.display()))
+}
+
+/// Upstream manifests of a stage whose inputs live in other stages of the run (`run:<stage>/…`).
+pub(crate) fn upstream_of(run: &RunDir, paths: &[&str]) -> Result<BTreeMap<String, String>> {
+    let mut upstream = BTreeMap::new();
+    for p in paths {
+        if let Some(rel) = p.strip_prefix("run:") {
+            let stage = rel.split('/').next().unwrap_or(rel);
+            let dir = run.stage(stage);
+            let digest = Manifest::digest_on_disk(&dir).with_context(|| {
+                format!(
+                    "stage `{stage}` has not finished in {}: run it first",
+                    run.root().display()
+                )
+            })?;
+            upstream.insert(stage.to_string(), digest);
+        }
+    }
+    Ok(upstream)
+}
+
+/// One stage's directory, opened for a run of the stage.
+pub(crate) struct StageRunner<'a> {
+    /// The stage its manifest names.
+    stage: &'a str,
+    /// The name its outcome line starts with (`ingest-merge` runs the `ingest` stage).
+    label: &'a str,
+    dir: PathBuf,
+    force: bool,
+}
+
+impl<'a> StageRunner<'a> {
+    /// Creates `<run>/<stage>/` and logs into its `log.txt` (and stderr).
+    pub fn create(run: &RunDir, stage: &'a str, force: bool) -> Result<Self> {
+        Self::open(run.create_stage(stage)?, stage, force)
+    }
+
+    /// As [`StageRunner::create`] for a stage directory elsewhere (an ingest shard's).
+    pub fn open(dir: PathBuf, stage: &'a str, force: bool) -> Result<Self> {
+        ui::init_logging(Some(&dir.join("log.txt")))?;
+        Ok(Self {
+            stage,
+            label: stage,
+            dir,
+            force,
+        })
+    }
+
+    /// The outcome line names the command `label` instead of the stage.
+    pub fn labelled(self, label: &'a str) -> Self {
+        Self { label, ..self }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs `body` under the artifact contract unless the stage is current for `key` (and not
+    /// forced), with `config_toml` as the stage's resolved `config.toml`, then prints the outcome.
+    pub fn run<E>(
+        &self,
+        key: &StageKey,
+        config_toml: &str,
+        body: impl FnOnce(&Path) -> Result<StageOutput, E>,
+    ) -> Result<Outcome>
+    where
+        E: From<ArtifactError> + Into<anyhow::Error>,
+    {
+        self.run_or_show(key, config_toml, body, |_| Ok(()))
+    }
+
+    /// As [`StageRunner::run`]; when the stage was current, `show` prints what the skipped
+    /// run would have printed (before the outcome line).
+    pub fn run_or_show<E>(
+        &self,
+        key: &StageKey,
+        config_toml: &str,
+        body: impl FnOnce(&Path) -> Result<StageOutput, E>,
+        show: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Outcome>
+    where
+        E: From<ArtifactError> + Into<anyhow::Error>,
+    {
+        let outcome = run_stage(&self.dir, self.stage, key, self.force, config_toml, body)
+            .map_err(Into::<anyhow::Error>::into)?;
+        if matches!(outcome, Outcome::Skipped) {
+            show(&self.dir)?;
+        }
+        self.print_outcome(&outcome);
+        Ok(outcome)
+    }
+
+    /// `<stage>: up to date …` / `<stage>: done (<why>); …`: the line `cargo xtask` reads.
+    fn print_outcome(&self, outcome: &Outcome) {
+        let (stage, dir) = (self.label, self.dir.display());
+        match outcome {
+            Outcome::Skipped => {
+                println!("{stage}: up to date ({dir}), skipped; --force redoes it")
+            }
+            Outcome::Ran { why, manifest } => println!(
+                "{stage}: done ({why}); {} output file(s) in {dir}",
+                manifest.outputs.len()
+            ),
+        }
+    }
+}

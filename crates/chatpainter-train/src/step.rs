@@ -1,0 +1,260 @@
+//! One optimiser step of either stage, in StackGAN-Pytorch's order: one G forward, one D update
+//! on real / wrong / detached fake with `cond = mu.detach()`, then one G update (adversarial loss
+//! plus λ·KL) through the just-updated D, each gradient averaged over the data-parallel ranks
+//! (`data_parallel.rs`) before its optimiser step.
+//!
+//! The logged terms are named as `metrics.jsonl` names them: [`DiscriminatorLosses`]
+//! (`d_loss`, `d_real`, `d_wrong`, `d_fake`, Stage-II's `d_uncond_*`) and [`GeneratorLosses`]
+//! (`g_loss`, `g_adv`, `kl`). The training loop, the benchmarks and the device check all call
+//! [`train_step`], so what they time and compare is what training runs.
+
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor, TensorData};
+use chatpainter_nn::loss::{DLoss, GLoss, discriminator_loss, generator_loss};
+
+use crate::TrainError;
+use crate::config::{ResolvedNetwork, Variant};
+use crate::data::HostBatch;
+use crate::data_parallel;
+use crate::model::{DeviceBatch, StageGenerator};
+use crate::precision::Precision;
+use crate::ranks::World;
+
+/// The host-side inputs of one optimiser step.
+pub struct StepInputs {
+    pub host: HostBatch,
+    pub noise: Vec<f32>,
+    /// One `[B, cond_dim]` block per CA draw.
+    pub eps: Vec<Vec<f32>>,
+    pub variant: Variant,
+    pub net: ResolvedNetwork,
+    /// 1-based step number (named by the NaN guard's error).
+    pub step: u64,
+    pub kl_coeff: f64,
+    pub precision: Precision,
+}
+
+impl StepInputs {
+    /// The batch, noise and CA eps as tensors on `device`, in the compute precision.
+    fn into_device(self, device: &Device) -> (DeviceBatch, Tensor<2>, Vec<Tensor<2>>) {
+        let (rows, p) = (self.host.size, self.precision);
+        let b = DeviceBatch::new(self.host, self.variant, &self.net, device).cast(p);
+        let z = p.input(tensor2(self.noise, [rows, self.net.z_dim], device));
+        let eps = self
+            .eps
+            .into_iter()
+            .map(|e| p.input(tensor2(e, [rows, self.net.cond_dim], device)))
+            .collect();
+        (b, z, eps)
+    }
+}
+
+/// Stage-II's unconditional-head terms of D.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UncondLosses {
+    /// `d_uncond_real`: on reals, label 1.
+    pub real: f64,
+    /// `d_uncond_fake`: on fakes, label 0.
+    pub fake: f64,
+}
+
+/// D's logged terms (before D's update).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DiscriminatorLosses {
+    /// `d_loss`: what is back-propagated.
+    pub total: f64,
+    /// `d_real`: (real image, its condition), label 1.
+    pub real: f64,
+    /// `d_wrong`: (real image i, condition of i+1), label 0.
+    pub wrong: f64,
+    /// `d_fake`: (detached fake, its condition), label 0.
+    pub fake: f64,
+    /// Stage-II only.
+    pub uncond: Option<UncondLosses>,
+}
+
+impl DiscriminatorLosses {
+    /// The values of `loss`'s terms, read in one device-to-host transfer.
+    fn read(loss: &DLoss) -> Self {
+        match (&loss.uncond_real, &loss.uncond_fake) {
+            (Some(ur), Some(uf)) => {
+                let [total, real, wrong, fake, ur, uf] =
+                    scalars([&loss.total, &loss.real, &loss.wrong, &loss.fake, ur, uf]);
+                Self {
+                    total,
+                    real,
+                    wrong,
+                    fake,
+                    uncond: Some(UncondLosses { real: ur, fake: uf }),
+                }
+            }
+            _ => {
+                let [total, real, wrong, fake] =
+                    scalars([&loss.total, &loss.real, &loss.wrong, &loss.fake]);
+                Self {
+                    total,
+                    real,
+                    wrong,
+                    fake,
+                    uncond: None,
+                }
+            }
+        }
+    }
+
+    /// `(metrics name, value)` of every term present, in `metrics.jsonl`'s order.
+    pub fn named(&self) -> Vec<(&'static str, f64)> {
+        let mut terms = vec![
+            ("d_loss", self.total),
+            ("d_real", self.real),
+            ("d_wrong", self.wrong),
+            ("d_fake", self.fake),
+        ];
+        if let Some(u) = self.uncond {
+            terms.extend([("d_uncond_real", u.real), ("d_uncond_fake", u.fake)]);
+        }
+        terms
+    }
+}
+
+/// G's logged terms (after D's update, through the updated D).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GeneratorLosses {
+    /// `g_loss = g_adv + kl_coeff · kl`: what is back-propagated.
+    pub total: f64,
+    /// `g_adv`: the fakes through D, label 1 (Stage-II: plus the unconditional head).
+    pub adversarial: f64,
+    /// `kl`: the CA's KL term.
+    pub kl: f64,
+}
+
+impl GeneratorLosses {
+    /// The values of `loss`'s terms, read in one device-to-host transfer.
+    fn read(loss: &GLoss) -> Self {
+        let [total, adversarial, kl] = scalars([&loss.total, &loss.adversarial, &loss.kl]);
+        Self {
+            total,
+            adversarial,
+            kl,
+        }
+    }
+
+    /// `(metrics name, value)` of every term, in `metrics.jsonl`'s order.
+    pub fn named(&self) -> [(&'static str, f64); 3] {
+        [
+            ("g_loss", self.total),
+            ("g_adv", self.adversarial),
+            ("kl", self.kl),
+        ]
+    }
+}
+
+/// The logged terms of one step: means over the ranks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepLosses {
+    pub d: DiscriminatorLosses,
+    pub g: GeneratorLosses,
+}
+
+/// What [`train_step`] returns.
+pub struct Stepped<G: StageGenerator> {
+    pub gnet: G,
+    pub d: G::D,
+    pub losses: StepLosses,
+    /// Seconds spent averaging gradients and losses over the ranks.
+    pub sync_s: f64,
+}
+
+/// The optimisers of G (with the dialogue encoder) and D and their learning rates.
+pub struct Optimizers<'a> {
+    pub g: &'a mut ModuleOptimizer,
+    pub d: &'a mut ModuleOptimizer,
+    pub lr_g: f64,
+    pub lr_d: f64,
+}
+
+/// One D update then one G update on this rank's share of the batch, each gradient averaged
+/// over the ranks before its optimiser step. Returns the updated networks, the logged terms
+/// (means over the ranks, so every rank's NaN guard decides alike) and the seconds spent in
+/// collectives.
+///
+/// # Errors
+/// [`TrainError::Nn`] for inputs that do not fit the networks; [`TrainError::NonFinite`] naming
+/// the first non-finite loss (checked before the optimiser step it would poison).
+pub fn train_step<G: StageGenerator>(
+    gnet: G,
+    d: G::D,
+    opt: Optimizers<'_>,
+    inputs: StepInputs,
+    device: &Device,
+    world: &World,
+) -> Result<Stepped<G>, TrainError> {
+    let (step, kl_coeff, precision) = (inputs.step, inputs.kl_coeff, inputs.precision);
+    let (b, z, eps) = inputs.into_device(device);
+    // D phase: G forward, D loss on real / wrong / detached fake. The networks compute in the
+    // step's precision; the gradients land on the f32 parameters of `gnet` and `d`.
+    let out = precision
+        .compute(&gnet)
+        .generate(b.captions, &b.dialogue, z, eps)?;
+    let dl = discriminator_loss(
+        &precision.compute(&d),
+        b.real,
+        out.fake.clone(),
+        out.mu.clone(),
+    )?;
+    let mut d_losses = DiscriminatorLosses::read(&dl);
+    let grads = GradientsParams::from_grads(dl.total.backward(), &d);
+    let (grads, d_sync) = data_parallel::average_d(world, grads, &d, &mut d_losses);
+    guard(step, &d_losses.named())?;
+    let d = opt.d.step(opt.lr_d, d, grads);
+    // G phase: the same fakes through the updated D (no new G forward).
+    let gl = generator_loss(
+        &precision.compute(&d),
+        out.fake,
+        out.mu,
+        out.logvar,
+        kl_coeff,
+    );
+    let mut g_losses = GeneratorLosses::read(&gl);
+    let grads = GradientsParams::from_grads(gl.total.backward(), &gnet);
+    let (grads, g_sync) = data_parallel::average_g(world, grads, &gnet, &mut g_losses);
+    guard(step, &g_losses.named())?;
+    let gnet = opt.g.step(opt.lr_g, gnet, grads);
+    Ok(Stepped {
+        gnet,
+        d,
+        losses: StepLosses {
+            d: d_losses,
+            g: g_losses,
+        },
+        sync_s: d_sync + g_sync,
+    })
+}
+
+pub(crate) fn tensor2(v: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+/// The values of `[1]`-shaped loss terms in one device-to-host transfer (on a GPU each read
+/// waits for the device, so one read per phase instead of one per term).
+fn scalars<const N: usize>(terms: [&Tensor<1>; N]) -> [f64; N] {
+    let all = Tensor::cat(terms.iter().map(|t| (*t).clone().detach()).collect(), 0);
+    let values = all
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    std::array::from_fn(|i| values.get(i).map_or(f64::NAN, |v| f64::from(*v)))
+}
+
+/// The first non-finite loss, as [`TrainError::NonFinite`].
+fn guard(step: u64, losses: &[(&'static str, f64)]) -> Result<(), TrainError> {
+    match losses.iter().find(|(_, v)| !v.is_finite()) {
+        Some((name, value)) => Err(TrainError::NonFinite {
+            step,
+            what: format!("loss {name}"),
+            value: *value,
+        }),
+        None => Ok(()),
+    }
+}
