@@ -56,23 +56,26 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("chatpainter-artifacts", &[][..]),
         // Every file format, read and written in one place; no Burn, no Polars.
         ("chatpainter-formats", &["chatpainter-artifacts"][..]),
-        (
-            "chatpainter-ingest",
-            &["chatpainter-artifacts", "chatpainter-formats"][..],
-        ),
         ("chatpainter-nn", &[][..]),
+        // A trained run's runtime (devices, networks, checkpoints, generation): Burn, no stages.
         (
-            "chatpainter-embed",
-            &["chatpainter-artifacts", "chatpainter-formats"][..],
-        ),
-        (
-            "chatpainter-eval",
+            "chatpainter-model",
             &[
                 "chatpainter-artifacts",
                 "chatpainter-formats",
                 "chatpainter-nn",
-                "chatpainter-embed",
-                "chatpainter-train",
+            ][..],
+        ),
+        (
+            "chatpainter-ingest",
+            &["chatpainter-artifacts", "chatpainter-formats"][..],
+        ),
+        (
+            "chatpainter-embed",
+            &[
+                "chatpainter-artifacts",
+                "chatpainter-formats",
+                "chatpainter-model",
             ][..],
         ),
         (
@@ -80,17 +83,28 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
             &[
                 "chatpainter-artifacts",
                 "chatpainter-formats",
-                "chatpainter-embed",
+                "chatpainter-model",
                 "chatpainter-nn",
             ][..],
         ),
-        // Benchmarks and the device check: the training step on random inputs, outside the
-        // training library; only the CLI uses them.
+        (
+            "chatpainter-eval",
+            &[
+                "chatpainter-artifacts",
+                "chatpainter-formats",
+                "chatpainter-model",
+                "chatpainter-nn",
+                "chatpainter-embed",
+            ][..],
+        ),
+        // Benchmarks and the GPU check: the training step without a dataset; only the CLI
+        // uses them.
         (
             "chatpainter-bench",
             &[
                 "chatpainter-artifacts",
                 "chatpainter-formats",
+                "chatpainter-model",
                 "chatpainter-nn",
                 "chatpainter-train",
             ][..],
@@ -100,6 +114,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
             &[
                 "chatpainter-artifacts",
                 "chatpainter-formats",
+                "chatpainter-model",
                 "chatpainter-ingest",
                 "chatpainter-embed",
                 "chatpainter-train",

@@ -9,6 +9,7 @@
 
 pub mod atomic;
 pub mod bench;
+pub mod device;
 pub mod digest;
 pub mod display;
 pub mod manifest;
@@ -16,6 +17,7 @@ pub mod progress;
 pub mod rng;
 pub mod run;
 pub mod stage;
+pub mod xoshiro;
 
 pub use atomic::{AtomicFile, write_atomic};
 pub use bench::BenchRow;
@@ -25,6 +27,7 @@ pub use progress::{NoProgress, Progress};
 pub use rng::SplitMix;
 pub use run::RunDir;
 pub use stage::{Outcome, StageOutput, run_stage};
+pub use xoshiro::Xoshiro256;
 
 /// Version of the manifest layout and of the Parquet schemas written by this tool. Readers refuse
 /// artifacts written with another version instead of guessing.

@@ -18,13 +18,15 @@ use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use chatpainter_artifacts::BenchRow;
+use chatpainter_artifacts::Xoshiro256;
+use chatpainter_model::Stage1Generator;
+use chatpainter_model::dataset::HostBatch;
+use chatpainter_model::export::first_non_finite;
+use chatpainter_model::{DeviceChoice, ResolvedNetwork, Variant};
 use chatpainter_nn::{Stage1D, count_trainable};
-use chatpainter_train::config::{AdamSettings, ResolvedNetwork, TrainDevice, Variant};
-use chatpainter_train::data::HostBatch;
-use chatpainter_train::export::first_non_finite;
-use chatpainter_train::rng::Xoshiro256;
+use chatpainter_train::config::AdamSettings;
 use chatpainter_train::step::{self, Optimizers, StepInputs, train_step};
-use chatpainter_train::{Precision, Stage1Generator, TrainError, World};
+use chatpainter_train::{Precision, TrainError, World};
 use serde::{Deserialize, Serialize};
 
 use crate::adam;
@@ -262,7 +264,7 @@ impl Tolerance {
     /// losses (measured on LibTorch CPU: 1.5e-5 at smoke widths, 3.6e-6 at paper widths).
     /// Hence 1e-4 relative. CUDA: LibTorch runs cuDNN convolutions in TF32 by default (10-bit
     /// mantissa, ~5e-4 relative per product), so 1e-2.
-    pub fn for_device(device: TrainDevice) -> Self {
+    pub fn for_device(device: DeviceChoice) -> Self {
         if device_is_cuda(device) {
             Self {
                 rtol: 1e-2,
@@ -298,7 +300,7 @@ impl Tolerance {
     }
 }
 
-fn device_is_cuda(device: TrainDevice) -> bool {
+fn device_is_cuda(device: DeviceChoice) -> bool {
     device.to_string().starts_with("cuda:")
 }
 
@@ -327,11 +329,11 @@ pub struct Trainee {
 impl Trainee {
     /// Networks with the reference initialisation drawn on flex from `setup.seed`, forked to
     /// `device` (so every device starts from the same weights), and fresh Adam states.
-    pub fn new(setup: &StepSetup, device: TrainDevice) -> Self {
-        let (flex, _) = TrainDevice::Cpu.devices();
+    pub fn new(setup: &StepSetup, device: DeviceChoice) -> Self {
+        let (flex, _) = DeviceChoice::CPU.devices();
         let (gnet, d) = Stage1Generator::init(&setup.net, setup.variant, &flex, setup.seed);
         let (train_device, _) = device.devices();
-        let (gnet, d) = if device == TrainDevice::Cpu {
+        let (gnet, d) = if device == DeviceChoice::CPU {
             (gnet, d)
         } else {
             (gnet.fork(&train_device), d.fork(&train_device))
@@ -463,7 +465,7 @@ pub fn time_steps(
 /// What `chatpainter gpu-check` runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuCheckOptions {
-    pub device: TrainDevice,
+    pub device: DeviceChoice,
     pub setup: StepSetup,
     pub warmup: usize,
     pub steps: usize,
@@ -567,7 +569,7 @@ pub fn gpu_check(opts: &GpuCheckOptions) -> Result<GpuCheckReport, TrainError> {
         .unwrap_or_else(|| Tolerance::for_device(opts.device));
     let parity_inputs = HostInputs::random(&opts.setup, 0);
     tracing::info!("gpu-check: parity step on flex");
-    let flex = Trainee::new(&opts.setup, TrainDevice::Cpu).step(&parity_inputs)?;
+    let flex = Trainee::new(&opts.setup, DeviceChoice::CPU).step(&parity_inputs)?;
     tracing::info!(device = %opts.device, "gpu-check: parity step on the device");
     let mut trainee = Trainee::new(&opts.setup, opts.device);
     let (params_g, params_dialogue, params_d) = trainee.param_counts();
@@ -640,11 +642,11 @@ pub fn write_report(report: &GpuCheckReport, dir: &Path) -> Result<(), TrainErro
 ///
 /// # Errors
 /// A bad `$CHATPAINTER_BENCH_DEVICES`.
-pub fn bench_devices() -> Result<Vec<TrainDevice>, TrainError> {
+pub fn bench_devices() -> Result<Vec<DeviceChoice>, TrainError> {
     if let Ok(list) = std::env::var("CHATPAINTER_BENCH_DEVICES") {
         let mut out = Vec::new();
         for part in list.split(',').filter(|p| !p.trim().is_empty()) {
-            let d: TrainDevice = part.parse()?;
+            let d: DeviceChoice = part.parse()?;
             if !out.contains(&d) {
                 out.push(d);
             }
@@ -653,11 +655,11 @@ pub fn bench_devices() -> Result<Vec<TrainDevice>, TrainError> {
     }
     #[cfg(feature = "tch")]
     {
-        Ok(vec![TrainDevice::Cpu, TrainDevice::TchCpu])
+        Ok(vec![DeviceChoice::CPU, DeviceChoice::TchCpu])
     }
     #[cfg(not(feature = "tch"))]
     {
-        Ok(vec![TrainDevice::Cpu])
+        Ok(vec![DeviceChoice::CPU])
     }
 }
 
@@ -666,7 +668,7 @@ pub fn bench_devices() -> Result<Vec<TrainDevice>, TrainError> {
 ///
 /// # Errors
 /// An unusable device; step errors.
-pub fn bench_rows(devices: &[TrainDevice]) -> Result<Vec<BenchRow>, TrainError> {
+pub fn bench_rows(devices: &[DeviceChoice]) -> Result<Vec<BenchRow>, TrainError> {
     let setup = StepSetup::bench_reduced(16);
     let (warmup, steps) = (2, 5);
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
@@ -705,7 +707,7 @@ mod tests {
         let mut setup = StepSetup::smoke_recurrent(4);
         setup.turns = 3;
         let opts = GpuCheckOptions {
-            device: TrainDevice::Cpu,
+            device: DeviceChoice::CPU,
             setup: setup.clone(),
             warmup: 1,
             steps: 2,
@@ -716,10 +718,10 @@ mod tests {
         assert_eq!(r.losses.len(), 4);
         assert_eq!(r.parity.max_abs_diff, 0.0, "flex against flex is exact");
         assert!(r.timing.median_ms > 0.0 && r.timing.images_per_s > 0.0);
-        let a = Trainee::new(&setup, TrainDevice::Cpu)
+        let a = Trainee::new(&setup, DeviceChoice::CPU)
             .step(&HostInputs::random(&setup, 5))
             .expect("step");
-        let b = Trainee::new(&setup, TrainDevice::Cpu)
+        let b = Trainee::new(&setup, DeviceChoice::CPU)
             .step(&HostInputs::random(&setup, 5))
             .expect("step");
         assert_eq!(a, b);
@@ -737,7 +739,7 @@ mod tests {
             kl: 0.05,
         };
         let mut b = a;
-        let t = Tolerance::for_device(TrainDevice::Cpu);
+        let t = Tolerance::for_device(DeviceChoice::CPU);
         assert!(t.violations(&a, &b).is_empty());
         b.kl = 0.06;
         let v = t.violations(&a, &b);
@@ -760,10 +762,10 @@ mod tch_cpu {
         let mut setup = StepSetup::smoke_recurrent(8);
         setup.turns = 4;
         setup.seed = 3;
-        let mut flex = Trainee::new(&setup, TrainDevice::Cpu);
-        let mut tch = Trainee::new(&setup, TrainDevice::TchCpu);
+        let mut flex = Trainee::new(&setup, DeviceChoice::CPU);
+        let mut tch = Trainee::new(&setup, DeviceChoice::TchCpu);
         assert!(tch.device.is_autodiff());
-        let tol = Tolerance::for_device(TrainDevice::TchCpu);
+        let tol = Tolerance::for_device(DeviceChoice::TchCpu);
         let mut worst = Vec::new();
         for step in 0..4u64 {
             let inputs = HostInputs::random(&setup, step);

@@ -4,11 +4,12 @@
 use std::time::Instant;
 
 use chatpainter_artifacts::BenchRow;
-use chatpainter_train::data::{
+use chatpainter_artifacts::Xoshiro256;
+use chatpainter_model::Variant;
+use chatpainter_model::dataset::{
     Augment, BatchShape, Geometry, StoredImage, TrainItem, assemble_items,
 };
-use chatpainter_train::rng::Xoshiro256;
-use chatpainter_train::{TrainError, Variant};
+use chatpainter_train::TrainError;
 
 /// Step rates of one H200 that the loader must keep up with (images/s): Stage-I at batch 384,
 /// Stage-II at batch 64, as measured by the project's GPU check (not by this benchmark).

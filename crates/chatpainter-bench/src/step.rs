@@ -13,14 +13,14 @@ use std::time::Instant;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use chatpainter_artifacts::BenchRow;
+use chatpainter_artifacts::Xoshiro256;
 use chatpainter_artifacts::bench::peak_rss_mib;
-use chatpainter_train::config::{ResolvedNetwork, Stage2Widths, TrainConfig, TrainDevice, Variant};
-use chatpainter_train::data::HostBatch;
-use chatpainter_train::rng::Xoshiro256;
+use chatpainter_model::dataset::HostBatch;
+use chatpainter_model::{DeviceChoice, ResolvedNetwork, Stage2Widths, Variant};
+use chatpainter_model::{Stage1Generator, Stage2Generator, StageGenerator};
+use chatpainter_train::config::TrainConfig;
 use chatpainter_train::step::{Optimizers, StepInputs, train_step};
-use chatpainter_train::{
-    Precision, Stage1Generator, Stage2Generator, StageGenerator, TrainError, World,
-};
+use chatpainter_train::{Precision, TrainError, World};
 use serde::{Deserialize, Serialize};
 
 use crate::adam;
@@ -33,7 +33,7 @@ use crate::gpu_check::{HostInputs, StepSetup, Timing};
 /// # Errors
 /// An unusable device; step errors (a batch that does not fit names its size).
 pub fn stage2_rows(
-    devices: &[TrainDevice],
+    devices: &[DeviceChoice],
     batches: &[usize],
     steps: usize,
 ) -> Result<Vec<BenchRow>, TrainError> {
@@ -127,7 +127,7 @@ pub struct StepBenchOptions {
     pub setup: StepSetup,
     /// `Some` for a Stage-II step on top of a frozen Stage-I G of `setup.net`.
     pub stage2: Option<Stage2Widths>,
-    pub device: TrainDevice,
+    pub device: DeviceChoice,
     pub precision: Precision,
     pub warmup: usize,
     pub steps: usize,
@@ -304,7 +304,7 @@ fn count_updated<M: Module>(module: &M) -> usize {
 }
 
 /// How many threads the device's kernels use, as the environment sets them.
-pub fn intra_op_threads(device: TrainDevice) -> String {
+pub fn intra_op_threads(device: DeviceChoice) -> String {
     if device.is_libtorch() {
         // libgomp's busy-waiting makes LibTorch CPU steps up to 15× slower when the cores are
         // shared: OMP_WAIT_POLICY=PASSIVE avoids it, so a figure must say how it ran.
@@ -333,7 +333,7 @@ mod tests {
                 r_num: 1,
                 stage1_bn_batch_stats: true,
             }),
-            device: TrainDevice::Cpu,
+            device: DeviceChoice::CPU,
             precision,
             warmup: 1,
             steps: 2,

@@ -602,7 +602,7 @@ fn eval_with_weights_computes_metrics_and_eval_folder_agrees() {
     let weights = e.run.join("inception_tv_random.safetensors");
     let model =
         chatpainter_eval::InceptionConfig::new(chatpainter_eval::Backbone::TorchvisionImagenet)
-            .init(&chatpainter_train::TrainDevice::Cpu.devices().1);
+            .init(&chatpainter_model::DeviceChoice::CPU.devices().1);
     chatpainter_eval::weights::save_pytorch_named_safetensors(&model, &weights).unwrap();
     let set = format!("eval.weights={}", weights.display());
     let out = ok(eval_cli(&e, &["eval"], &["eval.per_turn_count=0", &set]));

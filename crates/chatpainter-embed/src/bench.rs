@@ -21,12 +21,13 @@ use chatpainter_artifacts::{BenchRow, NoProgress, SplitMix};
 use chatpainter_formats::ingested::Record;
 use chatpainter_formats::ingested::{Dialogue, Turn};
 
-use crate::device::{EmbedDevice, bench_devices};
 use crate::stage::{EmbedConfig, EmbedReport, EncoderSpec, Encoders, build};
 use crate::{
     EmbedError, MINILM_DIR_NAME, MiniLmConfig, MiniLmEncoder, SkipThoughtConfig,
     SkipThoughtEncoder, SkipThoughtVariant, TextEncoder,
 };
+use chatpainter_model::DeviceChoice;
+use chatpainter_model::device::bench_devices;
 
 /// What the benchmark runs on.
 #[derive(Debug, Clone)]
@@ -167,10 +168,10 @@ fn cpu_note(cpu: Option<f64>, per: f64, unit: &str) -> String {
 }
 
 fn conditions(extra: &str) -> String {
-    device_conditions(EmbedDevice::Cpu, extra)
+    device_conditions(DeviceChoice::CPU, extra)
 }
 
-fn device_conditions(device: EmbedDevice, extra: &str) -> String {
+fn device_conditions(device: DeviceChoice, extra: &str) -> String {
     let name = if device.is_cpu() {
         "flex CPU".to_string()
     } else {
@@ -295,7 +296,7 @@ type TokenLengths<'a> = &'a dyn Fn(&[&str]) -> Result<Vec<usize>, EmbedError>;
 fn encoder_rows(
     name: &str,
     what: &str,
-    device: EmbedDevice,
+    device: DeviceChoice,
     enc: &dyn TextEncoder,
     texts: &BenchTexts,
     reference: &[Vec<f32>],

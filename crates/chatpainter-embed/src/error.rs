@@ -133,6 +133,13 @@ impl EmbedError {
     }
 }
 
+/// A device this build or machine cannot use is a configuration problem.
+impl From<chatpainter_model::DeviceError> for EmbedError {
+    fn from(e: chatpainter_model::DeviceError) -> Self {
+        Self::Config(e.to_string())
+    }
+}
+
 impl From<chatpainter_artifacts::ArtifactError> for EmbedError {
     fn from(e: chatpainter_artifacts::ArtifactError) -> Self {
         match e {

@@ -24,7 +24,7 @@
 pub mod bench;
 pub mod cache;
 pub mod charcnn;
-pub mod device;
+
 mod error;
 pub mod fetch;
 pub mod hashing;
@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 pub use charcnn::{
     CharCnnRnnEmbeddings, CharCnnRnnSource, import_char_cnn_rnn, import_char_cnn_rnn_dir,
 };
-pub use device::EmbedDevice;
+pub use chatpainter_model::DeviceChoice;
 pub use error::EmbedError;
 pub use fetch::{MINILM_DIR_NAME, MINILM_SAFETENSORS_SHA256, default_models_dir, fetch_minilm};
 pub use hashing::HashingEncoder;

@@ -24,7 +24,7 @@
 use crate::cache::{EncoderCache, FillStats, Key, key_of};
 use crate::charcnn::{CharCnnRnnSource, FileDigest};
 use crate::{
-    EmbedDevice, EmbedError, HashingEncoder, MiniLmConfig, MiniLmEncoder, TextEncoder,
+    DeviceChoice, EmbedError, HashingEncoder, MiniLmConfig, MiniLmEncoder, TextEncoder,
     dialogue_text, normalize_whitespace, turn_text,
 };
 use chatpainter_artifacts::Progress;
@@ -156,7 +156,7 @@ impl EncoderSpec {
 /// vectors do not depend on it beyond float rounding).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Placement {
-    pub device: EmbedDevice,
+    pub device: DeviceChoice,
     /// Most padded tokens per forward pass (`None`: the encoder's default).
     pub batch_tokens: Option<usize>,
 }
@@ -180,8 +180,8 @@ pub struct EmbedConfig {
     /// Device of the Burn encoders (MiniLM, Skip-Thought): `cpu` (flex, the default),
     /// `tch-cpu` or `cuda:N` (builds with the `tch` feature). Hashing and char-CNN-RNN ignore
     /// it. Not part of the cache key: a cache filled on one device serves every other.
-    #[serde(default, skip_serializing_if = "EmbedDevice::is_cpu")]
-    pub device: EmbedDevice,
+    #[serde(default, skip_serializing_if = "DeviceChoice::is_cpu")]
+    pub device: DeviceChoice,
     /// Most padded tokens (texts × longest text) per forward pass of MiniLM or Skip-Thought;
     /// `None`: each encoder's default (MiniLM 768, Skip-Thought 4096). Larger suits a GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -14,7 +14,7 @@ use chatpainter_embed::stage::{EmbedConfig, Encoders};
 use chatpainter_embed::{
     EncoderIdentity, TextEncoder, dialogue_text, normalize_whitespace, turn_text,
 };
-use chatpainter_train::Variant;
+use chatpainter_model::Variant;
 
 use crate::error::{EvalError, Result};
 use crate::genapi::{Condition, DialogueCondition};

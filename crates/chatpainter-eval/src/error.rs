@@ -132,7 +132,7 @@ pub enum EvalError {
 
     /// Loading or running the trained generator failed.
     #[error(transparent)]
-    Train(#[from] chatpainter_train::TrainError),
+    Model(#[from] chatpainter_model::ModelError),
 
     /// Loading or running a text encoder failed.
     #[error(transparent)]

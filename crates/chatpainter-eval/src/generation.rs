@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use chatpainter_train::{TrainDevice, Variant};
+use chatpainter_model::{DeviceChoice, Variant};
 use image::RgbImage;
 
 use crate::conditions::{RunEncoders, TurnPair};
@@ -29,7 +29,7 @@ pub struct GenerateRequest {
     pub per_turn: bool,
     /// Fixes the noise (and CA eps): same seed, same picture.
     pub seed: u64,
-    pub device: TrainDevice,
+    pub device: DeviceChoice,
 }
 
 /// The picture and what made it.

@@ -38,8 +38,8 @@ pub mod score;
 pub mod stage;
 pub mod weights;
 
-/// The generator API: `chatpainter_train::generate`.
-pub(crate) use chatpainter_train::generate as genapi;
+/// The generator API: `chatpainter_model::generate`.
+pub(crate) use chatpainter_model::generate as genapi;
 pub use error::{EvalError, Result};
 pub use fid::{FeatureAccumulator, Fid, FidStatistics, frechet_distance};
 pub use inception::{Backbone, InceptionConfig, InceptionOutput, InceptionV3};

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chatpainter_artifacts::{Progress, RunDir, SplitMix};
-use chatpainter_train::{Geometry, TrainData, TrainDevice, Variant};
+use chatpainter_model::{DeviceChoice, Geometry, TrainData, Variant};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +67,7 @@ pub struct EvalConfig {
     pub seed: u64,
     /// Where generation and Inception run (training's device names).
     #[serde(default)]
-    pub device: TrainDevice,
+    pub device: DeviceChoice,
     /// `torchvision`, `pytorch-fid` or `torch-fidelity` (scores from different backbones are not
     /// comparable).
     #[serde(default)]
@@ -309,7 +309,7 @@ pub fn run_eval(
 
     // Real images are decoded and centre-cropped on demand: a COCO-sized test split at 256 px
     // would not fit in memory at once.
-    let real = |it: &chatpainter_train::TrainItem| -> Result<RgbImage> {
+    let real = |it: &chatpainter_model::TrainItem| -> Result<RgbImage> {
         let rgb = it.image.rgb(it.image_id, geometry)?.into_owned();
         let side = geometry.load as u32;
         let img = RgbImage::from_raw(side, side, rgb).ok_or_else(|| {
@@ -401,7 +401,7 @@ pub fn run_eval(
     // The sample sheet: real | Stage-I | Stage-II.
     if !sheet.is_empty() {
         let cell = if stage2 { 256 } else { 128 };
-        let by_id: BTreeMap<i64, &chatpainter_train::TrainItem> =
+        let by_id: BTreeMap<i64, &chatpainter_model::TrainItem> =
             data.items.iter().map(|it| (it.image_id, it)).collect();
         let reals: Vec<Option<RgbImage>> = sheet
             .iter()

@@ -11,7 +11,7 @@ use arrow::array::{
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
-use chatpainter_artifacts::AtomicFile;
+use chatpainter_artifacts::{AtomicFile, Manifest};
 use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
 use image::{ImageEncoder, ImageFormat, RgbImage};
 use parquet::arrow::ArrowWriter;
@@ -20,7 +20,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// File names inside the ingest stage directory.
@@ -540,4 +540,38 @@ pub fn read_image_group(path: &Path, group: usize) -> Result<Vec<(i64, Vec<u8>)>
         }
     }
     Ok(out)
+}
+
+/// The image tables of `split` at `load_size` px, as the ingest manifest's summary lists them
+/// (a merged dataset's tables stay in its shards' folders).
+///
+/// # Errors
+/// An unreadable manifest, or no tables of that size and split (naming the manifest).
+pub fn image_tables(ingest_dir: &Path, split: &str, load_size: u32) -> Result<Vec<PathBuf>> {
+    let manifest = Manifest::load(ingest_dir)?;
+    let path = Manifest::path_in(ingest_dir);
+    let summary: IngestSummary = serde_json::from_value(manifest.summary.clone())
+        .map_err(|e| FormatError::contract(&path, format!("ingest manifest summary: {e}")))?;
+    let tables = summary
+        .image_tables
+        .get(&load_size)
+        .and_then(|by_split| by_split.get(split))
+        .ok_or_else(|| {
+            FormatError::contract(
+                &path,
+                format!(
+                    "no {load_size}-px image tables for split `{split}` (add {load_size} to ingest.load_sizes)"
+                ),
+            )
+        })?;
+    Ok(tables.iter().map(|rel| ingest_dir.join(rel)).collect())
+}
+
+/// Row groups of an image table (each one `row_group_size` images), from its footer.
+///
+/// # Errors
+/// An unreadable file or footer, naming the file.
+pub fn image_row_groups(path: &Path) -> Result<usize> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?)?;
+    Ok(builder.metadata().num_row_groups())
 }

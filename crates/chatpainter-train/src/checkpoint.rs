@@ -21,15 +21,15 @@ use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::config::{ResolvedNetwork, TrainConfig};
-use crate::rng::Xoshiro256;
+use crate::config::TrainConfig;
+use chatpainter_artifacts::Xoshiro256;
+use chatpainter_model::ResolvedNetwork;
+pub use chatpainter_model::checkpoint::{CHECKPOINTS_DIR, dir_name, latest, list, load_generator};
 
 /// Version of the checkpoint layout (bumped on changes). 2 added `checksums.json`; format-1
 /// checkpoints (no checksums) are still read, unverified.
 pub const CHECKPOINT_FORMAT: u32 = 2;
 const OLDEST_READABLE_FORMAT: u32 = 1;
-/// Sub-directory of the stage directory that holds the checkpoints.
-pub const CHECKPOINTS_DIR: &str = "checkpoints";
 const STATE_FILE: &str = "state.json";
 const CHECKSUMS_FILE: &str = "checksums.json";
 /// The files of a checkpoint besides `checksums.json`.
@@ -68,35 +68,6 @@ fn one_rank() -> usize {
     1
 }
 
-/// The directory name of the checkpoint of `step`.
-pub fn dir_name(step: u64) -> String {
-    format!("step-{step:09}")
-}
-
-/// Checkpoints under `stage_dir`, oldest first, as `(step, path)`.
-///
-/// # Errors
-/// [`TrainError::Io`] when the directory cannot be listed.
-pub fn list(stage_dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
-    let dir = stage_dir.join(CHECKPOINTS_DIR);
-    if !dir.exists() {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(|e| TrainError::io(&dir, e))? {
-        let entry = entry.map_err(|e| TrainError::io(&dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(step) = name
-            .strip_prefix("step-")
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            out.push((step, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Removes the temporary directories of checkpoints whose writing was interrupted (a crash or
 /// SIGKILL mid-write); complete checkpoints are never touched.
 ///
@@ -116,14 +87,6 @@ pub fn remove_partial(stage_dir: &Path) -> Result<(), TrainError> {
         }
     }
     Ok(())
-}
-
-/// The newest checkpoint, if any.
-///
-/// # Errors
-/// As [`list`].
-pub fn latest(stage_dir: &Path) -> Result<Option<PathBuf>, TrainError> {
-    Ok(list(stage_dir)?.pop().map(|(_, p)| p))
 }
 
 fn record_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
@@ -378,16 +341,6 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState, TrainError> {
         });
     }
     Ok(state)
-}
-
-/// Loads only the G side of a checkpoint (`g.bpk`) into a freshly built module (Stage-II
-/// freezing a Stage-I run).
-///
-/// # Errors
-/// [`TrainError::Record`] naming the file that does not fit.
-pub fn load_generator<G: Module>(checkpoint: &Path, gnet: G) -> Result<G, TrainError> {
-    let p = checkpoint.join("g.bpk");
-    gnet.try_load_file(&p).map_err(|e| record_err(&p, e))
 }
 
 /// Loads the networks and optimiser states of a checkpoint into freshly built modules (models

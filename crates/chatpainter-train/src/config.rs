@@ -3,61 +3,12 @@
 //! `deny_unknown_fields`; [`TrainConfig::validate`] checks values, and
 //! [`TrainConfig::network`] resolves the widths against the embedding widths of the data.
 
-use chatpainter_nn::{DialogueVariant, StackGanConfig};
+use chatpainter_model::{DeviceChoice, ResolvedNetwork, Stage2Widths, Variant};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::precision::Precision;
 use crate::text_norm::TextNorm;
-
-/// Which conditioning the generator gets: the caption alone (StackGAN) or the caption joined by
-/// one of ChatPainter's two dialogue encodings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Variant {
-    /// Caption only (the StackGAN baseline).
-    Stackgan,
-    /// Caption ⊕ one whole-dialogue vector.
-    ChatpainterNonrecurrent,
-    /// Caption ⊕ BiLSTM summary of the per-turn vectors (the BiLSTM trains with G).
-    ChatpainterRecurrent,
-}
-
-impl Variant {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Stackgan => "stackgan",
-            Self::ChatpainterNonrecurrent => "chatpainter-nonrecurrent",
-            Self::ChatpainterRecurrent => "chatpainter-recurrent",
-        }
-    }
-}
-
-/// Where the training runs, written in configs and on the command line as `cpu` (Burn's flex
-/// backend; alias `flex`), `tch-cpu` (LibTorch on the CPU), `cuda:N` (LibTorch CUDA device N) or
-/// `cuda` (the GPU of the rank's local index: rank k of a machine binds to `cuda:k`; `cuda:0`
-/// without data-parallel ranks). Data-parallel training runs one process per device (see
-/// [`crate::ranks`]), each naming its own device, so there is no list form.
-/// The LibTorch devices exist only in builds with the `tch` cargo feature; other builds refuse
-/// them at parse time with a message saying how to build with it (see [`crate::device`], which
-/// also maps each choice to Burn devices). Keeping the choice here, not a backend type, lets a
-/// CubeCL backend replace LibTorch later without touching configs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum TrainDevice {
-    /// Burn's flex CPU backend.
-    #[default]
-    Cpu,
-    /// LibTorch on the CPU.
-    #[cfg(feature = "tch")]
-    TchCpu,
-    /// LibTorch CUDA device with this index.
-    #[cfg(feature = "tch")]
-    Cuda(usize),
-    /// LibTorch CUDA device of the rank's local index ([`TrainDevice::for_local_rank`]).
-    #[cfg(feature = "tch")]
-    CudaLocalRank,
-}
 
 /// Network widths: a named preset, then single-key overrides. The caption and dialogue widths
 /// are not here: they come from the embedding table.
@@ -171,7 +122,7 @@ pub struct TrainConfig {
     /// `cpu` (default), `tch-cpu`, `cuda:N`, or `cuda` (each data-parallel rank on the GPU of
     /// its local index).
     #[serde(default)]
-    pub device: TrainDevice,
+    pub device: DeviceChoice,
     /// Stage-II: the Stage-I stage directory (`run:stage1` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage1: Option<String>,
@@ -211,61 +162,6 @@ fn default_sample_count() -> usize {
     8
 }
 
-/// The network sizes a run actually used (written into every checkpoint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResolvedNetwork {
-    pub z_dim: usize,
-    pub caption_dim: usize,
-    /// Whole-dialogue vector width (non-recurrent) or per-turn width (recurrent); 0 otherwise.
-    pub dialogue_dim: usize,
-    pub rnn_hidden: usize,
-    pub cond_dim: usize,
-    pub gf_dim: usize,
-    pub df_dim: usize,
-    /// Stage-II widths (absent in a Stage-I run).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stage2: Option<Stage2Widths>,
-}
-
-/// The Stage-II part of a network (its Stage-I part is the Stage-I run's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Stage2Widths {
-    /// Stage-II base width `ngf`.
-    pub gf_dim: usize,
-    pub df_dim: usize,
-    /// Residual blocks.
-    pub r_num: usize,
-    /// Frozen Stage-I BatchNorms in train mode (reference).
-    pub stage1_bn_batch_stats: bool,
-}
-
-impl ResolvedNetwork {
-    /// The `chatpainter-nn` configuration of these sizes (Stage-II fields at their preset values).
-    pub fn stackgan(&self, variant: Variant) -> StackGanConfig {
-        let dialogue = match variant {
-            Variant::Stackgan => DialogueVariant::CaptionOnly,
-            Variant::ChatpainterNonrecurrent => DialogueVariant::NonRecurrent {
-                dim: self.dialogue_dim,
-            },
-            Variant::ChatpainterRecurrent => DialogueVariant::Recurrent {
-                turn_dim: self.dialogue_dim,
-                hidden: self.rnn_hidden,
-            },
-        };
-        StackGanConfig::new(
-            self.z_dim,
-            self.caption_dim,
-            dialogue,
-            self.cond_dim,
-            self.gf_dim,
-            self.df_dim,
-            1,
-        )
-    }
-}
-
 impl TrainConfig {
     /// A small configuration for tests and the smoke pipeline.
     pub fn smoke(variant: Variant) -> Self {
@@ -289,7 +185,7 @@ impl TrainConfig {
             log_every: default_log_every(),
             keep_checkpoints: default_keep(),
             sample_count: 4,
-            device: TrainDevice::default(),
+            device: DeviceChoice::default(),
             stage1: None,
             stage1_batch_norm: Stage1BatchNorm::BatchStats,
             text_norm: TextNorm::None,
@@ -454,7 +350,7 @@ impl TrainConfig {
             sample_every: 0,
             log_every: 0,
             keep_checkpoints: 0,
-            device: TrainDevice::default(),
+            device: DeviceChoice::default(),
             ..self.clone()
         }
     }
@@ -471,7 +367,7 @@ mod tests {
         let c: TrainConfig = serde_json::from_str(json).expect("parse");
         assert_eq!(c.adam, AdamSettings::default());
         assert_eq!(c.lr_g, 2e-4);
-        assert_eq!(c.device, TrainDevice::default());
+        assert_eq!(c.device, DeviceChoice::default());
         c.validate().expect("valid");
         let r = c.network(64, 32).expect("resolve");
         assert_eq!(
@@ -484,7 +380,7 @@ mod tests {
             r#"{"variant":"stackgan","batch_size":8,"epochs":1,"device":"flex"}"#,
         )
         .expect("alias");
-        assert_eq!(dev.device, TrainDevice::Cpu);
+        assert_eq!(dev.device, DeviceChoice::CPU);
         let two = serde_json::from_str::<TrainConfig>(
             r#"{"variant":"stackgan","batch_size":8,"epochs":1,"device":"cpu,cpu"}"#,
         )

@@ -15,10 +15,10 @@ use burn::optim::GradientsParams;
 
 use crate::TrainError;
 use crate::checkpoint;
-use crate::model::StageGenerator;
 use crate::ranks::World;
 use crate::resume::Start;
 use crate::step::{DiscriminatorLosses, GeneratorLosses, UncondLosses};
+use chatpainter_model::networks::StageGenerator;
 
 /// Averages D's gradients and logged terms over the ranks; returns the gradients and the
 /// seconds spent. The six terms travel in one all-reduce (Stage-I sends zeros for the

@@ -23,7 +23,7 @@ use burn::store::pytorch_reader::{DType as PtDType, PytorchReader};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use chatpainter_nn::{ReferenceLayout, Stage1D, Stage1G, reference_names};
 
-use crate::export::tensor_values;
+use chatpainter_model::export::tensor_values;
 
 /// Errors of importing a reference checkpoint; each names the file and the tensor.
 #[derive(Debug, thiserror::Error)]

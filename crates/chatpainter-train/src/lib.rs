@@ -1,24 +1,24 @@
-//! Stage-I and Stage-II training of StackGAN / ChatPainter, and everything that uses a trained
-//! run: a library the CLI's `train stage1` / `train stage2` call through [`train_stage1`] /
-//! [`train_stage2`], and `eval`, `generate`, `gpu-check`, `import-netg` and `bench` build on.
+//! Stage-I and Stage-II training of StackGAN / ChatPainter: a library the CLI's `train stage1` /
+//! `train stage2` call through [`train_stage1`] / [`train_stage2`]. What a trained run is made of
+//! and what uses it without training (devices, variant and widths, the stage generators,
+//! checkpoint reading, the dataset reader, generation) is `chatpainter-model`.
 //!
 //! - [`config`]: [`TrainConfig`] (variant, widths, schedule, intervals, device).
-//! - [`data`]: the in-memory training set read from the ingest and embed artifacts, and the
-//!   reference augmentation (random crop 76→64 or 304→256, flip, `[-1, 1]`, one caption per
-//!   load).
-//! - [`model`]: the networks of each stage behind [`StageGenerator`] (Stage-II holds the frozen
-//!   Stage-I G); [`text_norm`]: the optional standardisation of text vectors before the CA.
+//! - [`source`] and [`loader`]: the training data (in memory or streamed from Parquet row
+//!   groups), its windowed epoch order and the background batch prefetcher.
 //! - [`trainer`]: the GAN loop, checkpoints and exact resume, the stop flag; [`step`]: one step
 //!   in StackGAN-Pytorch's order (D update on real / wrong / detached fake, then G update with
 //!   the KL term), its named losses and the NaN/Inf guard. The loop's schedule, resume, sample
 //!   sheets and data-parallel averaging are private modules beside it.
-//! - [`checkpoint`]: the on-disk checkpoint layout (atomic directory per step, newest N kept).
-//! - [`metrics`]: `metrics.jsonl` and sample sheets. [`export`]: safetensors with reference names.
+//! - [`checkpoint`]: writing and verifying checkpoints (atomic directory per step, newest N
+//!   kept) and the training state they hold.
+//! - [`metrics`]: `metrics.jsonl` and sample sheets. [`exports`]: the safetensors (and
+//!   Stage-II `.pth`) a completed run writes.
+//! - [`precision`]: bf16 mixed precision. [`text_norm`]: the `text_norm` option and the
+//!   statistics it standardises with.
 //! - [`import`] and [`reference_run`]: reference PyTorch checkpoints into our modules, and a
 //!   reference Stage-II generator into a run directory that generation samples from.
-//! - [`generate`]: images from a trained run (eval's test split, `generate`'s new text).
-//! - [`device`] and [`ranks`]: devices (flex CPU, LibTorch CPU/CUDA) and data-parallel ranks.
-//! - [`rng`]: the seeded, checkpointable generators behind every random choice.
+//! - [`ranks`]: data-parallel ranks.
 //!
 //! The stage directory (`out_dir` of [`train_stage1`]; Stage-II's has the same layout with
 //! `stage2_*` exports, 256×256 samples and the reference generator `stage2_g.pth`):
@@ -41,7 +41,7 @@
 //! and every weight before each checkpoint (a weight going NaN shows in the next step's losses).
 //!
 //! Determinism: all training randomness (order, crops, flips, captions, noise, CA eps) comes from
-//! [`rng::Xoshiro256`] streams stored in checkpoints; the device RNG only initialises the
+//! `Xoshiro256` streams (`chatpainter_artifacts`) stored in checkpoints; the device RNG only initialises the
 //! networks. On the flex CPU backend a resumed run ends bit-identical to an uninterrupted one
 //! (tested).
 //!
@@ -49,22 +49,18 @@
 //! rank 0 broadcasts its state, every rank trains on its contiguous share of each global batch,
 //! gradients are averaged over the ranks before each optimiser step, and only rank 0 writes.
 
+mod batch;
 pub mod checkpoint;
 pub mod config;
-pub mod data;
 mod data_parallel;
-pub mod device;
-pub mod export;
-pub mod generate;
+pub mod exports;
 pub mod import;
 pub mod loader;
 pub mod metrics;
-pub mod model;
 pub mod precision;
 pub mod ranks;
 pub mod reference_run;
 mod resume;
-pub mod rng;
 mod sampling;
 mod schedule;
 pub mod source;
@@ -74,20 +70,17 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
-pub use config::{AdamSettings, NetworkConfig, ResolvedNetwork, TrainConfig, TrainDevice, Variant};
-pub use data::{Geometry, StoredImage, TrainData, TrainItem};
-pub use device::DeviceError;
+pub use config::{AdamSettings, NetworkConfig, TrainConfig};
 pub use metrics::StepMetrics;
-pub use model::{Stage1Generator, Stage2Generator, StageGenerator};
 pub use precision::Precision;
 pub use ranks::World;
 pub use source::{ParquetSource, TrainSource};
-pub use text_norm::{TextNorm, TextStats};
+pub use text_norm::TextNorm;
 pub use trainer::{
     ResolvedConfig, TrainSummary, load_checkpoint_networks, train_stage1, train_stage2,
 };
 
-/// Errors of training and of the uses of a trained run. User/config, data, IO/runtime and
+/// Errors of training. User/config, data, IO/runtime and
 /// internal errors are apart.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -129,13 +122,36 @@ pub enum TrainError {
     Artifact(#[from] chatpainter_artifacts::ArtifactError),
     #[error(transparent)]
     Format(#[from] chatpainter_formats::FormatError),
-    #[error(transparent)]
-    Embed(#[from] chatpainter_embed::EmbedError),
     #[error("network: {0}")]
     Nn(#[from] chatpainter_nn::NnError),
     /// A bug in this crate.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The model runtime's errors keep their kind (and message) in training.
+impl From<chatpainter_model::ModelError> for TrainError {
+    fn from(e: chatpainter_model::ModelError) -> Self {
+        use chatpainter_model::ModelError as M;
+        match e {
+            M::Config(m) => Self::Config(m),
+            M::Data(m) => Self::Data(m),
+            M::Checkpoint { path, message } => Self::Checkpoint { path, message },
+            M::Record { path, message } => Self::Record { path, message },
+            M::Io { path, source } => Self::Io { path, source },
+            M::Artifact(e) => Self::Artifact(e),
+            M::Format(e) => Self::Format(e),
+            M::Nn(e) => Self::Nn(e),
+            M::Device(e) => Self::Config(e.to_string()),
+            M::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
+impl From<chatpainter_model::DeviceError> for TrainError {
+    fn from(e: chatpainter_model::DeviceError) -> Self {
+        Self::Config(e.to_string())
+    }
 }
 
 impl TrainError {

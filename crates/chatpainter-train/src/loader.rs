@@ -29,11 +29,11 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use crate::TrainError;
-use crate::config::Variant;
-use crate::data::{Augment, BatchShape, HostBatch, TrainItem, assemble_items};
-use crate::rng::Xoshiro256;
 use crate::source::{TrainSource, item_bytes};
-use crate::text_norm::TextStats;
+use chatpainter_artifacts::Xoshiro256;
+use chatpainter_model::TextStats;
+use chatpainter_model::Variant;
+use chatpainter_model::dataset::{Augment, BatchShape, HostBatch, TrainItem, assemble_items};
 
 /// Resident-byte budget of one shuffle window. At COCO scale with 4800-d Skip-Thought per-turn
 /// vectors (≈ 210 KB an image for the recurrent variant) a window holds ≈ 1,900 images; with
@@ -217,7 +217,7 @@ impl<'a> BlockCache<'a> {
                 &block.items[i - block.first]
             })
             .collect();
-        assemble_items(&items, shape, variant, augs)
+        Ok(assemble_items(&items, shape, variant, augs)?)
     }
 
     /// Drops least recently used blocks not in `needed` until under capacity.

@@ -1,7 +1,7 @@
 //! A Stage-II run directory made from a reference StackGAN-Pytorch generator checkpoint (a
 //! `torch.save(netG.state_dict())` of `STAGE2_G`, whose keys include the nested `STAGE1_G.*`
 //! weights, like the released COCO `netG_epoch_90.pth`), so the generation path
-//! ([`crate::generate::RunGenerator`], `eval`, `generate`) samples from it like from our own runs.
+//! ([`chatpainter_model::generate::RunGenerator`], `eval`, `generate`) samples from it like from our own runs.
 //!
 //! The directory gets what a training run leaves: `config.json` (stage `stage2`, zero training
 //! steps) and `checkpoints/step-000000000/` with the imported G, a freshly initialised D and empty
@@ -12,11 +12,12 @@ use std::path::Path;
 
 use crate::TrainError;
 use crate::checkpoint::{self, CHECKPOINT_FORMAT, TrainState};
-use crate::config::{TrainConfig, Variant};
+use crate::config::TrainConfig;
 use crate::import::{ImportReport, load_reference_pth};
-use crate::model::{Stage1Generator, Stage2Generator};
-use crate::rng::Xoshiro256;
 use crate::trainer::{RESOLVED_CONFIG_FILE, ResolvedConfig, Stage1Origin, adam};
+use chatpainter_artifacts::Xoshiro256;
+use chatpainter_model::Variant;
+use chatpainter_model::networks::{Stage1Generator, Stage2Generator};
 
 /// Imports `pth` into a new Stage-II run directory `out_dir` with the widths of `cfg` (its
 /// network preset and overrides; `stackgan-pytorch-coco` for the released COCO model) and the

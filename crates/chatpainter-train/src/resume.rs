@@ -9,12 +9,13 @@ use burn::optim::ModuleOptimizer;
 
 use crate::TrainError;
 use crate::checkpoint::{self, CHECKPOINT_FORMAT, TrainState};
-use crate::config::{ResolvedNetwork, TrainConfig};
-use crate::export::first_non_finite;
+use crate::config::TrainConfig;
 use crate::loader::{Layout, WINDOW_BYTES};
-use crate::model::StageGenerator;
-use crate::rng::Xoshiro256;
 use crate::trainer::{Run, STREAM_DATA, STREAM_NOISE, adam};
+use chatpainter_artifacts::Xoshiro256;
+use chatpainter_model::ResolvedNetwork;
+use chatpainter_model::export::first_non_finite;
+use chatpainter_model::networks::StageGenerator;
 
 /// The networks, optimisers and loop state a session starts from.
 pub(crate) struct Start<G: StageGenerator> {

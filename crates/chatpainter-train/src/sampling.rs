@@ -7,17 +7,19 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor};
 
 use crate::TrainError;
+use crate::batch::DeviceBatch;
 use crate::checkpoint;
-use crate::config::{ResolvedNetwork, TrainConfig, Variant};
-use crate::data::HostBatch;
+use crate::config::TrainConfig;
 use crate::loader::first_items_batch;
 use crate::metrics::{SAMPLES_DIR, SheetColumn, sample_sheet_png};
-use crate::model::{DeviceBatch, StageGenerator};
-use crate::rng::Xoshiro256;
 use crate::source::TrainSource;
 use crate::step::tensor2;
-use crate::text_norm::TextStats;
 use crate::trainer::STREAM_SAMPLES;
+use chatpainter_artifacts::Xoshiro256;
+use chatpainter_model::TextStats;
+use chatpainter_model::dataset::HostBatch;
+use chatpainter_model::networks::StageGenerator;
+use chatpainter_model::{ResolvedNetwork, Variant};
 
 /// Fixed conditions, noise and CA eps for sample sheets (derived from the seed, never from the
 /// training streams, so sampling does not change the training run).

@@ -13,14 +13,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use chatpainter_artifacts::manifest::Manifest;
 use chatpainter_formats::embeddings::{Columns, ProjectedReader};
-use chatpainter_formats::ingested::IngestSummary;
 use rayon::prelude::*;
 
 use crate::TrainError;
-use crate::config::Variant;
-use crate::data::{Geometry, StoredImage, TrainData, TrainItem, stored_image};
+use chatpainter_model::Variant;
+use chatpainter_model::dataset::{Geometry, StoredImage, TrainData, TrainItem, stored_image};
 
 /// What the loader knows of an item without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +171,7 @@ impl TrainSource for TrainData {
         }
     }
     fn validate(&self) -> Result<(), TrainError> {
-        TrainData::validate(self)
+        Ok(TrainData::validate(self)?)
     }
 }
 
@@ -219,7 +217,8 @@ impl ParquetSource {
         geometry: Geometry,
         variant: Variant,
     ) -> Result<Self, TrainError> {
-        let tables = image_tables(ingest_dir, split, geometry)?;
+        let tables =
+            chatpainter_formats::ingested::image_tables(ingest_dir, split, geometry.load as u32)?;
         let mut pictures = HashMap::new();
         for (t, path) in tables.iter().enumerate() {
             let ids = chatpainter_formats::ingested::read_image_ids(path, geometry.load as u32)?;
@@ -474,29 +473,26 @@ impl TrainSource for ParquetSource {
     }
 }
 
-/// The image tables of `split` at the geometry's load size, from the ingest manifest.
-pub(crate) fn image_tables(
-    ingest_dir: &Path,
-    split: &str,
-    geometry: Geometry,
-) -> Result<Vec<PathBuf>, TrainError> {
-    let load_size = geometry.load;
-    let manifest = Manifest::load(ingest_dir)?;
-    let summary: IngestSummary = serde_json::from_value(manifest.summary.clone()).map_err(|e| {
-        TrainError::Data(format!(
-            "{}: ingest manifest summary: {e}",
-            Manifest::path_in(ingest_dir).display()
-        ))
-    })?;
-    let tables = summary
-        .image_tables
-        .get(&(load_size as u32))
-        .and_then(|by_split| by_split.get(split))
-        .ok_or_else(|| {
-            TrainError::Data(format!(
-                "{}: no {load_size}-px image tables for split `{split}` (add {load_size} to ingest.load_sizes)",
-                Manifest::path_in(ingest_dir).display()
-            ))
-        })?;
-    Ok(tables.iter().map(|rel| ingest_dir.join(rel)).collect())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatpainter_model::{StoredImage, TrainItem};
+
+    #[test]
+    fn a_variant_needs_its_dialogue_inputs() {
+        let load = Geometry::STAGE1.load;
+        let item = TrainItem {
+            image_id: 44,
+            image: StoredImage::Rgb(vec![0; load * load * 3]),
+            captions: vec![vec![1.0; 4]],
+            dialogue: None,
+            turns: Vec::new(),
+        };
+        let d = TrainData::new(Geometry::STAGE1, vec![item]).expect("no dialogue is fine");
+        assert!(d.check_variant(Variant::Stackgan).is_ok());
+        let err = d
+            .check_variant(Variant::ChatpainterRecurrent)
+            .expect_err("no turns");
+        assert!(err.to_string().contains("image 44"), "{err}");
+    }
 }

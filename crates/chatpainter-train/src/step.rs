@@ -13,12 +13,13 @@ use burn::tensor::{Device, Tensor, TensorData};
 use chatpainter_nn::loss::{DLoss, GLoss, discriminator_loss, generator_loss};
 
 use crate::TrainError;
-use crate::config::{ResolvedNetwork, Variant};
-use crate::data::HostBatch;
+use crate::batch::DeviceBatch;
 use crate::data_parallel;
-use crate::model::{DeviceBatch, StageGenerator};
 use crate::precision::Precision;
 use crate::ranks::World;
+use chatpainter_model::dataset::HostBatch;
+use chatpainter_model::networks::StageGenerator;
+use chatpainter_model::{ResolvedNetwork, Variant};
 
 /// The host-side inputs of one optimiser step.
 pub struct StepInputs {

@@ -43,12 +43,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::checkpoint::{self, TrainState};
-use crate::config::{ResolvedNetwork, TrainConfig};
-use crate::data::Geometry;
+use crate::config::TrainConfig;
 use crate::data_parallel::{self, Scratch};
+use crate::exports::Exported;
 use crate::loader::{Cursor, Plan, Prefetcher, Prepared, WINDOW_BYTES};
 use crate::metrics::{METRICS_FILE, MetricsWriter, StepMetrics};
-use crate::model::{Stage1Generator, Stage2Generator, StageGenerator};
 use crate::ranks::World;
 use crate::resume::{self, Start, save_checked};
 use crate::sampling::Sampler;
@@ -56,7 +55,12 @@ use crate::schedule::Schedule;
 pub use crate::schedule::lr_halvings;
 use crate::source::TrainSource;
 use crate::step::{Optimizers, StepInputs, StepLosses, Stepped, train_step};
-use crate::text_norm::{TextNorm, TextStats};
+use crate::text_norm::TextNorm;
+use chatpainter_model::ResolvedNetwork;
+use chatpainter_model::TextStats;
+use chatpainter_model::dataset::Geometry;
+use chatpainter_model::networks::{Stage1Generator, Stage2Generator, StageGenerator};
+use chatpainter_model::run::RunConfig;
 
 /// RNG stream ids derived from the seed: the data order and draws, G's noise and CA eps (both
 /// checkpointed), and the sample sheets' fixed inputs.
@@ -230,7 +234,7 @@ pub fn train_stage1(
     check_geometry(data, Geometry::STAGE1)?;
     let net = cfg.network(data.widths().caption, data.dialogue_width(cfg.variant))?;
     let text_stats = (cfg.text_norm == TextNorm::Standardize)
-        .then(|| TextStats::of(data, cfg.variant))
+        .then(|| crate::text_norm::stats_of(data, cfg.variant))
         .transpose()?;
     let run = Run {
         cfg,
@@ -267,6 +271,7 @@ pub fn train_stage2(
     cfg.validate()?;
     check_geometry(data, Geometry::STAGE2)?;
     let s1 = ResolvedConfig::read(stage1_dir)?;
+    let s1_run = RunConfig::read(stage1_dir)?;
     if s1.stage != Stage1Generator::STAGE {
         return Err(TrainError::Config(format!(
             "stage1: {} is a {} run, not a Stage-I run",
@@ -321,10 +326,14 @@ pub fn train_stage2(
     };
     run.train(
         |device| {
-            let (g1, _) =
-                Stage1Generator::init(&s1.network, s1.train.variant, device, s1.train.seed);
-            let g1 = checkpoint::load_generator(&ckpt, g1)?;
-            Stage2Generator::init(&net, cfg.variant, g1, device, cfg.seed)
+            let g1 = checkpoint::load_generator(&ckpt, s1_run.stage1_generator(device))?;
+            Ok(Stage2Generator::init(
+                &net,
+                cfg.variant,
+                g1,
+                device,
+                cfg.seed,
+            )?)
         },
         progress,
         stop,
@@ -355,7 +364,7 @@ pub(crate) struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn train<G: StageGenerator>(
+    fn train<G: Exported>(
         &self,
         init: impl Fn(&Device) -> Result<(G, G::D), TrainError>,
         progress: &dyn Progress,
@@ -375,7 +384,7 @@ impl Run<'_> {
     }
 
     /// `config.json`: the configuration this run actually uses.
-    fn write_resolved_config<G: StageGenerator>(
+    fn write_resolved_config<G: Exported>(
         &self,
         steps_per_epoch: u64,
         total_steps: u64,
@@ -426,7 +435,7 @@ impl<'r> Session<'r> {
     /// Checks the data and device, writes `config.json` (rank 0), builds the networks with
     /// `init`, starts them fresh or from the newest intact checkpoint (rank 0's start on every
     /// rank) and opens rank 0's writers.
-    fn open<G: StageGenerator>(
+    fn open<G: Exported>(
         run: &'r Run<'r>,
         init: impl Fn(&Device) -> Result<(G, G::D), TrainError>,
     ) -> Result<(Self, G, G::D), TrainError> {
@@ -488,7 +497,7 @@ impl<'r> Session<'r> {
     }
 
     /// Steps until the step limit or a stop, with the batches prepared on a background thread.
-    fn run_loop<G: StageGenerator>(
+    fn run_loop<G: Exported>(
         &mut self,
         gnet: G,
         d: G::D,
@@ -569,7 +578,7 @@ impl<'r> Session<'r> {
 
     /// [`train_step`]; a backend failure inside it (LibTorch raises out-of-memory as a panic)
     /// becomes an error naming the batch size; the last checkpoint stays intact.
-    fn guarded_step<G: StageGenerator>(
+    fn guarded_step<G: Exported>(
         &mut self,
         gnet: G,
         d: G::D,
@@ -603,7 +612,7 @@ impl<'r> Session<'r> {
 
     /// The finished step's line of `metrics.jsonl` (rank 0 writes it) and, at the log interval,
     /// of the log.
-    fn record<G: StageGenerator>(
+    fn record<G: Exported>(
         &mut self,
         losses: &StepLosses,
         (lr_g, lr_d): (f64, f64),
@@ -652,7 +661,7 @@ impl<'r> Session<'r> {
 
     /// The sample sheet, progress, checkpoint and stop flag after a step; true when the session
     /// leaves (stopped before the step limit).
-    fn after_step<G: StageGenerator>(
+    fn after_step<G: Exported>(
         &mut self,
         gnet: &G,
         d: &G::D,
@@ -680,7 +689,7 @@ impl<'r> Session<'r> {
         Ok(self.stopped)
     }
 
-    fn summary<G: StageGenerator>(self) -> TrainSummary {
+    fn summary<G: Exported>(self) -> TrainSummary {
         TrainSummary {
             stage: G::STAGE.into(),
             steps: self.state.step,
@@ -699,13 +708,14 @@ impl<'r> Session<'r> {
 #[cfg(all(test, feature = "mpi"))]
 mod tests {
     use super::*;
-    use crate::config::{TrainConfig, Variant};
-    use crate::data::HostBatch;
-    use crate::export::tensor_values;
+    use crate::config::TrainConfig;
     use crate::precision::Precision;
     use crate::ranks::mpirun;
-    use crate::rng::Xoshiro256;
     use burn::module::Module;
+    use chatpainter_artifacts::Xoshiro256;
+    use chatpainter_model::Variant;
+    use chatpainter_model::dataset::HostBatch;
+    use chatpainter_model::export::tensor_values;
 
     const TEST: &str = "trainer::tests::two_mpi_ranks_equal_one_rank";
 
@@ -761,7 +771,7 @@ mod tests {
     }
 
     /// k steps of one rank on the global batch vs. k steps of this rank in `world` on its share.
-    fn compare<G: StageGenerator>(
+    fn compare<G: Exported>(
         world: &World,
         stage: &str,
         net: &ResolvedNetwork,

@@ -8,14 +8,12 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use chatpainter_artifacts::NoProgress;
+use chatpainter_artifacts::Xoshiro256;
+use chatpainter_model::export::tensor_values;
+use chatpainter_model::{Geometry, StoredImage, TrainData, TrainItem, Variant};
 use chatpainter_train::checkpoint::{self, CHECKPOINTS_DIR};
-use chatpainter_train::export::tensor_values;
 use chatpainter_train::metrics::{METRICS_FILE, SAMPLES_DIR, read_metrics};
-use chatpainter_train::rng::Xoshiro256;
-use chatpainter_train::{
-    Geometry, StoredImage, TrainConfig, TrainData, TrainError, TrainItem, Variant, World,
-    load_checkpoint_networks, train_stage1,
-};
+use chatpainter_train::{TrainConfig, TrainError, World, load_checkpoint_networks, train_stage1};
 
 const CAPTION_DIM: usize = 12;
 const DIALOGUE_DIM: usize = 6;
@@ -82,8 +80,8 @@ fn run(
 fn final_weights(
     dir: &Path,
 ) -> (
-    Vec<chatpainter_train::export::HostTensor>,
-    Vec<chatpainter_train::export::HostTensor>,
+    Vec<chatpainter_model::export::HostTensor>,
+    Vec<chatpainter_model::export::HostTensor>,
 ) {
     let last = checkpoint::latest(dir)
         .expect("list")
@@ -321,7 +319,7 @@ fn bad_inputs_are_refused() {
 #[test]
 fn loads_the_ingest_and_embed_artifacts() {
     use chatpainter_artifacts::{Manifest, StageKey};
-    use chatpainter_embed::EncoderIdentity;
+    use chatpainter_formats::embeddings::EncoderIdentity;
     use chatpainter_formats::embeddings::{EmbeddingTable, ImageEmbeddings};
     use chatpainter_formats::ingested::IngestSummary;
     use chatpainter_formats::ingested::{ImageTableWriter, Record, write_records};
@@ -547,8 +545,8 @@ mod stage2 {
                 let net = cfg.network2(&s1_net).expect("net2");
                 let dev = burn::tensor::Device::flex();
                 let (g1, _) =
-                    chatpainter_train::Stage1Generator::init(&s1_net, cfg.variant, &dev, 5);
-                chatpainter_train::Stage2Generator::init(&net, cfg.variant, g1, &dev, 5)
+                    chatpainter_model::Stage1Generator::init(&s1_net, cfg.variant, &dev, 5);
+                chatpainter_model::Stage2Generator::init(&net, cfg.variant, g1, &dev, 5)
                     .expect("init")
                     .0
                     .g
@@ -603,8 +601,8 @@ mod stage2 {
 
     #[test]
     fn generates_from_both_stages_deterministically() {
-        use chatpainter_train::TrainDevice;
-        use chatpainter_train::generate::{Condition, DialogueCondition, RunGenerator};
+        use chatpainter_model::DeviceChoice;
+        use chatpainter_model::generate::{Condition, DialogueCondition, RunGenerator};
         let root = tempfile::tempdir().expect("tempdir");
         let s1 = root.path().join("stage1");
         stage1_run(&s1);
@@ -618,7 +616,7 @@ mod stage2 {
             ),
         };
         let conds: Vec<Condition> = (1..=3).map(|t| cond(t, &mut rng)).collect();
-        let g1 = RunGenerator::load(&s1, TrainDevice::Cpu).expect("stage1 generator");
+        let g1 = RunGenerator::load(&s1, DeviceChoice::CPU).expect("stage1 generator");
         assert_eq!(
             (g1.stage(), g1.step(), g1.dialogue_dim()),
             (1, 2, DIALOGUE_DIM)
@@ -631,7 +629,7 @@ mod stage2 {
         let b = g1.generate(&conds[2..], &[3], 1).expect("generate");
         assert!(a[2] == b[0], "batching changed an image");
 
-        let g2 = RunGenerator::load(&s2, TrainDevice::Cpu).expect("stage2 generator");
+        let g2 = RunGenerator::load(&s2, DeviceChoice::CPU).expect("stage2 generator");
         assert_eq!(g2.stage(), 2);
         let out = g2.generate(&conds, &[1, 2, 3], 3).expect("generate");
         let big = out[1].stage2.as_ref().expect("stage2 image");
@@ -646,7 +644,7 @@ mod stage2 {
         };
         let err = g2.generate(&[wrong], &[0], 1).expect_err("bad width");
         assert!(err.to_string().contains("condition 0"), "{err}");
-        assert!(RunGenerator::load(&root.path().join("none"), TrainDevice::Cpu).is_err());
+        assert!(RunGenerator::load(&root.path().join("none"), DeviceChoice::CPU).is_err());
     }
 
     #[test]
@@ -726,13 +724,12 @@ mod pth_import {
     use std::path::Path;
 
     use burn::tensor::Device;
+    use chatpainter_model::export::tensor_values;
+    use chatpainter_model::{ResolvedNetwork, Stage1Generator, Variant};
     use chatpainter_nn::{ReferenceLayout, reference_names};
-    use chatpainter_train::config::ResolvedNetwork;
-    use chatpainter_train::export::tensor_values;
     use chatpainter_train::import::{
         ImportError, PthData, PthTensor, load_reference_pth, load_stage1_pth, write_state_dict,
     };
-    use chatpainter_train::{Stage1Generator, Variant};
 
     fn nets(seed: u64) -> (chatpainter_nn::Stage1G, chatpainter_nn::Stage1D) {
         let net = ResolvedNetwork {
@@ -911,13 +908,13 @@ mod pth_import {
 /// flex is `chatpainter-bench`'s (`gpu_check::tch_cpu`).
 #[cfg(feature = "tch")]
 mod tch_cpu {
-    use chatpainter_train::TrainDevice;
+    use chatpainter_model::DeviceChoice;
 
     #[test]
     fn train_stage1_runs_on_tch_cpu() {
         let data = super::synthetic(10, 5);
-        let mut cfg = super::config(chatpainter_train::Variant::ChatpainterRecurrent, 3);
-        cfg.device = TrainDevice::TchCpu;
+        let mut cfg = super::config(chatpainter_model::Variant::ChatpainterRecurrent, 3);
+        cfg.device = DeviceChoice::TchCpu;
         let root = tempfile::tempdir().expect("tmp");
         let summary = super::run(&cfg, &data, root.path(), false).expect("train on tch-cpu");
         assert_eq!(summary.steps, 3);
@@ -932,10 +929,10 @@ mod tch_cpu {
 /// Stage-II exports the same layout.
 mod stage2_reference_import {
     use super::*;
-    use chatpainter_train::generate::{Condition, DialogueCondition, RunGenerator};
+    use chatpainter_model::generate::{Condition, DialogueCondition, RunGenerator};
+    use chatpainter_model::{DeviceChoice, Stage1Generator, Stage2Generator};
     use chatpainter_train::import::{reference_state_dict, write_state_dict};
     use chatpainter_train::reference_run::import_stage2_generator;
-    use chatpainter_train::{Stage1Generator, Stage2Generator, TrainDevice};
 
     fn coco_like() -> TrainConfig {
         let mut cfg = TrainConfig::smoke(Variant::Stackgan);
@@ -966,7 +963,7 @@ mod stage2_reference_import {
         let run = root.path().join("stage2");
         let report = import_stage2_generator(&pth, &cfg, CAPTION_DIM, 0, &run).expect("import");
         assert_eq!(report.applied, tensor_values(&theirs.g).len());
-        let generator = RunGenerator::load(&run, TrainDevice::Cpu).expect("load");
+        let generator = RunGenerator::load(&run, DeviceChoice::CPU).expect("load");
         assert_eq!((generator.stage(), generator.step()), (2, 0));
         let cond = Condition {
             caption: vec![0.1; CAPTION_DIM],
@@ -1008,13 +1005,13 @@ mod stage2_reference_import {
 mod lazy {
     use super::*;
     use chatpainter_artifacts::{Manifest, StageKey};
-    use chatpainter_embed::EncoderIdentity;
+    use chatpainter_formats::embeddings::EncoderIdentity;
     use chatpainter_formats::embeddings::{ImageEmbeddings, TableWriter};
     use chatpainter_formats::ingested::IngestSummary;
     use chatpainter_formats::ingested::{ImageTableWriter, Record, write_records};
+    use chatpainter_model::dataset::{Augment, BatchShape, assemble};
     use chatpainter_train::ParquetSource;
     use chatpainter_train::TextNorm;
-    use chatpainter_train::data::{Augment, BatchShape, assemble};
     use chatpainter_train::loader::{BlockCache, Layout};
     use chatpainter_train::source::{TrainSource, item_bytes};
     use std::collections::BTreeMap;

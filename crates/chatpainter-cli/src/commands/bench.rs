@@ -58,7 +58,7 @@ pub fn run(what: &str) -> Result<Vec<BenchRow>> {
         // Training loader: images/s per core for each stage's batch preparation and the cores
         // that keep one and eight H200s fed.
         "loader" => Ok(chatpainter_bench::loader::loader_rows(3.0)?),
-        "eval" => super::eval::bench(chatpainter_train::TrainDevice::Cpu),
+        "eval" => super::eval::bench(chatpainter_model::DeviceChoice::CPU),
         other => bail!("bench {other}: unknown benchmark"),
     }
 }
@@ -121,8 +121,8 @@ impl StepArgs {
     /// An unknown stage, variant, device or precision.
     pub fn options(&self) -> Result<chatpainter_bench::step::StepBenchOptions> {
         use chatpainter_bench::gpu_check::StepSetup;
-        use chatpainter_train::config::Stage2Widths;
-        let variant: chatpainter_train::Variant =
+        use chatpainter_model::Stage2Widths;
+        let variant: chatpainter_model::Variant =
             serde_json::from_value(serde_json::Value::String(self.variant.clone())).map_err(
                 |_| {
                     anyhow::anyhow!(
@@ -132,9 +132,9 @@ impl StepArgs {
                 },
             )?;
         let (dialogue_dim, rnn_hidden, turns) = match variant {
-            chatpainter_train::Variant::Stackgan => (0, 0, 0),
-            chatpainter_train::Variant::ChatpainterNonrecurrent => (self.dialogue_dim, 0, 0),
-            chatpainter_train::Variant::ChatpainterRecurrent => {
+            chatpainter_model::Variant::Stackgan => (0, 0, 0),
+            chatpainter_model::Variant::ChatpainterNonrecurrent => (self.dialogue_dim, 0, 0),
+            chatpainter_model::Variant::ChatpainterRecurrent => {
                 (self.dialogue_dim, self.rnn_hidden, self.turns)
             }
         };
@@ -143,7 +143,7 @@ impl StepArgs {
         setup.variant = variant;
         setup.turns = turns;
         setup.seed = self.seed;
-        setup.net = chatpainter_train::ResolvedNetwork {
+        setup.net = chatpainter_model::ResolvedNetwork {
             z_dim: self.z_dim,
             caption_dim: self.caption_dim,
             dialogue_dim,
@@ -232,7 +232,7 @@ pub fn encode(args: &EncodeArgs) -> Result<serde_json::Value> {
     Ok(serde_json::json!({
         "impl": "chatpainter",
         "device": "cpu",
-        "threads": chatpainter_bench::step::intra_op_threads(chatpainter_train::TrainDevice::Cpu),
+        "threads": chatpainter_bench::step::intra_op_threads(chatpainter_model::DeviceChoice::CPU),
         "batch": config.batch_size,
         "batch_tokens": config.batch_tokens,
         "texts": texts.len(),

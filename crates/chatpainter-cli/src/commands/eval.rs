@@ -7,7 +7,7 @@ use chatpainter_artifacts::digest::sha256_json;
 use chatpainter_artifacts::{BenchRow, Manifest, OutputFile, StageKey, StageOutput};
 use chatpainter_eval::score::{BackboneChoice, ScoreSettings};
 use chatpainter_formats::metrics::{METRICS_FILE, MetricsFile};
-use chatpainter_train::TrainDevice;
+use chatpainter_model::DeviceChoice;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -118,7 +118,7 @@ pub struct EvalFolderArgs {
     pub batch_size: usize,
     /// Where Inception runs (cpu, or a LibTorch device in a tch build).
     #[arg(long, default_value = "cpu")]
-    pub device: TrainDevice,
+    pub device: DeviceChoice,
     /// Write metrics.json here (default: print it on stdout).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -162,7 +162,7 @@ pub const BENCH_BATCH: usize = 8;
 
 /// `chatpainter bench eval`: images/s through Inception (random weights) on `device`, one row
 /// per network (torch-fidelity is the pytorch-fid network with another resize: not timed apart).
-pub fn bench(device: TrainDevice) -> Result<Vec<BenchRow>> {
+pub fn bench(device: DeviceChoice) -> Result<Vec<BenchRow>> {
     device
         .probe()
         .with_context(|| format!("bench eval on {device}"))?;

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use chatpainter_eval::conditions::{DialogueFile, TurnPair, parse_turn};
 use chatpainter_eval::generation::{GenerateRequest, generate};
-use chatpainter_train::TrainDevice;
+use chatpainter_model::DeviceChoice;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -35,7 +35,7 @@ pub struct GenerateArgs {
     pub seed: u64,
     /// Where the generator runs.
     #[arg(long, default_value = "cpu")]
-    pub device: TrainDevice,
+    pub device: DeviceChoice,
     /// Output PNG.
     #[arg(long)]
     pub out: PathBuf,

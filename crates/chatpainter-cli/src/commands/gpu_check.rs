@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use chatpainter_bench::gpu_check::{
     GpuCheckOptions, StepSetup, Tolerance, gpu_check, write_report,
 };
-use chatpainter_train::TrainDevice;
+use chatpainter_model::DeviceChoice;
 use clap::{Args, ValueEnum};
 
 /// Network widths of the check.
@@ -27,7 +27,7 @@ pub enum CheckPreset {
 pub struct GpuCheckArgs {
     /// cpu, tch-cpu or cuda:N (LibTorch devices need a build with `--features tch`).
     #[arg(long)]
-    pub device: TrainDevice,
+    pub device: DeviceChoice,
     /// Folder for results.json and summary.txt (created).
     #[arg(long)]
     pub out: PathBuf,

@@ -18,7 +18,7 @@ pub fn fetch_models(dest: Option<PathBuf>) -> Result<()> {
 
 /// `chatpainter import-netg --pth P --out D [--preset …] [--caption-dim N]`.
 pub fn import_netg(pth: &Path, out: &Path, preset: String, caption_dim: usize) -> Result<()> {
-    let mut cfg = chatpainter_train::TrainConfig::smoke(chatpainter_train::Variant::Stackgan);
+    let mut cfg = chatpainter_train::TrainConfig::smoke(chatpainter_model::Variant::Stackgan);
     cfg.network.preset = preset;
     let report =
         chatpainter_train::reference_run::import_stage2_generator(pth, &cfg, caption_dim, 0, out)?;

@@ -36,9 +36,9 @@ pub fn train(args: &StageArgs, stage: &str) -> Result<()> {
 fn train_data(
     run: &RunDir,
     stage: &str,
-    variant: chatpainter_train::Variant,
+    variant: chatpainter_model::Variant,
 ) -> Result<chatpainter_train::ParquetSource> {
-    use chatpainter_train::Geometry;
+    use chatpainter_model::Geometry;
     let geometry = if stage == "stage1" {
         Geometry::STAGE1
     } else {

@@ -1,12 +1,12 @@
 //! Seeded, checkpointable random numbers: xoshiro256** streams, seeded by the workspace's
-//! SplitMix64 ([`chatpainter_artifacts::SplitMix`]).
+//! SplitMix64 ([`crate::SplitMix`]).
 //!
 //! Every random choice of the training loop (epoch order, crops, flips, caption picks, noise and
 //! the CA's eps) comes from one of these generators, whose whole state is four `u64`s that a
 //! checkpoint stores. Burn's device RNG is used only to initialise the networks, so a resumed run
 //! draws exactly the numbers an uninterrupted run would.
 
-use chatpainter_artifacts::SplitMix;
+use crate::SplitMix;
 use serde::{Deserialize, Serialize};
 
 /// xoshiro256** 1.0 (Blackman & Vigna). The state is public so that it serialises as-is.

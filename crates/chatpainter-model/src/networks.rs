@@ -3,22 +3,19 @@
 //! dialogue BiLSTM, which learns through the CA from the G loss and the KL term, so it shares
 //! G's optimiser) with `Stage1D`, and Stage-II's ([`Stage2Generator`]: Stage-II G around the
 //! frozen Stage-I G, and the frozen BiLSTM copied from Stage-I, paper §4.2) with `Stage2D`. Also
-//! the conversion of a host batch into tensors and the CA input `[caption ‖ dialogue]`.
+//! the CA input `[caption ‖ dialogue]`.
 
 use std::sync::Mutex;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use chatpainter_nn::{
     CaNoise, DialogueEncoder, Discriminator, GenOutput, ReferenceLayout, Stage1D, Stage1G, Stage2D,
     Stage2DConfig, Stage2G, Stage2GConfig, weights_init,
 };
 
-use crate::TrainError;
-use crate::config::{ResolvedNetwork, Variant};
-use crate::data::HostBatch;
-use crate::export::export_safetensors;
-use crate::precision::Precision;
+use crate::ModelError;
+use crate::network::{ResolvedNetwork, Variant};
 
 /// The G side of one stage: what G's optimiser updates (frozen parts inside are not), and how it
 /// turns a batch's conditions and noise into images.
@@ -29,15 +26,6 @@ pub trait StageGenerator: Module + Sized {
     const STAGE: &'static str;
     /// CA noise draws per image in one forward (Stage-II also samples the inner Stage-I CA).
     const CA_DRAWS: usize;
-    /// Safetensors exports with the reference names, written at the end of a completed run.
-    const EXPORT_FILES: &'static [&'static str];
-
-    /// Writes [`Self::EXPORT_FILES`] (those that apply) into `out_dir`.
-    ///
-    /// # Errors
-    /// Mapping and IO errors.
-    fn export(&self, d: &Self::D, out_dir: &std::path::Path) -> Result<(), TrainError>;
-
     /// Restores invariants a loaded record may not carry (Stage-II: the frozen parts).
     fn after_load(self) -> Self {
         self
@@ -57,28 +45,12 @@ pub trait StageGenerator: Module + Sized {
         dialogue: &DialogueInput,
         noise: Tensor<2>,
         eps: Vec<Tensor<2>>,
-    ) -> Result<GenOutput, TrainError>;
+    ) -> Result<GenOutput, ModelError>;
 }
 
-/// G, D and the BiLSTM (if any) as safetensors, under `files[0..3]`.
-fn export_networks<G: ReferenceLayout, D: ReferenceLayout>(
-    g: &G,
-    d: &D,
-    dialogue: Option<&DialogueEncoder>,
-    out_dir: &std::path::Path,
-    files: &[&str],
-) -> Result<(), TrainError> {
-    export_safetensors(g, &out_dir.join(files[0]))?;
-    export_safetensors(d, &out_dir.join(files[1]))?;
-    if let Some(enc) = dialogue {
-        export_safetensors(enc, &out_dir.join(files[2]))?;
-    }
-    Ok(())
-}
-
-fn take_eps(eps: Vec<Tensor<2>>, n: usize) -> Result<Vec<CaNoise>, TrainError> {
+fn take_eps(eps: Vec<Tensor<2>>, n: usize) -> Result<Vec<CaNoise>, ModelError> {
     if eps.len() != n {
-        return Err(TrainError::Internal(format!(
+        return Err(ModelError::Internal(format!(
             "{} CA noise tensors, expected {n}",
             eps.len()
         )));
@@ -93,13 +65,13 @@ fn take_eps(eps: Vec<Tensor<2>>, n: usize) -> Result<Vec<CaNoise>, TrainError> {
 /// captions `[B, caption_dim]` → `[B, text_dim]`
 ///
 /// # Errors
-/// [`TrainError::Nn`] for bad turn counts; [`TrainError::Internal`] when the variant's inputs
+/// [`ModelError::Nn`] for bad turn counts; [`ModelError::Internal`] when the variant's inputs
 /// and networks do not match.
 pub fn ca_input(
     captions: Tensor<2>,
     dialogue: &DialogueInput,
     encoder: Option<&DialogueEncoder>,
-) -> Result<Tensor<2>, TrainError> {
+) -> Result<Tensor<2>, ModelError> {
     match (dialogue, encoder) {
         (DialogueInput::None, None) => Ok(captions),
         (DialogueInput::Whole(d), None) => Ok(Tensor::cat(vec![captions, d.clone()], 1)),
@@ -107,7 +79,7 @@ pub fn ca_input(
             let summary = enc.forward(t.clone(), lengths)?;
             Ok(Tensor::cat(vec![captions, summary], 1))
         }
-        _ => Err(TrainError::Internal(
+        _ => Err(ModelError::Internal(
             "dialogue input does not match the generator's variant".into(),
         )),
     }
@@ -130,66 +102,6 @@ pub enum DialogueInput {
     Whole(Tensor<2>),
     /// `[B, T, turn_dim]` zero-padded, with the present turn counts.
     Turns(Tensor<3>, Vec<usize>),
-}
-
-/// One batch on the device.
-#[derive(Debug, Clone)]
-pub struct DeviceBatch {
-    /// `[B, 3, 64, 64]`
-    pub real: Tensor<4>,
-    /// `[B, caption_dim]`
-    pub captions: Tensor<2>,
-    pub dialogue: DialogueInput,
-}
-
-impl DeviceBatch {
-    /// Moves a host batch to `device`.
-    pub fn new(host: HostBatch, variant: Variant, net: &ResolvedNetwork, device: &Device) -> Self {
-        let b = host.size;
-        let real = Tensor::from_data(
-            TensorData::new(host.images, [b, 3, host.crop, host.crop]),
-            device,
-        );
-        let captions =
-            Tensor::from_data(TensorData::new(host.captions, [b, net.caption_dim]), device);
-        let dialogue = match variant {
-            Variant::Stackgan => DialogueInput::None,
-            Variant::ChatpainterNonrecurrent => DialogueInput::Whole(Tensor::from_data(
-                TensorData::new(host.dialogue, [b, net.dialogue_dim]),
-                device,
-            )),
-            Variant::ChatpainterRecurrent => {
-                let t = host.dialogue.len() / (b * net.dialogue_dim).max(1);
-                DialogueInput::Turns(
-                    Tensor::from_data(
-                        TensorData::new(host.dialogue, [b, t, net.dialogue_dim]),
-                        device,
-                    ),
-                    host.lengths,
-                )
-            }
-        };
-        Self {
-            real,
-            captions,
-            dialogue,
-        }
-    }
-
-    /// The batch in a step's compute precision.
-    pub fn cast(self, precision: Precision) -> Self {
-        Self {
-            real: precision.input(self.real),
-            captions: precision.input(self.captions),
-            dialogue: match self.dialogue {
-                DialogueInput::None => DialogueInput::None,
-                DialogueInput::Whole(t) => DialogueInput::Whole(precision.input(t)),
-                DialogueInput::Turns(t, lengths) => {
-                    DialogueInput::Turns(precision.input(t), lengths)
-                }
-            },
-        }
-    }
 }
 
 impl Stage1Generator {
@@ -225,7 +137,7 @@ impl Stage1Generator {
         dialogue: &DialogueInput,
         noise: Tensor<2>,
         eps: Tensor<2>,
-    ) -> Result<GenOutput, TrainError> {
+    ) -> Result<GenOutput, ModelError> {
         self.generate(captions, dialogue, noise, vec![eps])
     }
 }
@@ -234,32 +146,16 @@ impl StageGenerator for Stage1Generator {
     type D = Stage1D;
     const STAGE: &'static str = "stage1";
     const CA_DRAWS: usize = 1;
-    const EXPORT_FILES: &'static [&'static str] = &[
-        "stage1_g.safetensors",
-        "stage1_d.safetensors",
-        "stage1_dialogue_rnn.safetensors",
-    ];
-
-    fn export(&self, d: &Stage1D, out_dir: &std::path::Path) -> Result<(), TrainError> {
-        export_networks(
-            &self.g,
-            d,
-            self.dialogue.as_ref(),
-            out_dir,
-            Self::EXPORT_FILES,
-        )
-    }
-
     fn generate(
         &self,
         captions: Tensor<2>,
         dialogue: &DialogueInput,
         noise: Tensor<2>,
         eps: Vec<Tensor<2>>,
-    ) -> Result<GenOutput, TrainError> {
+    ) -> Result<GenOutput, ModelError> {
         let text = ca_input(captions, dialogue, self.dialogue.as_ref())?;
         let [ca] = <[CaNoise; 1]>::try_from(take_eps(eps, 1)?)
-            .map_err(|_| TrainError::Internal("CA noise count".into()))?;
+            .map_err(|_| ModelError::Internal("CA noise count".into()))?;
         Ok(self.g.forward_with(text, noise, ca))
     }
 }
@@ -277,20 +173,20 @@ pub struct Stage2Generator {
 impl Stage2Generator {
     /// Builds Stage-II around a trained Stage-I: fresh Stage-II layers with the reference
     /// initialisation (seeded as [`Stage1Generator::init`]), then the Stage-I G and BiLSTM moved
-    /// in and frozen. `net` must carry its [`crate::config::Stage2Widths`].
+    /// in and frozen. `net` must carry its [`crate::network::Stage2Widths`].
     ///
     /// # Errors
-    /// [`TrainError::Internal`] when `net` has no Stage-II widths.
+    /// [`ModelError::Internal`] when `net` has no Stage-II widths.
     pub fn init(
         net: &ResolvedNetwork,
         variant: Variant,
         stage1: Stage1Generator,
         device: &Device,
         seed: u64,
-    ) -> Result<(Self, Stage2D), TrainError> {
+    ) -> Result<(Self, Stage2D), ModelError> {
         let w = net
             .stage2
-            .ok_or_else(|| TrainError::Internal("Stage-II widths missing".into()))?;
+            .ok_or_else(|| ModelError::Internal("Stage-II widths missing".into()))?;
         let cfg = net.stackgan(variant);
         let _guard = init_lock();
         device.seed(seed);
@@ -327,30 +223,9 @@ impl StageGenerator for Stage2Generator {
     type D = Stage2D;
     const STAGE: &'static str = "stage2";
     const CA_DRAWS: usize = 2;
-    /// `stage2_g` holds the nested `STAGE1_G.*` tensors, like the reference's `netG_epoch_N.pth`.
-    const EXPORT_FILES: &'static [&'static str] = &[
-        "stage2_g.safetensors",
-        "stage2_d.safetensors",
-        "stage2_dialogue_rnn.safetensors",
-        "stage2_g.pth",
-    ];
 
     fn after_load(self) -> Self {
         self.freeze_stage1()
-    }
-
-    fn export(&self, d: &Stage2D, out_dir: &std::path::Path) -> Result<(), TrainError> {
-        export_networks(
-            &self.g,
-            d,
-            self.dialogue.as_ref(),
-            out_dir,
-            Self::EXPORT_FILES,
-        )?;
-        // What torch.load reads, in the reference's netG layout (nested STAGE1_G.*).
-        let state_dict = crate::import::reference_state_dict(&self.g, 0)?;
-        crate::import::write_state_dict(&out_dir.join(Self::EXPORT_FILES[3]), &state_dict)?;
-        Ok(())
     }
 
     fn generate(
@@ -359,10 +234,10 @@ impl StageGenerator for Stage2Generator {
         dialogue: &DialogueInput,
         noise: Tensor<2>,
         eps: Vec<Tensor<2>>,
-    ) -> Result<GenOutput, TrainError> {
+    ) -> Result<GenOutput, ModelError> {
         let text = ca_input(captions, dialogue, self.dialogue.as_ref())?;
         let [ca1, ca2] = <[CaNoise; 2]>::try_from(take_eps(eps, 2)?)
-            .map_err(|_| TrainError::Internal("CA noise count".into()))?;
+            .map_err(|_| ModelError::Internal("CA noise count".into()))?;
         Ok(self.g.forward_with(text, noise, ca1, ca2))
     }
 }

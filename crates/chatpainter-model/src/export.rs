@@ -10,7 +10,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use chatpainter_nn::{ReferenceLayout, reference_names};
 
-use crate::TrainError;
+use crate::ModelError;
 
 /// One tensor's values, read back to the host.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,11 +67,11 @@ pub fn first_non_finite<M: Module>(module: &M) -> Option<(String, f32)> {
 /// Writes `module` as a safetensors file keyed by the reference names; returns the tensor count.
 ///
 /// # Errors
-/// [`TrainError::Internal`] for a mapping gap; IO errors naming the file.
+/// [`ModelError::Internal`] for a mapping gap; IO errors naming the file.
 pub fn export_safetensors<M: ReferenceLayout>(
     module: &M,
     path: &Path,
-) -> Result<usize, TrainError> {
+) -> Result<usize, ModelError> {
     let names = reference_names(module)?;
     let by_path: HashMap<&str, &chatpainter_nn::ReferenceName> =
         names.iter().map(|n| (n.ours.as_str(), n)).collect();
@@ -79,7 +79,7 @@ pub fn export_safetensors<M: ReferenceLayout>(
     for t in tensor_values(module) {
         let name = by_path
             .get(t.path.as_str())
-            .ok_or_else(|| TrainError::Internal(format!("no reference name for `{}`", t.path)))?;
+            .ok_or_else(|| ModelError::Internal(format!("no reference name for `{}`", t.path)))?;
         let values = if name.torch_shape != t.shape && t.shape.len() == 2 {
             // Burn Linear weight [in, out] → torch [out, in].
             let (rows, cols) = (t.shape[0], t.shape[1]);
@@ -103,10 +103,10 @@ pub fn export_safetensors<M: ReferenceLayout>(
                 .map(|v| (n.clone(), v))
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TrainError::Internal(format!("safetensors view: {e}")))?;
+        .map_err(|e| ModelError::Internal(format!("safetensors view: {e}")))?;
     let count = views.len();
     let bytes = safetensors::serialize(views, None)
-        .map_err(|e| TrainError::Internal(format!("safetensors: {e}")))?;
+        .map_err(|e| ModelError::Internal(format!("safetensors: {e}")))?;
     chatpainter_artifacts::write_atomic(path, &bytes)?;
     Ok(count)
 }

@@ -13,9 +13,9 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::TrainError;
-use crate::config::Variant;
-use crate::rng::Xoshiro256;
+use crate::ModelError;
+use crate::network::Variant;
+use chatpainter_artifacts::Xoshiro256;
 
 /// Load and crop sizes of a stage (the stored image is `crop · 76/64`, as the reference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,21 +65,21 @@ impl StoredImage {
     /// The RGB bytes (decoding a PNG).
     ///
     /// # Errors
-    /// [`TrainError::Data`] when the PNG does not decode to `geometry.load` pixels square.
+    /// [`ModelError::Data`] when the PNG does not decode to `geometry.load` pixels square.
     pub fn rgb(
         &self,
         id: i64,
         geometry: Geometry,
-    ) -> Result<std::borrow::Cow<'_, [u8]>, TrainError> {
+    ) -> Result<std::borrow::Cow<'_, [u8]>, ModelError> {
         let bytes: std::borrow::Cow<'_, [u8]> = match self {
             Self::Rgb(v) => v.as_slice().into(),
             Self::Png(png) => chatpainter_formats::ingested::decode_png(png)
-                .map_err(|e| TrainError::Data(format!("image {id}: {e}")))?
+                .map_err(|e| ModelError::Data(format!("image {id}: {e}")))?
                 .into_raw()
                 .into(),
         };
         if bytes.len() != geometry.stored_bytes() {
-            return Err(TrainError::Data(format!(
+            return Err(ModelError::Data(format!(
                 "image {id}: {} bytes, expected {load}×{load}×3",
                 bytes.len(),
                 load = geometry.load
@@ -118,11 +118,11 @@ impl TrainData {
     /// Checks sizes and widths and records them.
     ///
     /// # Errors
-    /// [`TrainError::Data`] naming the image whose image size or vector width is off.
-    pub fn new(geometry: Geometry, items: Vec<TrainItem>) -> Result<Self, TrainError> {
+    /// [`ModelError::Data`] naming the image whose image size or vector width is off.
+    pub fn new(geometry: Geometry, items: Vec<TrainItem>) -> Result<Self, ModelError> {
         let first = items
             .first()
-            .ok_or_else(|| TrainError::Data("the training set is empty".into()))?;
+            .ok_or_else(|| ModelError::Data("the training set is empty".into()))?;
         let caption_dim = first.captions.first().map_or(0, Vec::len);
         let dialogue_dim = items
             .iter()
@@ -147,27 +147,27 @@ impl TrainData {
     /// checks again before training). PNG-stored images are checked when decoded.
     ///
     /// # Errors
-    /// [`TrainError::Data`] naming the image whose image size or vector width is off.
-    pub fn validate(&self) -> Result<(), TrainError> {
+    /// [`ModelError::Data`] naming the image whose image size or vector width is off.
+    pub fn validate(&self) -> Result<(), ModelError> {
         if self.items.is_empty() {
-            return Err(TrainError::Data("the training set is empty".into()));
+            return Err(ModelError::Data("the training set is empty".into()));
         }
         if self.caption_dim == 0 {
-            return Err(TrainError::Data("caption vectors have width 0".into()));
+            return Err(ModelError::Data("caption vectors have width 0".into()));
         }
         for it in &self.items {
             let id = it.image_id;
             if let StoredImage::Rgb(v) = &it.image
                 && v.len() != self.geometry.stored_bytes()
             {
-                return Err(TrainError::Data(format!(
+                return Err(ModelError::Data(format!(
                     "image {id}: {} bytes, expected {load}×{load}×3",
                     v.len(),
                     load = self.geometry.load
                 )));
             }
             if it.captions.is_empty() {
-                return Err(TrainError::Data(format!("image {id}: no caption vectors")));
+                return Err(ModelError::Data(format!("image {id}: no caption vectors")));
             }
             let widths = it
                 .captions
@@ -180,7 +180,7 @@ impl TrainData {
             let turns = it.turns.iter().map(|t| (t.len(), self.turn_dim, "turn"));
             for (found, want, what) in widths.chain(dia).chain(turns) {
                 if found != want {
-                    return Err(TrainError::Data(format!(
+                    return Err(ModelError::Data(format!(
                         "image {id}: {what} vector of width {found}, expected {want}"
                     )));
                 }
@@ -210,14 +210,15 @@ impl TrainData {
     /// a warning); the result must not be empty.
     ///
     /// # Errors
-    /// Any read or decode failure, naming the file; [`TrainError::Data`] for a contract breach.
+    /// Any read or decode failure, naming the file; [`ModelError::Data`] for a contract breach.
     pub fn load(
         ingest_dir: &Path,
         embed_dir: &Path,
         split: &str,
         geometry: Geometry,
-    ) -> Result<Self, TrainError> {
-        let tables = crate::source::image_tables(ingest_dir, split, geometry)?;
+    ) -> Result<Self, ModelError> {
+        let tables =
+            chatpainter_formats::ingested::image_tables(ingest_dir, split, geometry.load as u32)?;
         let records =
             chatpainter_formats::ingested::read_records(&ingest_dir.join("records.parquet"))?;
         let wanted: HashSet<i64> = records
@@ -271,18 +272,15 @@ fn read_table<T>(
     path: &Path,
     wanted: &BTreeMap<i64, T>,
     geometry: Geometry,
-) -> Result<Vec<(i64, StoredImage)>, TrainError>
+) -> Result<Vec<(i64, StoredImage)>, ModelError>
 where
     T: Sync,
 {
-    let file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
-    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file)
-        .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
-    let groups = parquet::file::reader::FileReader::metadata(&reader).num_row_groups();
+    let groups = chatpainter_formats::ingested::image_row_groups(path)?;
     let mut out = Vec::new();
     for g in 0..groups {
         let rows = chatpainter_formats::ingested::read_image_group(path, g)?;
-        let decoded: Result<Vec<_>, TrainError> = rows
+        let decoded: Result<Vec<_>, ModelError> = rows
             .into_par_iter()
             .filter(|(id, _)| wanted.contains_key(id))
             .map(|(id, png)| Ok((id, stored_image(path, id, png, geometry)?)))
@@ -296,31 +294,31 @@ where
 /// after checking its header's size.
 ///
 /// # Errors
-/// [`TrainError::Data`] naming the file and the image when it does not decode or is not
+/// [`ModelError::Data`] naming the file and the image when it does not decode or is not
 /// `load × load`.
-pub(crate) fn stored_image(
+pub fn stored_image(
     path: &Path,
     id: i64,
     png: Vec<u8>,
     geometry: Geometry,
-) -> Result<StoredImage, TrainError> {
+) -> Result<StoredImage, ModelError> {
     let load = geometry.load;
     let wrong_size = |w: u32, h: u32| {
-        TrainError::Data(format!(
+        ModelError::Data(format!(
             "{}: image {id} is {w}×{h}, expected {load}×{load}",
             path.display()
         ))
     };
     if geometry.keeps_decoded() {
         let img = chatpainter_formats::ingested::decode_png(&png)
-            .map_err(|e| TrainError::Data(format!("{}: image {id}: {e}", path.display())))?;
+            .map_err(|e| ModelError::Data(format!("{}: image {id}: {e}", path.display())))?;
         if img.width() as usize != load || img.height() as usize != load {
             return Err(wrong_size(img.width(), img.height()));
         }
         return Ok(StoredImage::Rgb(img.into_raw()));
     }
     let (w, h) = png_size(&png)
-        .ok_or_else(|| TrainError::Data(format!("{}: image {id}: not a PNG", path.display())))?;
+        .ok_or_else(|| ModelError::Data(format!("{}: image {id}: not a PNG", path.display())))?;
     if w as usize != load || h as usize != load {
         return Err(wrong_size(w, h));
     }
@@ -402,13 +400,13 @@ pub struct HostBatch {
 /// Builds the batch of `indices` with the given augmentations (decoding and pixels in parallel).
 ///
 /// # Errors
-/// [`TrainError::Data`] naming an image that does not decode to the load size.
+/// [`ModelError::Data`] naming an image that does not decode to the load size.
 pub fn assemble(
     data: &TrainData,
     variant: Variant,
     indices: &[usize],
     augs: &[Augment],
-) -> Result<HostBatch, TrainError> {
+) -> Result<HostBatch, ModelError> {
     let items: Vec<&TrainItem> = indices.iter().map(|&i| &data.items[i]).collect();
     let shape = BatchShape {
         geometry: data.geometry,
@@ -432,19 +430,19 @@ pub struct BatchShape {
 /// Builds the batch of `items` with the given augmentations (decoding and pixels in parallel).
 ///
 /// # Errors
-/// [`TrainError::Data`] naming an image that does not decode to the load size.
+/// [`ModelError::Data`] naming an image that does not decode to the load size.
 pub fn assemble_items(
     items: &[&TrainItem],
     shape: BatchShape,
     variant: Variant,
     augs: &[Augment],
-) -> Result<HostBatch, TrainError> {
+) -> Result<HostBatch, ModelError> {
     let g = shape.geometry;
     let crops: Vec<Vec<f32>> = items
         .par_iter()
         .zip(augs.par_iter())
         .map(|(it, a)| Ok(crop_flip(&it.image.rgb(it.image_id, g)?, *a, g)))
-        .collect::<Result<_, TrainError>>()?;
+        .collect::<Result<_, ModelError>>()?;
     let images = crops.concat();
     let captions: Vec<f32> = items
         .iter()
@@ -495,7 +493,6 @@ pub fn assemble_items(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::TrainSource;
 
     const G1: Geometry = Geometry::STAGE1;
     const CROP_SIZE: usize = 64;
@@ -641,8 +638,6 @@ mod tests {
         let mut it = item(44, |_, _, _| 0);
         it.turns.clear();
         it.dialogue = None;
-        let d = TrainData::new(G1, vec![it]).expect("no dialogue is fine for stackgan");
-        assert!(d.check_variant(Variant::Stackgan).is_ok());
-        assert!(d.check_variant(Variant::ChatpainterRecurrent).is_err());
+        TrainData::new(G1, vec![it]).expect("no dialogue is fine for stackgan");
     }
 }

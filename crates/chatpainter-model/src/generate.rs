@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::TrainError;
+use crate::ModelError;
 use crate::checkpoint;
-use crate::config::{ResolvedNetwork, TrainDevice, Variant};
-use crate::model::{DialogueInput, Stage1Generator, Stage2Generator, StageGenerator};
-use crate::rng::Xoshiro256;
-use crate::trainer::ResolvedConfig;
+use crate::device::DeviceChoice;
+use crate::network::{ResolvedNetwork, Variant};
+use crate::networks::{DialogueInput, Stage1Generator, Stage2Generator, StageGenerator};
+use crate::run::RunConfig;
+use chatpainter_artifacts::Xoshiro256;
 
 /// RNG stream of generation noise (apart from the training streams).
 const STREAM_GENERATE: u64 = 4;
@@ -63,7 +64,7 @@ enum Nets {
 #[derive(Debug)]
 pub struct RunGenerator {
     nets: Nets,
-    resolved: ResolvedConfig,
+    resolved: RunConfig,
     network: ResolvedNetwork,
     checkpoint: PathBuf,
     step: u64,
@@ -75,37 +76,32 @@ impl RunGenerator {
     /// newest checkpoint, onto `device`.
     ///
     /// # Errors
-    /// IO and record errors naming the file; [`TrainError::Config`] when the directory has no
+    /// IO and record errors naming the file; [`ModelError::Config`] when the directory has no
     /// checkpoint or is not a training stage.
-    pub fn load(stage_dir: &Path, device: TrainDevice) -> Result<Self, TrainError> {
-        let resolved = ResolvedConfig::read(stage_dir)?;
-        let ckpt = checkpoint::latest(stage_dir)?.ok_or_else(|| {
-            TrainError::Config(format!(
+    pub fn load(stage_dir: &Path, device: DeviceChoice) -> Result<Self, ModelError> {
+        let resolved = RunConfig::read(stage_dir)?;
+        let (step, ckpt) = checkpoint::list(stage_dir)?.pop().ok_or_else(|| {
+            ModelError::Config(format!(
                 "{}: no checkpoint: train this stage first",
                 stage_dir.display()
             ))
         })?;
-        let state = checkpoint::read_state(&ckpt)?;
-        let (_, device) = device.devices();
-        let net = state.network;
+        let device = device.burn_device();
+        let net = resolved.network;
         if let Some(stats) = &resolved.text_stats {
             stats.check(net.caption_dim, net.dialogue_dim)?;
         }
-        let variant = resolved.train.variant;
-        let seed = resolved.train.seed;
-        let stage1_net = ResolvedNetwork {
-            stage2: None,
-            ..net
-        };
-        let (g1, _) = Stage1Generator::init(&stage1_net, variant, &device, seed);
         let nets = match resolved.stage.as_str() {
-            "stage1" => Nets::One(Box::new(checkpoint::load_generator(&ckpt, g1)?)),
-            "stage2" => {
-                let (g2, _) = Stage2Generator::init(&net, variant, g1, &device, seed)?;
-                Nets::Two(Box::new(checkpoint::load_generator(&ckpt, g2)?))
-            }
+            "stage1" => Nets::One(Box::new(checkpoint::load_generator(
+                &ckpt,
+                resolved.stage1_generator(&device),
+            )?)),
+            "stage2" => Nets::Two(Box::new(checkpoint::load_generator(
+                &ckpt,
+                resolved.stage2_generator(&device)?,
+            )?)),
             other => {
-                return Err(TrainError::Config(format!(
+                return Err(ModelError::Config(format!(
                     "{}: stage `{other}` is not a training stage",
                     stage_dir.display()
                 )));
@@ -116,7 +112,7 @@ impl RunGenerator {
             resolved,
             network: net,
             checkpoint: ckpt,
-            step: state.step,
+            step,
             device,
         })
     }
@@ -153,23 +149,23 @@ impl RunGenerator {
     }
 
     /// The run's resolved configuration.
-    pub fn config(&self) -> &ResolvedConfig {
+    pub fn config(&self) -> &RunConfig {
         &self.resolved
     }
 
     /// One image per condition, `seeds[i]` fixing image i's noise; batched by `batch_size`.
     ///
     /// # Errors
-    /// [`TrainError::Data`] naming the condition whose vector widths or dialogue form do not fit
+    /// [`ModelError::Data`] naming the condition whose vector widths or dialogue form do not fit
     /// the run.
     pub fn generate(
         &self,
         conditions: &[Condition],
         seeds: &[u64],
         batch_size: usize,
-    ) -> Result<Vec<Generated>, TrainError> {
+    ) -> Result<Vec<Generated>, ModelError> {
         if conditions.len() != seeds.len() {
-            return Err(TrainError::Data(format!(
+            return Err(ModelError::Data(format!(
                 "{} conditions but {} seeds",
                 conditions.len(),
                 seeds.len()
@@ -200,8 +196,8 @@ impl RunGenerator {
         Ok(out)
     }
 
-    fn check(&self, i: usize, c: &Condition) -> Result<(), TrainError> {
-        let bad = |what: String| Err(TrainError::Data(format!("condition {i}: {what}")));
+    fn check(&self, i: usize, c: &Condition) -> Result<(), ModelError> {
+        let bad = |what: String| Err(ModelError::Data(format!("condition {i}: {what}")));
         if c.caption.len() != self.network.caption_dim {
             return bad(format!(
                 "caption vector of width {}, the run uses {}",
@@ -242,7 +238,7 @@ impl RunGenerator {
         g: &G,
         conds: &[Condition],
         seeds: &[u64],
-    ) -> Result<Vec<Generated>, TrainError> {
+    ) -> Result<Vec<Generated>, ModelError> {
         let b = conds.len();
         let net = &self.network;
         let dev = &self.device;
