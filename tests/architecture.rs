@@ -16,14 +16,18 @@ fn root() -> PathBuf {
 
 /// `cargo metadata` of our own packages (no dependencies resolved, offline).
 fn metadata() -> serde_json::Value {
+    cargo_metadata(&["--no-deps"])
+}
+
+/// `cargo metadata` with the whole dependency graph resolved (offline, from `Cargo.lock`).
+fn resolved_metadata() -> serde_json::Value {
+    cargo_metadata(&[])
+}
+
+fn cargo_metadata(extra: &[&str]) -> serde_json::Value {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--offline",
-        ])
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(extra)
         .current_dir(root())
         .output()
         .expect("cargo metadata runs");
@@ -94,7 +98,6 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "chatpainter-formats",
                 "chatpainter-model",
                 "chatpainter-nn",
-                "chatpainter-embed",
             ][..],
         ),
         // Benchmarks and the GPU check: the training step without a dataset; only the CLI
@@ -187,6 +190,97 @@ fn only_ingest_depends_on_polars() {
             assert!(
                 POLARS_USERS.contains(&name.as_str()),
                 "{name} depends on {dep}; only {POLARS_USERS:?} may use Polars (ARCHITECTURE.md)"
+            );
+        }
+    }
+}
+
+/// Polars compiles into ingest and into what links ingest (the CLI) only: every other crate reads
+/// the ingested Parquet through `chatpainter-formats`, so no other stage builds Polars.
+#[test]
+fn polars_reaches_only_ingest_and_the_cli() {
+    const MAY_LINK_POLARS: [&str; 2] = ["chatpainter-ingest", "chatpainter-cli"];
+    let meta = resolved_metadata();
+    let nodes = meta["resolve"]["nodes"].as_array().expect("resolve.nodes");
+    let name_of = |id: &str| id_name(&meta, id);
+    let normal_deps = |id: &str| -> Vec<String> {
+        let node = nodes.iter().find(|n| n["id"] == id).expect("node");
+        node["deps"]
+            .as_array()
+            .expect("deps")
+            .iter()
+            .filter(|d| {
+                d["dep_kinds"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k["kind"].is_null()))
+            })
+            .map(|d| d["pkg"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let links_polars = |root: &str| -> Option<String> {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![root.to_string()];
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let dep_name = name_of(&id);
+            if dep_name == "polars" || dep_name.starts_with("polars-") {
+                return Some(dep_name);
+            }
+            todo.extend(normal_deps(&id));
+        }
+        None
+    };
+    for member in meta["workspace_members"].as_array().expect("members") {
+        let member = member.as_str().unwrap_or_default();
+        let name = name_of(member);
+        let found = links_polars(member);
+        if name == "chatpainter-ingest" {
+            // The walk itself works: the crate that uses Polars is seen to link it.
+            assert!(
+                found.is_some(),
+                "the dependency walk misses ingest's Polars"
+            );
+        } else if !MAY_LINK_POLARS.contains(&name.as_str()) && name != "xtask" {
+            assert!(
+                found.is_none(),
+                "{name} links {}; only {MAY_LINK_POLARS:?} may (read Parquet with \
+                 chatpainter-formats instead)",
+                found.unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn id_name(meta: &serde_json::Value, id: &str) -> String {
+    meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .find(|p| p["id"] == id)
+        .and_then(|p| p["name"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The stages talk through files only: a stage crate reads its inputs with `chatpainter-formats`
+/// (and runs text encoders and networks with `chatpainter-model`), never through the crate of
+/// the stage that wrote them.
+#[test]
+fn stages_depend_on_formats_not_on_each_other() {
+    const STAGES: [&str; 4] = [
+        "chatpainter-ingest",
+        "chatpainter-embed",
+        "chatpainter-train",
+        "chatpainter-eval",
+    ];
+    for (name, dep) in non_dev_dependencies(&metadata()) {
+        if STAGES.contains(&name.as_str()) {
+            assert!(
+                !STAGES.contains(&dep.as_str()),
+                "{name} depends on the stage crate {dep}: read its artifacts with \
+                 chatpainter-formats (ARCHITECTURE.md)"
             );
         }
     }

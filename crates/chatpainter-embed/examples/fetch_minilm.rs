@@ -7,8 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dest = std::env::args_os()
         .nth(1)
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(chatpainter_embed::default_models_dir);
-    let dir = chatpainter_embed::fetch_minilm(&dest)?;
+        .unwrap_or_else(chatpainter_model::text::default_models_dir);
+    let dir = chatpainter_model::text::fetch_minilm(&dest)?;
     println!("{}", dir.display());
     Ok(())
 }

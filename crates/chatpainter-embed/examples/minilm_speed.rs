@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use chatpainter_embed::{MiniLmConfig, MiniLmEncoder, TextEncoder, dialogue_text};
+use chatpainter_model::text::{MiniLmConfig, MiniLmEncoder, TextEncoder, dialogue_text};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args_os()
@@ -28,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let short: Vec<String> = (0..256)
         .map(|i| {
             let (q, a) = turns[i % turns.len()];
-            format!("{} {i}", chatpainter_embed::turn_text(q, a))
+            format!("{} {i}", chatpainter_model::text::turn_text(q, a))
         })
         .collect();
     let dialogue = dialogue_text(&turns);

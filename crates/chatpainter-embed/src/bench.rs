@@ -21,18 +21,19 @@ use chatpainter_artifacts::{BenchRow, NoProgress, SplitMix};
 use chatpainter_formats::ingested::Record;
 use chatpainter_formats::ingested::{Dialogue, Turn};
 
-use crate::stage::{EmbedConfig, EmbedReport, EncoderSpec, Encoders, build};
-use crate::{
+use crate::stage::{EmbedConfig, EmbedReport, build};
+use chatpainter_model::DeviceChoice;
+use chatpainter_model::device::bench_devices;
+use chatpainter_model::text::{
     EmbedError, MINILM_DIR_NAME, MiniLmConfig, MiniLmEncoder, SkipThoughtConfig,
     SkipThoughtEncoder, SkipThoughtVariant, TextEncoder,
 };
-use chatpainter_model::DeviceChoice;
-use chatpainter_model::device::bench_devices;
+use chatpainter_model::text::{EncoderSpec, Encoders};
 
 /// What the benchmark runs on.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Folder holding `all-MiniLM-L6-v2/` ([`crate::default_models_dir`] by default).
+    /// Folder holding `all-MiniLM-L6-v2/` ([`chatpainter_model::text::default_models_dir`] by default).
     pub models_dir: std::path::PathBuf,
     /// Short turns timed.
     pub short_texts: usize,
@@ -48,7 +49,7 @@ pub struct BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         Self {
-            models_dir: crate::default_models_dir(),
+            models_dir: chatpainter_model::text::default_models_dir(),
             short_texts: 512,
             dialogues: 96,
             rebuild_images: 250,
@@ -264,13 +265,13 @@ fn bench_texts(options: &BenchOptions) -> BenchTexts {
     let short: Vec<String> = (0..options.short_texts)
         .map(|_| {
             let (q, a) = turn(&mut rng, true);
-            crate::turn_text(&q, &a)
+            chatpainter_model::text::turn_text(&q, &a)
         })
         .collect();
     let dialogues: Vec<String> = (0..options.dialogues)
         .map(|_| {
             let turns: Vec<(String, String)> = (0..10).map(|_| turn(&mut rng, false)).collect();
-            crate::dialogue_text(&turns)
+            chatpainter_model::text::dialogue_text(&turns)
         })
         .collect();
     vec![("short turns", short), ("whole dialogues", dialogues)]
@@ -377,7 +378,7 @@ fn rebuild_rows(
         device: Default::default(),
         batch_tokens: None,
     };
-    let encoders = Encoders::load(&cfg)?;
+    let encoders = Encoders::load(&cfg.encoders())?;
     let dir = tempfile::tempdir().map_err(|e| EmbedError::io(std::env::temp_dir(), e))?;
     let (cache, out) = (
         dir.path().join("cache"),
@@ -447,7 +448,7 @@ pub fn parity_texts(kind: &str, n: usize) -> Option<Vec<String>> {
             (0..n)
                 .map(|_| {
                     let (q, a) = turn(&mut rng, true);
-                    crate::turn_text(&q, &a)
+                    chatpainter_model::text::turn_text(&q, &a)
                 })
                 .collect(),
         ),
@@ -456,7 +457,7 @@ pub fn parity_texts(kind: &str, n: usize) -> Option<Vec<String>> {
                 .map(|_| {
                     let turns: Vec<(String, String)> =
                         (0..10).map(|_| turn(&mut rng, false)).collect();
-                    crate::dialogue_text(&turns)
+                    chatpainter_model::text::dialogue_text(&turns)
                 })
                 .collect(),
         ),

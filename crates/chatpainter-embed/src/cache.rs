@@ -18,10 +18,10 @@
 //! and are read back part by part by [`EncoderCache::gather`], so a 4800-d Skip-Thought cache
 //! of ~800k turns (≈15 GB) needs one part in memory at a time, not the whole cache.
 
-use crate::{EmbedError, EncoderIdentity, TextEncoder};
 use arrow::array::{Array, FixedSizeBinaryArray, FixedSizeListArray, Float32Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use chatpainter_artifacts::{AtomicFile, write_atomic};
+use chatpainter_model::text::{EmbedError, EncoderIdentity, TextEncoder};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use sha2::{Digest, Sha256};

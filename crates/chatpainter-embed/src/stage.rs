@@ -22,144 +22,18 @@
 //! [`verify_file`] streams the table the same way.
 
 use crate::cache::{EncoderCache, FillStats, Key, key_of};
-use crate::charcnn::{CharCnnRnnSource, FileDigest};
-use crate::{
-    DeviceChoice, EmbedError, HashingEncoder, MiniLmConfig, MiniLmEncoder, TextEncoder,
-    dialogue_text, normalize_whitespace, turn_text,
-};
 use chatpainter_artifacts::Progress;
 use chatpainter_formats::embeddings::{ImageEmbeddings, TableWriter};
 use chatpainter_formats::ingested::Record;
+use chatpainter_model::DeviceChoice;
+use chatpainter_model::text::charcnn::FileDigest;
+use chatpainter_model::text::{
+    EmbedError, EncoderSettings, EncoderSpec, Encoders, dialogue_text, normalize_whitespace,
+    turn_text,
+};
 use serde::{Deserialize, Serialize};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-
-/// One path or a list of them (e.g. StackGAN's `train/` and `test/` pickles).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Paths {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Paths {
-    pub fn to_vec(&self) -> Vec<&str> {
-        match self {
-            Self::One(p) => vec![p.as_str()],
-            Self::Many(v) => v.iter().map(String::as_str).collect(),
-        }
-    }
-}
-
-/// Which encoder, and how to load it. Paths are resolved as every pipeline path is
-/// ([`chatpainter_artifacts::RunDir::resolve`]): `run:<rel>` inside the run directory, anything
-/// else as written (relative to the working directory, the workspace root for the CLI and xtask).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum EncoderSpec {
-    /// Zero-file feature hashing (smoke runs, CI).
-    Hashing { dim: usize },
-    /// all-MiniLM-L6-v2 (384-d); `model_dir` defaults to `$CHATPAINTER_MODELS` or `data/models`.
-    Minilm {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        model_dir: Option<String>,
-        #[serde(default = "default_max_tokens")]
-        max_tokens: usize,
-    },
-    /// Skip-Thought (the paper's dialogue encoder): `model_dir` holds `dictionary.txt`, the
-    /// word tables and `uni_skip.npz` / `bi_skip.npz` (see the `skipthought` module docs).
-    Skipthought {
-        model_dir: String,
-        #[serde(default = "default_skipthought_variant")]
-        variant: crate::SkipThoughtVariant,
-    },
-    /// StackGAN's precomputed caption vectors (captions only: it cannot encode new text).
-    /// `embeddings[i]` pairs with `filenames[i]`; several pairs (train/ and test/) are merged.
-    CharCnnRnn {
-        embeddings: Paths,
-        filenames: Paths,
-        #[serde(default = "default_char_cnn_dim")]
-        dim: usize,
-    },
-}
-
-fn default_skipthought_variant() -> crate::SkipThoughtVariant {
-    crate::SkipThoughtVariant::Combine
-}
-
-fn default_max_tokens() -> usize {
-    128
-}
-
-fn default_char_cnn_dim() -> usize {
-    1024
-}
-
-impl EncoderSpec {
-    /// Loads the encoder on flex with its default batching, paths taken as written.
-    pub fn load(&self) -> Result<Box<dyn TextEncoder>, EmbedError> {
-        self.load_with(&|p: &str| PathBuf::from(p), &Placement::default())
-    }
-
-    /// Loads the encoder, turning every configured path into a file path with `resolve`; the
-    /// Burn encoders (MiniLM, Skip-Thought) go where `placement` says.
-    pub fn load_with(
-        &self,
-        resolve: &dyn Fn(&str) -> PathBuf,
-        placement: &Placement,
-    ) -> Result<Box<dyn TextEncoder>, EmbedError> {
-        let device = placement.device.burn_device();
-        Ok(match self {
-            Self::Hashing { dim } => Box::new(HashingEncoder::new(*dim)?),
-            Self::Minilm {
-                model_dir,
-                max_tokens,
-            } => {
-                let mut cfg = match model_dir {
-                    Some(dir) => MiniLmConfig::new(resolve(dir)),
-                    None => MiniLmConfig::from_default_dir(),
-                };
-                cfg.max_tokens = *max_tokens;
-                if let Some(tokens) = placement.batch_tokens {
-                    cfg.batch_tokens = tokens;
-                }
-                Box::new(MiniLmEncoder::load_on(&cfg, device)?)
-            }
-            Self::Skipthought { model_dir, variant } => {
-                let mut cfg = crate::SkipThoughtConfig::new(resolve(model_dir), *variant);
-                if let Some(tokens) = placement.batch_tokens {
-                    cfg.batch_tokens = tokens;
-                }
-                Box::new(crate::SkipThoughtEncoder::load_on(&cfg, device)?)
-            }
-            Self::CharCnnRnn {
-                embeddings,
-                filenames,
-                dim,
-            } => {
-                let (e, f) = (embeddings.to_vec(), filenames.to_vec());
-                if e.len() != f.len() {
-                    return Err(EmbedError::Config(format!(
-                        "char-cnn-rnn: {} embeddings file(s) but {} filenames file(s); they pair up one to one",
-                        e.len(),
-                        f.len()
-                    )));
-                }
-                let pairs = e.iter().zip(&f).map(|(e, f)| (resolve(e), resolve(f)));
-                Box::new(CharCnnRnnSource::open(pairs.collect(), *dim)?)
-            }
-        })
-    }
-}
-
-/// Where and in what portions the Burn encoders run; not part of any encoder's identity (the
-/// vectors do not depend on it beyond float rounding).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Placement {
-    pub device: DeviceChoice,
-    /// Most padded tokens per forward pass (`None`: the encoder's default).
-    pub batch_tokens: Option<usize>,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,9 +63,12 @@ pub struct EmbedConfig {
 }
 
 impl EmbedConfig {
-    /// The device and batching the Burn encoders load with.
-    pub fn placement(&self) -> Placement {
-        Placement {
+    /// The encoder part of this table: what loads the encoders (eval reads the same fields of
+    /// the stage's `config.toml` to rebuild them).
+    pub fn encoders(&self) -> EncoderSettings {
+        EncoderSettings {
+            caption_encoder: self.caption_encoder.clone(),
+            dialogue_encoder: self.dialogue_encoder.clone(),
             device: self.device,
             batch_tokens: self.batch_tokens,
         }
@@ -316,55 +193,6 @@ fn texts_of(r: &Record, empty_turns: &mut usize) -> Result<Texts, EmbedError> {
         dialogue,
         turns,
     })
-}
-
-/// The loaded encoders of a config (one instance when both specs are equal).
-pub struct Encoders {
-    pub caption: std::sync::Arc<dyn TextEncoder>,
-    pub dialogue: std::sync::Arc<dyn TextEncoder>,
-}
-
-impl Encoders {
-    /// Loads both encoders, paths taken as written.
-    pub fn load(cfg: &EmbedConfig) -> Result<Self, EmbedError> {
-        Self::load_with(cfg, &|p: &str| PathBuf::from(p))
-    }
-
-    /// Loads both encoders, resolving configured paths with `resolve` (the CLI passes the run
-    /// directory's resolver so that `run:` paths work).
-    ///
-    /// # Errors
-    /// The encoders' load errors; [`EmbedError::CannotEncode`] for a `char-cnn-rnn` dialogue
-    /// encoder (dialogues are new text).
-    pub fn load_with(
-        cfg: &EmbedConfig,
-        resolve: &dyn Fn(&str) -> PathBuf,
-    ) -> Result<Self, EmbedError> {
-        if matches!(cfg.dialogue_encoder, EncoderSpec::CharCnnRnn { .. }) {
-            return Err(EmbedError::CannotEncode {
-                encoder: crate::charcnn::CHAR_CNN_RNN_NAME.into(),
-                what: "as `dialogue_encoder`: StackGAN has no dialogue vectors".into(),
-            });
-        }
-        let placement = cfg.placement();
-        let burn_encoder = |s: &EncoderSpec| {
-            matches!(
-                s,
-                EncoderSpec::Minilm { .. } | EncoderSpec::Skipthought { .. }
-            )
-        };
-        if burn_encoder(&cfg.caption_encoder) || burn_encoder(&cfg.dialogue_encoder) {
-            cfg.device.probe()?;
-        }
-        let caption: std::sync::Arc<dyn TextEncoder> =
-            cfg.caption_encoder.load_with(resolve, &placement)?.into();
-        let dialogue = if cfg.dialogue_encoder == cfg.caption_encoder {
-            caption.clone()
-        } else {
-            cfg.dialogue_encoder.load_with(resolve, &placement)?.into()
-        };
-        Ok(Self { caption, dialogue })
-    }
 }
 
 /// Vectors written at arbitrary slots, read back in slot order: how the output is assembled
@@ -670,7 +498,7 @@ fn sample(
 ) -> Result<Vec<(usize, Slot, String)>, EmbedError> {
     if encoders.caption.precomputed().is_some() {
         return Err(EmbedError::CannotEncode {
-            encoder: crate::charcnn::CHAR_CNN_RNN_NAME.into(),
+            encoder: chatpainter_model::text::charcnn::CHAR_CNN_RNN_NAME.into(),
             what: "`--verify` would re-encode captions; their vectors are copies of the pickles, whose sha256 the manifest records".into(),
         });
     }
@@ -881,7 +709,7 @@ mod tests {
             .map(|i| record(i, &format!("a picture number {i}")))
             .collect();
         let c = cfg(8);
-        let enc = Encoders::load(&c).unwrap();
+        let enc = Encoders::load(&c.encoders()).unwrap();
         let first = build(&c, &enc, &records, &cache, &out, &NoProgress).unwrap();
         assert_eq!(
             (
@@ -932,7 +760,7 @@ mod tests {
         let (cache, out) = (dir.path().join("cache"), dir.path().join("e.parquet"));
         let records: Vec<Record> = (0..6).map(|i| record(i, &format!("caption {i}"))).collect();
         let c = cfg(4);
-        let enc = Encoders::load(&c).unwrap();
+        let enc = Encoders::load(&c.encoders()).unwrap();
         build(&c, &enc, &records, &cache, &out, &NoProgress).unwrap();
         // Lose the last caption part, as if the run had been killed before writing it.
         let folder = cache.join(enc.caption.identity().fingerprint());
@@ -958,7 +786,7 @@ mod tests {
             spec,
             EncoderSpec::Skipthought {
                 model_dir: "/no/such/dir".into(),
-                variant: crate::SkipThoughtVariant::Combine
+                variant: chatpainter_model::text::SkipThoughtVariant::Combine
             }
         );
         let err = spec.load().err().map(|e| e.to_string()).unwrap_or_default();
@@ -975,7 +803,7 @@ mod tests {
         let records: Vec<Record> = (0..3).map(|i| record(i, &format!("caption {i}"))).collect();
         for dim in [4, 6, 4] {
             let c = cfg(dim);
-            let enc = Encoders::load(&c).unwrap();
+            let enc = Encoders::load(&c.encoders()).unwrap();
             let report = build(&c, &enc, &records, &cache, &out, &NoProgress).unwrap();
             let table = chatpainter_formats::embeddings::read(&out).unwrap();
             assert!(

@@ -10,11 +10,11 @@
 use std::path::{Path, PathBuf};
 
 use chatpainter_artifacts::Manifest;
-use chatpainter_embed::stage::{EmbedConfig, Encoders};
-use chatpainter_embed::{
-    EncoderIdentity, TextEncoder, dialogue_text, normalize_whitespace, turn_text,
-};
 use chatpainter_model::Variant;
+use chatpainter_model::text::{
+    EncoderIdentity, EncoderSettings, Encoders, TextEncoder, dialogue_text, normalize_whitespace,
+    turn_text,
+};
 
 use crate::error::{EvalError, Result};
 use crate::genapi::{Condition, DialogueCondition};
@@ -67,7 +67,7 @@ impl RunEncoders {
                 config_path.display()
             ))
         })?;
-        let config: EmbedConfig = toml::from_str(&text)
+        let config: EncoderSettings = toml::from_str(&text)
             .map_err(|e| EvalError::Data(format!("{}: {e}", config_path.display())))?;
         let manifest = Manifest::load(embed_dir)?;
         let manifest_path = Manifest::path_in(embed_dir);
@@ -114,7 +114,7 @@ impl RunEncoders {
     ) -> Result<Vec<Vec<f32>>> {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let batch = encoder.encode_batch(&refs).map_err(|e| match e {
-            chatpainter_embed::EmbedError::EmptyText { index } => {
+            chatpainter_model::text::EmbedError::EmptyText { index } => {
                 EvalError::Config(format!("{what} {} is empty", index + 1))
             }
             other => EvalError::Embed(other),

@@ -136,7 +136,7 @@ pub enum EvalError {
 
     /// Loading or running a text encoder failed.
     #[error(transparent)]
-    Embed(#[from] chatpainter_embed::EmbedError),
+    Embed(#[from] chatpainter_model::text::EmbedError),
 
     /// Reading the ingested dataset failed.
     #[error(transparent)]

@@ -538,12 +538,12 @@ fn per_turn_strips(
         // Sidecar with the text of each frame (the report prints it under the strip).
         let shown: Vec<serde_json::Value> = turns
             .iter()
-            .filter(|(q, a)| !chatpainter_embed::turn_text(q, a).is_empty())
+            .filter(|(q, a)| !chatpainter_model::text::turn_text(q, a).is_empty())
             .map(|(q, a)| serde_json::json!({"question": q, "answer": a}))
             .collect();
         let sidecar = serde_json::json!({
             "image_id": id,
-            "caption": chatpainter_embed::normalize_whitespace(caption),
+            "caption": chatpainter_model::text::normalize_whitespace(caption),
             "dialog": shown,
         });
         let json_name = format!("{PER_TURN_DIR}/{id}.json");

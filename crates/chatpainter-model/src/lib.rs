@@ -14,6 +14,8 @@
 //!   reference augmentation and batch assembly.
 //! - [`text_norm`]: the text-vector standardisation a run recorded ([`TextStats`]).
 //! - [`export`]: weights as safetensors under the reference PyTorch names.
+//! - [`text`]: the text encoders (hashing, all-MiniLM-L6-v2, Skip-Thought, StackGAN's
+//!   char-CNN-RNN vectors) behind one trait, and loading them from a config.
 
 pub mod checkpoint;
 pub mod dataset;
@@ -24,6 +26,7 @@ pub mod generate;
 pub mod network;
 pub mod networks;
 pub mod run;
+pub mod text;
 pub mod text_norm;
 
 pub use dataset::{Geometry, StoredImage, TrainData, TrainItem};

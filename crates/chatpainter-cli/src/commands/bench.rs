@@ -200,7 +200,7 @@ pub struct EncodeArgs {
 /// # Errors
 /// An unknown kind; a missing MiniLM folder (`cargo xtask fetch-models`); write errors.
 pub fn encode(args: &EncodeArgs) -> Result<serde_json::Value> {
-    use chatpainter_embed::TextEncoder;
+    use chatpainter_model::text::TextEncoder;
     let texts =
         chatpainter_embed::bench::parity_texts(&args.kind, args.count).ok_or_else(|| {
             anyhow::anyhow!(
@@ -212,8 +212,8 @@ pub fn encode(args: &EncodeArgs) -> Result<serde_json::Value> {
     if let Some(path) = &args.texts_out {
         chatpainter_artifacts::write_atomic(path, &serde_json::to_vec(&texts)?)?;
     }
-    let config = chatpainter_embed::MiniLmConfig::from_default_dir();
-    let encoder = chatpainter_embed::MiniLmEncoder::load(&config)?;
+    let config = chatpainter_model::text::MiniLmConfig::from_default_dir();
+    let encoder = chatpainter_model::text::MiniLmEncoder::load(&config)?;
     let lengths = encoder.token_lengths(&refs)?;
     let mut out = encoder.encode_batch(&refs)?;
     let mut pass_ms = Vec::with_capacity(args.repeat);

@@ -4,8 +4,9 @@
 use anyhow::{Result, bail};
 use chatpainter_artifacts::digest::sha256_json;
 use chatpainter_artifacts::{OutputFile, StageKey, StageOutput};
-use chatpainter_embed::stage::{self as embed, EmbedConfig, Encoders};
+use chatpainter_embed::stage::{self as embed, EmbedConfig};
 use chatpainter_formats::ingested::{RECORDS_FILE, read_records};
+use chatpainter_model::text::Encoders;
 
 use super::stage::{StageRunner, load, table, upstream_of};
 use crate::{StageArgs, ui};
@@ -16,7 +17,7 @@ pub fn embed(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
     let stage = StageRunner::create(&run, "embed", args.force)?;
     let upstream = upstream_of(&run, &["run:ingest"])?;
     // Encoder paths resolve like every pipeline path (`run:` inside the run).
-    let encoders = Encoders::load_with(&cfg, &|p: &str| run.resolve(p))?;
+    let encoders = Encoders::load_with(&cfg.encoders(), &|p: &str| run.resolve(p))?;
     // The encoders' identities (weights hashes included) are part of the key: new weights,
     // new embeddings. Where and in what batches they run is not: the vectors are the same up
     // to float rounding, so moving a finished run to another device does not redo it.

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 /// `chatpainter fetch-models [--dest D]`.
 pub fn fetch_models(dest: Option<PathBuf>) -> Result<()> {
-    let dest = dest.unwrap_or_else(chatpainter_embed::default_models_dir);
-    let dir = chatpainter_embed::fetch_minilm(&dest)?;
+    let dest = dest.unwrap_or_else(chatpainter_model::text::default_models_dir);
+    let dir = chatpainter_model::text::fetch_minilm(&dest)?;
     println!(
         "all-MiniLM-L6-v2 ready in {} (sha256 checked)",
         dir.display()

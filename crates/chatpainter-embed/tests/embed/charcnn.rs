@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use chatpainter_embed::charcnn::{
+use chatpainter_model::text::charcnn::{
     CharCnnRnnEmbeddings, image_id_from_filename, import_char_cnn_rnn, read_embeddings_pickle,
 };
-use chatpainter_embed::{EmbedError, import_char_cnn_rnn_dir};
+use chatpainter_model::text::{EmbedError, import_char_cnn_rnn_dir};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

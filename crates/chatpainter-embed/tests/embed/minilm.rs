@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use chatpainter_embed::{
+use chatpainter_model::text::{
     BertConfig, BertModel, EmbedError, HashingEncoder, MINILM_DIR_NAME, MiniLmConfig,
     MiniLmEncoder, TextEncoder, dialogue_text,
 };
@@ -199,7 +199,7 @@ fn minilm_identity() -> TestResult {
     assert_eq!(id.dim, 384);
     assert_eq!(
         id.weights_sha256.as_deref(),
-        Some(chatpainter_embed::MINILM_SAFETENSORS_SHA256)
+        Some(chatpainter_model::text::MINILM_SAFETENSORS_SHA256)
     );
     assert!(id.normalization.contains("max_tokens=128"));
     assert!(enc.encode_batch(&[])?.is_empty());
@@ -426,7 +426,7 @@ fn wrong_weights_file_is_refused_by_hash() -> TestResult {
     );
     assert!(
         err.to_string()
-            .contains(chatpainter_embed::MINILM_SAFETENSORS_SHA256)
+            .contains(chatpainter_model::text::MINILM_SAFETENSORS_SHA256)
     );
     Ok(())
 }
@@ -475,9 +475,10 @@ fn minilm_token_budget_never_changes_vectors() -> TestResult {
 
 #[test]
 fn the_stage_counts_truncated_dialogues_and_states_the_limit() -> TestResult {
-    use chatpainter_embed::stage::{EmbedConfig, EncoderSpec, Encoders, build};
+    use chatpainter_embed::stage::{EmbedConfig, build};
     use chatpainter_formats::ingested::Record;
     use chatpainter_formats::ingested::{Dialogue, Turn};
+    use chatpainter_model::text::{EncoderSpec, Encoders};
     minilm_or_skip!();
     let dir = weights_dir().ok_or("weights")?;
     let spec = EncoderSpec::Minilm {
@@ -493,7 +494,7 @@ fn the_stage_counts_truncated_dialogues_and_states_the_limit() -> TestResult {
         device: Default::default(),
         batch_tokens: None,
     };
-    let encoders = Encoders::load(&cfg)?;
+    let encoders = Encoders::load(&cfg.encoders())?;
     let turn = |q: &str, a: &str| Turn {
         question: q.into(),
         answer: Some(a.into()),

@@ -13,12 +13,12 @@
 use std::io::Write;
 use std::path::Path;
 
-use chatpainter_embed::skipthought::tokenize;
-use chatpainter_embed::{
-    EmbedError, SkipThoughtConfig, SkipThoughtEncoder, SkipThoughtVariant, TextEncoder,
-};
 use chatpainter_formats::FormatError;
 use chatpainter_formats::npy::{NpyArray, read_npy};
+use chatpainter_model::text::skipthought::tokenize;
+use chatpainter_model::text::{
+    EmbedError, SkipThoughtConfig, SkipThoughtEncoder, SkipThoughtVariant, TextEncoder,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use chatpainter_artifacts::{NoProgress, RunDir};
 use chatpainter_embed::cache::{EncoderCache, key_of};
-use chatpainter_embed::stage::{EmbedConfig, EncoderSpec, Encoders, Paths, build, verify};
-use chatpainter_embed::{EmbedError, HashingEncoder, TextEncoder};
+use chatpainter_embed::stage::{EmbedConfig, build, verify};
 use chatpainter_formats::ingested::Record;
 use chatpainter_formats::ingested::{Dialogue, Turn};
+use chatpainter_model::text::{EmbedError, HashingEncoder, TextEncoder};
+use chatpainter_model::text::{EncoderSpec, Encoders, Paths};
 use sha2::{Digest, Sha256};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -197,7 +198,7 @@ fn char_cnn_rnn_captions_end_to_end() -> TestResult {
     let cfg = char_cnn_config(DIM);
     let run_dir = RunDir::new(run.path());
     let resolver = |p: &str| run_dir.resolve(p);
-    let encoders = Encoders::load_with(&cfg, &resolver)?;
+    let encoders = Encoders::load_with(&cfg.encoders(), &resolver)?;
     let records = dataset();
     let out = run.path().join("embeddings.parquet");
     let report = build(
@@ -271,7 +272,7 @@ fn char_cnn_rnn_captions_end_to_end() -> TestResult {
         &train_names,
         pickle_names(&[&coco(25, "train"), &coco(9, "train")]),
     )?;
-    let again = Encoders::load_with(&cfg, &resolver)?;
+    let again = Encoders::load_with(&cfg.encoders(), &resolver)?;
     assert_ne!(again.caption.identity(), identity);
     let swapped = build(
         &cfg,
@@ -302,7 +303,7 @@ fn char_cnn_rnn_bad_configs_are_clear_errors() -> TestResult {
 
     // Wrong width: names the pickle and both widths.
     let cfg = char_cnn_config(5);
-    let enc = Encoders::load_with(&cfg, &resolver)?;
+    let enc = Encoders::load_with(&cfg.encoders(), &resolver)?;
     let err = build(&cfg, &enc, &records, run.path(), &out, &NoProgress)
         .err()
         .map(|e| e.to_string())
@@ -316,7 +317,7 @@ fn char_cnn_rnn_bad_configs_are_clear_errors() -> TestResult {
 
     // No image of the dataset in the pickles.
     let cfg = char_cnn_config(DIM);
-    let enc = Encoders::load_with(&cfg, &resolver)?;
+    let enc = Encoders::load_with(&cfg.encoders(), &resolver)?;
     let strangers = vec![
         record(1, "train", &["x"], &[]),
         record(2, "train", &["y"], &[]),
@@ -330,7 +331,7 @@ fn char_cnn_rnn_bad_configs_are_clear_errors() -> TestResult {
     // As the dialogue encoder; unpaired lists; a missing file.
     let mut cfg = char_cnn_config(DIM);
     cfg.dialogue_encoder = cfg.caption_encoder.clone();
-    let err = Encoders::load_with(&cfg, &resolver).err();
+    let err = Encoders::load_with(&cfg.encoders(), &resolver).err();
     assert!(
         matches!(err, Some(EmbedError::CannotEncode { .. })),
         "{err:?}"
@@ -339,7 +340,7 @@ fn char_cnn_rnn_bad_configs_are_clear_errors() -> TestResult {
     if let EncoderSpec::CharCnnRnn { filenames, .. } = &mut cfg.caption_encoder {
         *filenames = Paths::One("run:stackgan/train/filenames.pickle".into());
     }
-    let err = Encoders::load_with(&cfg, &resolver)
+    let err = Encoders::load_with(&cfg.encoders(), &resolver)
         .err()
         .map(|e| e.to_string());
     assert!(err.unwrap_or_default().contains("pair up"));
@@ -349,7 +350,7 @@ fn char_cnn_rnn_bad_configs_are_clear_errors() -> TestResult {
         filenames: Paths::One("run:nowhere/names.pickle".into()),
         dim: DIM,
     };
-    let err = Encoders::load_with(&cfg, &resolver).err();
+    let err = Encoders::load_with(&cfg.encoders(), &resolver).err();
     assert!(matches!(err, Some(EmbedError::Io { .. })), "{err:?}");
 
     // The TOML form of the pipeline table parses (one pair, default dim 1024).
@@ -456,7 +457,7 @@ fn concurrent_writers_never_mix_vectors() -> TestResult {
             .iter()
             .map(|part| {
                 let (dir, enc) = (dir.path(), &enc);
-                scope.spawn(move || -> Result<(), chatpainter_embed::EmbedError> {
+                scope.spawn(move || -> Result<(), chatpainter_model::text::EmbedError> {
                     let mut cache = EncoderCache::open(dir, enc.identity())?;
                     cache.fill(enc, part, 8, 16, &NoProgress)?;
                     Ok(())
@@ -523,7 +524,7 @@ fn embed_as_child(spec: &str) -> TestResult {
     let cfg = two_process_config();
     let report = build(
         &cfg,
-        &Encoders::load(&cfg)?,
+        &Encoders::load(&cfg.encoders())?,
         &records[first..],
         &dir.join("cache"),
         &dir.join(format!("embeddings-{first}.parquet")),
@@ -578,7 +579,7 @@ fn two_processes_share_one_cache() -> TestResult {
     }
 
     let cfg = two_process_config();
-    let encoders = Encoders::load(&cfg)?;
+    let encoders = Encoders::load(&cfg.encoders())?;
     let records = chatpainter_embed::bench::generated_records(total, 3);
     for (first, end) in ranges {
         let table = dir.path().join(format!("embeddings-{first}.parquet"));
@@ -613,13 +614,13 @@ fn two_processes_share_one_cache() -> TestResult {
         texts.extend(
             pairs
                 .iter()
-                .map(|(q, a)| chatpainter_embed::turn_text(q, a)),
+                .map(|(q, a)| chatpainter_model::text::turn_text(q, a)),
         );
-        texts.push(chatpainter_embed::dialogue_text(&pairs));
+        texts.push(chatpainter_model::text::dialogue_text(&pairs));
     }
     let texts: Vec<String> = texts
         .iter()
-        .map(|t| chatpainter_embed::normalize_whitespace(t))
+        .map(|t| chatpainter_model::text::normalize_whitespace(t))
         .collect();
     let keys: Vec<_> = texts.iter().map(|t| key_of(t)).collect();
     let mut got = vec![Vec::new(); keys.len()];
@@ -670,7 +671,7 @@ fn empty_and_non_ascii_text_policies() -> TestResult {
     let dir = tempfile::tempdir()?;
     let (cache, out) = (dir.path().join("cache"), dir.path().join("e.parquet"));
     let cfg = hashing_config();
-    let enc = Encoders::load(&cfg)?;
+    let enc = Encoders::load(&cfg.encoders())?;
 
     // Non-ASCII is kept and encoded; texts equal after whitespace collapsing share a vector;
     // an empty turn (no question, no answer) is skipped and counted.
@@ -712,7 +713,7 @@ fn empty_and_non_ascii_text_policies() -> TestResult {
 fn the_report_states_the_truncation_limit() -> TestResult {
     let dir = tempfile::tempdir()?;
     let cfg = hashing_config();
-    let enc = Encoders::load(&cfg)?;
+    let enc = Encoders::load(&cfg.encoders())?;
     let records = vec![record(1, "train", &["a"], &[("q", Some("a"))])];
     let report = build(
         &cfg,

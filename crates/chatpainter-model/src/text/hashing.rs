@@ -2,7 +2,7 @@
 //! on a fresh machine without downloading a model.
 //!
 //! Algorithm `hashing-v1`, fixed forever (change the name if it ever changes):
-//! 1. collapse whitespace ([`crate::normalize_whitespace`]) and lower-case (Unicode);
+//! 1. collapse whitespace ([`crate::text::normalize_whitespace`]) and lower-case (Unicode);
 //! 2. tokens = maximal runs of alphanumeric characters; every other non-space character is a
 //!    token of its own (so `"sunny?"` gives `sunny`, `?`);
 //! 3. features = every token, and every pair of neighbouring tokens joined by one space;
@@ -17,7 +17,7 @@
 
 use rayon::prelude::*;
 
-use crate::{EmbedError, EmbeddingBatch, EncoderIdentity, TextEncoder, normalize_batch};
+use crate::text::{EmbedError, EmbeddingBatch, EncoderIdentity, TextEncoder, normalize_batch};
 
 /// Name (and algorithm version) in the identity.
 pub const HASHING_NAME: &str = "hashing-v1";
@@ -45,7 +45,7 @@ impl HashingEncoder {
                 name: HASHING_NAME.into(),
                 weights_sha256: None,
                 dim,
-                normalization: format!("{}+lowercase", crate::NORMALIZATION_VERSION),
+                normalization: format!("{}+lowercase", crate::text::NORMALIZATION_VERSION),
             },
         })
     }

@@ -125,7 +125,7 @@ pub enum EmbedError {
 
 impl EmbedError {
     /// Wraps an I/O error with the path it concerns.
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
             source,
@@ -134,8 +134,8 @@ impl EmbedError {
 }
 
 /// A device this build or machine cannot use is a configuration problem.
-impl From<chatpainter_model::DeviceError> for EmbedError {
-    fn from(e: chatpainter_model::DeviceError) -> Self {
+impl From<crate::DeviceError> for EmbedError {
+    fn from(e: crate::DeviceError) -> Self {
         Self::Config(e.to_string())
     }
 }

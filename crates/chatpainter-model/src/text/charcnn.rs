@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use serde_pickle::{DeOptions, Value};
 
-use crate::{EmbedError, EmbeddingBatch, EncoderIdentity, TextEncoder};
+use crate::text::{EmbedError, EmbeddingBatch, EncoderIdentity, TextEncoder};
 
 /// File name of the embeddings inside a StackGAN `train/` or `test/` folder.
 pub const CHAR_CNN_EMBEDDINGS_FILE: &str = "char-CNN-RNN-embeddings.pickle";
@@ -108,7 +108,7 @@ impl CharCnnRnnSource {
             for path in [embeddings, filenames] {
                 files.push(FileDigest {
                     path: path.clone(),
-                    sha256: crate::fetch::sha256_file(path)?,
+                    sha256: crate::text::fetch::sha256_file(path)?,
                 });
             }
         }
@@ -117,7 +117,7 @@ impl CharCnnRnnSource {
             name: CHAR_CNN_RNN_NAME.into(),
             // One digest over every file's sha256 (in config order); the files and their own
             // hashes are listed by [`Self::files`] for the manifest.
-            weights_sha256: Some(crate::hex_sha256(joined.join(" ").as_bytes())),
+            weights_sha256: Some(crate::text::hex_sha256(joined.join(" ").as_bytes())),
             dim,
             normalization: "precomputed-per-image".into(),
         };

@@ -39,7 +39,7 @@
 //! `encode(..., use_norm=True)`).
 //!
 //! # Text policy
-//! - Whitespace is collapsed ([`crate::normalize_whitespace`]); an empty text is refused with
+//! - Whitespace is collapsed ([`crate::text::normalize_whitespace`]); an empty text is refused with
 //!   [`EmbedError::EmptyText`].
 //! - [`tokenize`]: sentence split, then Penn-Treebank word tokenisation of each sentence (the
 //!   rules of NLTK's `TreebankWordTokenizer` as used by `word_tokenize`: punctuation split
@@ -76,7 +76,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{EmbedError, EmbeddingBatch, EncoderIdentity, TextEncoder, normalize_batch};
+use crate::text::{EmbedError, EmbeddingBatch, EncoderIdentity, TextEncoder, normalize_batch};
 use chatpainter_formats::FormatError;
 use chatpainter_formats::npy::{NpyArray, Npz, read_npy};
 
@@ -532,7 +532,7 @@ impl SkipThoughtEncoder {
             dim: uni_dim + bi_dim,
             normalization: format!(
                 "{};ptb-cased-unk-noeos;max_tokens={}",
-                crate::NORMALIZATION_VERSION,
+                crate::text::NORMALIZATION_VERSION,
                 config
                     .max_tokens
                     .map_or_else(|| "none".to_string(), |n| n.to_string())
@@ -644,7 +644,8 @@ impl TextEncoder for SkipThoughtEncoder {
         let dim = self.identity.dim;
         let mut data = vec![0.0f32; encoded.len() * dim];
         let lengths: Vec<usize> = order.iter().map(|&i| encoded[i].ids.len()).collect();
-        for range in crate::token_budget_batches(&lengths, self.batch_size, self.batch_tokens) {
+        for range in crate::text::token_budget_batches(&lengths, self.batch_size, self.batch_tokens)
+        {
             let chunk = &order[range];
             let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| encoded[i].ids.clone()).collect();
             let out = self.run_batch(&seqs)?;

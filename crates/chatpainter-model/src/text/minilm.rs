@@ -38,8 +38,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::fetch::{MINILM_DIR_NAME, MINILM_SAFETENSORS_SHA256, default_models_dir};
-use crate::{EmbedError, EmbeddingBatch, EncoderIdentity, TextEncoder, normalize_batch};
+use crate::text::fetch::{MINILM_DIR_NAME, MINILM_SAFETENSORS_SHA256, default_models_dir};
+use crate::text::{EmbedError, EmbeddingBatch, EncoderIdentity, TextEncoder, normalize_batch};
 
 /// Name in the identity.
 pub const MINILM_NAME: &str = "all-MiniLM-L6-v2";
@@ -638,7 +638,7 @@ impl MiniLmEncoder {
                 dim: bert.hidden_size,
                 normalization: format!(
                     "{};bert-uncased-wordpiece;max_tokens={}",
-                    crate::NORMALIZATION_VERSION,
+                    crate::text::NORMALIZATION_VERSION,
                     config.max_tokens
                 ),
             },
@@ -737,7 +737,8 @@ impl TextEncoder for MiniLmEncoder {
         let dim = self.hidden;
         let mut data = vec![0.0f32; tokens.len() * dim];
         let lengths: Vec<usize> = order.iter().map(|&i| tokens[i].ids.len()).collect();
-        for range in crate::token_budget_batches(&lengths, self.batch_size, self.batch_tokens) {
+        for range in crate::text::token_budget_batches(&lengths, self.batch_size, self.batch_tokens)
+        {
             let chunk = &order[range];
             let rows: Vec<&Tokens> = chunk.iter().map(|&i| &tokens[i]).collect();
             let out = self.run_batch(&rows)?;

@@ -13,7 +13,7 @@ use std::process::Command;
 // The workspace's one streamed file digest; `pub(crate)` because `charcnn` reaches it through here.
 pub(crate) use chatpainter_artifacts::sha256_file;
 
-use crate::EmbedError;
+use crate::text::EmbedError;
 
 /// Folder name of the model under the models directory.
 pub const MINILM_DIR_NAME: &str = "all-MiniLM-L6-v2";
