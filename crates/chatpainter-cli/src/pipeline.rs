@@ -2,7 +2,7 @@
 //! `--set table.key=value` overrides applied before parsing.
 
 use anyhow::{Context, Result, bail};
-use chatpainter_embed::stage::EmbedConfig;
+use chatpainter_embed::config::EmbedConfig;
 use chatpainter_ingest::IngestConfig;
 use chatpainter_ingest::synth::SynthConfig;
 use chatpainter_train::TrainConfig;

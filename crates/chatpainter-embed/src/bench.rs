@@ -21,7 +21,9 @@ use chatpainter_artifacts::{BenchRow, NoProgress, SplitMix};
 use chatpainter_formats::ingested::Record;
 use chatpainter_formats::ingested::{Dialogue, Turn};
 
-use crate::stage::{EmbedConfig, EmbedReport, build};
+use crate::config::EmbedConfig;
+use crate::report::EmbedReport;
+use crate::stage::build;
 use chatpainter_model::DeviceChoice;
 use chatpainter_model::device::bench_devices;
 use chatpainter_model::text::{

@@ -22,148 +22,25 @@
 //! [`verify_file`] streams the table the same way.
 
 use crate::cache::{EncoderCache, FillStats, Key, key_of};
+use crate::config::EmbedConfig;
+use crate::report::{EmbedReport, Quarantined};
+use crate::scratch::scatter;
 use chatpainter_artifacts::Progress;
 use chatpainter_formats::embeddings::{ImageEmbeddings, TableWriter};
 use chatpainter_formats::ingested::Record;
-use chatpainter_model::DeviceChoice;
-use chatpainter_model::text::charcnn::FileDigest;
 use chatpainter_model::text::{
-    EmbedError, EncoderSettings, EncoderSpec, Encoders, dialogue_text, normalize_whitespace,
-    turn_text,
+    EmbedError, Encoders, dialogue_text, normalize_whitespace, turn_text,
 };
-use serde::{Deserialize, Serialize};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmbedConfig {
-    /// Encodes each caption (or, `char-cnn-rnn`, looks it up in StackGAN's pickles).
-    pub caption_encoder: EncoderSpec,
-    /// Encodes the whole dialogue (one string) and each turn.
-    pub dialogue_encoder: EncoderSpec,
-    /// Cache folder, shared between runs if you like; `run:` paths are inside the run.
-    #[serde(default = "default_cache_dir")]
-    pub cache_dir: String,
-    /// Texts per encoder call.
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    /// Vectors per cache part file (the unit of resumption).
-    #[serde(default = "default_part")]
-    pub part_size: usize,
-    /// Device of the Burn encoders (MiniLM, Skip-Thought): `cpu` (flex, the default),
-    /// `tch-cpu` or `cuda:N` (builds with the `tch` feature). Hashing and char-CNN-RNN ignore
-    /// it. Not part of the cache key: a cache filled on one device serves every other.
-    #[serde(default, skip_serializing_if = "DeviceChoice::is_cpu")]
-    pub device: DeviceChoice,
-    /// Most padded tokens (texts × longest text) per forward pass of MiniLM or Skip-Thought;
-    /// `None`: each encoder's default (MiniLM 768, Skip-Thought 4096). Larger suits a GPU.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch_tokens: Option<usize>,
-}
-
-impl EmbedConfig {
-    /// The encoder part of this table: what loads the encoders (eval reads the same fields of
-    /// the stage's `config.toml` to rebuild them).
-    pub fn encoders(&self) -> EncoderSettings {
-        EncoderSettings {
-            caption_encoder: self.caption_encoder.clone(),
-            dialogue_encoder: self.dialogue_encoder.clone(),
-            device: self.device,
-            batch_tokens: self.batch_tokens,
-        }
-    }
-}
-
-fn default_cache_dir() -> String {
-    "run:embed/cache".into()
-}
-fn default_batch() -> usize {
-    64
-}
-fn default_part() -> usize {
-    4096
-}
-
-/// An image left out of `embeddings.parquet`, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Quarantined {
-    pub image_id: i64,
-    pub split: String,
-    pub file_name: String,
-    /// The record field concerned, e.g. `captions`.
-    pub field: String,
-    /// The file that could not serve it.
-    pub source: PathBuf,
-    pub reason: String,
-}
-
-/// What a build did, for the manifest and the console.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EmbedReport {
-    /// Images written to `embeddings.parquet`.
-    pub images: usize,
-    pub captions: FillStats,
-    pub dialogues: FillStats,
-    pub turns: FillStats,
-    /// Turns whose text was empty (nothing to encode): left out of `turns`.
-    pub empty_turns_skipped: usize,
-    /// Token limits of the caption and dialogue encoders (`None`: never truncates).
-    #[serde(default)]
-    pub caption_max_tokens: Option<usize>,
-    #[serde(default)]
-    pub dialogue_max_tokens: Option<usize>,
-    /// Precomputed caption files with their sha256 (char-CNN-RNN); empty otherwise.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub caption_files: Vec<FileDigest>,
-    /// Images left out, with the reason.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub quarantined: Vec<Quarantined>,
-}
-
-impl EmbedReport {
-    pub fn summary(&self) -> String {
-        let line = |name: &str, s: &FillStats| {
-            format!(
-                "  {name:<10} {:>8} distinct texts: {:>8} reused from cache, {:>8} encoded ({} truncated)\n",
-                s.distinct, s.reused, s.encoded, s.truncated
-            )
-        };
-        let limit = |n: Option<usize>| match n {
-            Some(n) => format!("first {n} tokens kept"),
-            None => "no limit".to_string(),
-        };
-        let mut out = format!(
-            "embed: {} images\n{}{}{}  empty turns skipped: {}\n  truncation: captions {}, dialogues and turns {}\n",
-            self.images,
-            line("captions", &self.captions),
-            line("dialogues", &self.dialogues),
-            line("turns", &self.turns),
-            self.empty_turns_skipped,
-            limit(self.caption_max_tokens),
-            limit(self.dialogue_max_tokens),
-        );
-        if !self.quarantined.is_empty() {
-            out.push_str(&format!(
-                "  quarantined: {} images (first: image {} {}: {})\n",
-                self.quarantined.len(),
-                self.quarantined[0].image_id,
-                self.quarantined[0].field,
-                self.quarantined[0].reason
-            ));
-        }
-        out
-    }
-}
+use std::path::Path;
 
 /// The texts of one record, normalised: captions, whole dialogue, turns.
-struct Texts {
-    captions: Vec<String>,
-    dialogue: Option<String>,
-    turns: Vec<String>,
+pub(crate) struct Texts {
+    pub(crate) captions: Vec<String>,
+    pub(crate) dialogue: Option<String>,
+    pub(crate) turns: Vec<String>,
 }
 
-fn texts_of(r: &Record, empty_turns: &mut usize) -> Result<Texts, EmbedError> {
+pub(crate) fn texts_of(r: &Record, empty_turns: &mut usize) -> Result<Texts, EmbedError> {
     let captions: Vec<String> = r.captions.iter().map(|c| normalize_whitespace(c)).collect();
     if let Some(k) = captions.iter().position(String::is_empty) {
         return Err(EmbedError::Config(format!(
@@ -193,68 +70,6 @@ fn texts_of(r: &Record, empty_turns: &mut usize) -> Result<Texts, EmbedError> {
         dialogue,
         turns,
     })
-}
-
-/// Vectors written at arbitrary slots, read back in slot order: how the output is assembled
-/// from cache parts without holding them. Anonymous temporary file, gone when dropped.
-struct Scratch {
-    file: std::fs::File,
-    dim: usize,
-}
-
-impl Scratch {
-    fn new(dir: &Path, dim: usize) -> Result<Self, EmbedError> {
-        let file = tempfile::tempfile_in(dir).map_err(|e| EmbedError::io(dir, e))?;
-        Ok(Self { file, dim })
-    }
-
-    fn put(&mut self, slot: usize, vector: &[f32], dir: &Path) -> Result<(), EmbedError> {
-        let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.file
-            .seek(SeekFrom::Start((slot * self.dim * 4) as u64))
-            .and_then(|_| self.file.write_all(&bytes))
-            .map_err(|e| EmbedError::io(dir, e))
-    }
-
-    fn reader(mut self, dir: &Path) -> Result<ScratchReader, EmbedError> {
-        self.file
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| EmbedError::io(dir, e))?;
-        Ok(ScratchReader {
-            reader: BufReader::with_capacity(1 << 20, self.file),
-            dim: self.dim,
-            buf: vec![0u8; self.dim * 4],
-        })
-    }
-}
-
-struct ScratchReader {
-    reader: BufReader<std::fs::File>,
-    dim: usize,
-    buf: Vec<u8>,
-}
-
-impl ScratchReader {
-    fn next(&mut self, dir: &Path) -> Result<Vec<f32>, EmbedError> {
-        self.reader
-            .read_exact(&mut self.buf)
-            .map_err(|e| EmbedError::io(dir, e))?;
-        let mut v = Vec::with_capacity(self.dim);
-        v.extend(
-            self.buf
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
-        Ok(v)
-    }
-}
-
-/// Fills a scratch file with the vectors of `keys` (one slot per occurrence, in order),
-/// reading the cache part by part.
-fn scatter(cache: &EncoderCache, keys: &[Key], dir: &Path) -> Result<ScratchReader, EmbedError> {
-    let mut scratch = Scratch::new(dir, cache.identity().dim)?;
-    cache.gather(keys, |slot, v| scratch.put(slot, v, dir))?;
-    scratch.reader(dir)
 }
 
 /// Images per row group: about 64 MiB of vectors, between 16 and 1,024 images.
@@ -473,196 +288,13 @@ pub fn build(
     Ok(report)
 }
 
-/// Result of [`verify`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VerifyReport {
-    pub checked: usize,
-    pub max_abs_diff: f32,
-    pub worst_text: String,
-}
-
-/// Which vector of an image a sampled text is.
-#[derive(Debug, Clone, Copy)]
-enum Slot {
-    Caption(usize),
-    Dialogue,
-    Turn(usize),
-}
-
-/// `n` texts drawn at random (seeded) from the dataset: (record index, slot, text).
-fn sample(
-    encoders: &Encoders,
-    records: &[Record],
-    n: usize,
-    seed: u64,
-) -> Result<Vec<(usize, Slot, String)>, EmbedError> {
-    if encoders.caption.precomputed().is_some() {
-        return Err(EmbedError::CannotEncode {
-            encoder: chatpainter_model::text::charcnn::CHAR_CNN_RNN_NAME.into(),
-            what: "`--verify` would re-encode captions; their vectors are copies of the pickles, whose sha256 the manifest records".into(),
-        });
-    }
-    let mut empty = 0;
-    let mut pool = Vec::new();
-    for (i, r) in records.iter().enumerate() {
-        let t = texts_of(r, &mut empty)?;
-        pool.extend(
-            t.captions
-                .into_iter()
-                .enumerate()
-                .map(|(k, s)| (i, Slot::Caption(k), s)),
-        );
-        pool.extend(t.dialogue.map(|s| (i, Slot::Dialogue, s)));
-        pool.extend(
-            t.turns
-                .into_iter()
-                .enumerate()
-                .map(|(k, s)| (i, Slot::Turn(k), s)),
-        );
-    }
-    // A seeded partial Fisher-Yates: the same sample on every machine.
-    let mut rng = chatpainter_artifacts::SplitMix::new(seed);
-    let n = n.min(pool.len());
-    for i in 0..n {
-        let j = i + rng.below(pool.len() - i);
-        pool.swap(i, j);
-    }
-    pool.truncate(n);
-    Ok(pool)
-}
-
-fn stored_vector(row: &ImageEmbeddings, slot: Slot) -> Option<&Vec<f32>> {
-    match slot {
-        Slot::Caption(k) => row.captions.get(k),
-        Slot::Dialogue => row.dialogue.as_ref(),
-        Slot::Turn(k) => row.turns.get(k),
-    }
-}
-
-/// Encodes the sample (one batch per encoder) and compares it with the stored vectors.
-fn compare(
-    encoders: &Encoders,
-    sampled: &[(usize, Slot, String)],
-    stored: &[Vec<f32>],
-) -> Result<VerifyReport, EmbedError> {
-    let mut report = VerifyReport {
-        checked: sampled.len(),
-        max_abs_diff: 0.0,
-        worst_text: String::new(),
-    };
-    for captions in [true, false] {
-        let picked: Vec<usize> = (0..sampled.len())
-            .filter(|&i| matches!(sampled[i].1, Slot::Caption(_)) == captions)
-            .collect();
-        if picked.is_empty() {
-            continue;
-        }
-        let encoder = if captions {
-            &encoders.caption
-        } else {
-            &encoders.dialogue
-        };
-        let texts: Vec<&str> = picked.iter().map(|&i| sampled[i].2.as_str()).collect();
-        let fresh = encoder.encode_batch(&texts)?;
-        for (row, &i) in fresh.rows().zip(&picked) {
-            let diff = row
-                .iter()
-                .zip(&stored[i])
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            if diff >= report.max_abs_diff {
-                report.max_abs_diff = diff;
-                report.worst_text.clone_from(&sampled[i].2);
-            }
-        }
-    }
-    Ok(report)
-}
-
-fn not_in_table(r: &Record, slot: Slot) -> EmbedError {
-    EmbedError::Config(format!(
-        "embeddings table has no {slot:?} vector for image {} ({}); rebuild the embed stage",
-        r.image_id, r.split
-    ))
-}
-
-/// Re-encodes `n` texts drawn at random (seeded) from the dataset and compares them with the
-/// vectors in `table` (the built table, in memory; see [`verify_file`] for large tables).
-///
-/// # Errors
-/// [`EmbedError::CannotEncode`] when the captions come from precomputed char-CNN-RNN files:
-/// those cannot be re-encoded (their identity is the pickles' sha256, checked by the stage
-/// key instead); a sampled text without a vector in the table.
-pub fn verify(
-    encoders: &Encoders,
-    records: &[Record],
-    table: &chatpainter_formats::embeddings::EmbeddingTable,
-    n: usize,
-    seed: u64,
-) -> Result<VerifyReport, EmbedError> {
-    let sampled = sample(encoders, records, n, seed)?;
-    let rows: std::collections::HashMap<(i64, &str), &ImageEmbeddings> = table
-        .rows
-        .iter()
-        .map(|r| ((r.image_id, r.split.as_str()), r))
-        .collect();
-    let stored = sampled
-        .iter()
-        .map(|&(i, slot, _)| {
-            let r = &records[i];
-            rows.get(&(r.image_id, r.split.as_str()))
-                .and_then(|row| stored_vector(row, slot))
-                .cloned()
-                .ok_or_else(|| not_in_table(r, slot))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    compare(encoders, &sampled, &stored)
-}
-
-/// [`verify`] against `embeddings.parquet` read one row group at a time, keeping only the
-/// sampled vectors: what `chatpainter embed --verify N` runs, whatever the table's size.
-///
-/// # Errors
-/// As [`verify`], plus the table's read and contract errors.
-pub fn verify_file(
-    encoders: &Encoders,
-    records: &[Record],
-    path: &Path,
-    n: usize,
-    seed: u64,
-) -> Result<VerifyReport, EmbedError> {
-    let sampled = sample(encoders, records, n, seed)?;
-    let mut wanted: std::collections::HashMap<(i64, &str), Vec<usize>> =
-        std::collections::HashMap::new();
-    for (s, &(i, _, _)) in sampled.iter().enumerate() {
-        let r = &records[i];
-        wanted
-            .entry((r.image_id, r.split.as_str()))
-            .or_default()
-            .push(s);
-    }
-    let mut stored: Vec<Option<Vec<f32>>> = vec![None; sampled.len()];
-    chatpainter_formats::embeddings::for_each_row(path, |row| {
-        if let Some(list) = wanted.get(&(row.image_id, row.split.as_str())) {
-            for &s in list {
-                stored[s] = stored_vector(&row, sampled[s].1).cloned();
-            }
-        }
-        Ok(())
-    })?;
-    let stored = stored
-        .into_iter()
-        .zip(&sampled)
-        .map(|(v, &(i, slot, _))| v.ok_or_else(|| not_in_table(&records[i], slot)))
-        .collect::<Result<Vec<_>, _>>()?;
-    compare(encoders, &sampled, &stored)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::{verify, verify_file};
     use chatpainter_artifacts::NoProgress;
     use chatpainter_formats::ingested::{Dialogue, Turn};
+    use chatpainter_model::text::EncoderSpec;
 
     fn record(id: i64, caption: &str) -> Record {
         Record {

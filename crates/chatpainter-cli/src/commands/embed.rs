@@ -4,7 +4,8 @@
 use anyhow::{Result, bail};
 use chatpainter_artifacts::digest::sha256_json;
 use chatpainter_artifacts::{OutputFile, StageKey, StageOutput};
-use chatpainter_embed::stage::{self as embed, EmbedConfig};
+use chatpainter_embed::config::EmbedConfig;
+use chatpainter_embed::stage as embed;
 use chatpainter_formats::ingested::{RECORDS_FILE, read_records};
 use chatpainter_model::text::Encoders;
 
@@ -73,7 +74,7 @@ pub fn embed(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
         let records = read_records(&records_path)?;
         // Streams the table: only the sampled vectors are kept.
         let path = stage.dir().join("embeddings.parquet");
-        let v = embed::verify_file(&encoders, &records, &path, n, 0)?;
+        let v = chatpainter_embed::verify::verify_file(&encoders, &records, &path, n, 0)?;
         println!(
             "embed verify: {} texts re-encoded, max |difference| {:.2e} (worst: {:?})",
             v.checked, v.max_abs_diff, v.worst_text

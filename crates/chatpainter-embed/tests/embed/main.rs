@@ -1,14 +1,9 @@
 //! The crate's one integration-test binary (workspace convention): every module below is a
-//! former test file.
+//! former test file. (The encoders' own tests are `chatpainter-model`'s `tests/text/`.)
 //!
-//! - [`minilm`]: MiniLM golden values (need the real weights: `$CHATPAINTER_MODELS` or
-//!   `data/models`, else they print "skipped" and pass), tiny-weight loading, hashing;
-//! - [`skipthought`]: Skip-Thought on tiny random archives against an independent recipe;
-//! - [`charcnn`]: StackGAN pickle import from committed fixtures of every protocol;
 //! - [`stage`]: the embed stage end to end (char-CNN-RNN captions from pickles this test
-//!   writes, quarantine, cache index and part-by-part assembly, text policies).
+//!   writes, quarantine, cache index and part-by-part assembly, text policies);
+//! - [`minilm_stage`]: the stage's truncation report with the real MiniLM.
 
-mod charcnn;
-mod minilm;
-mod skipthought;
+mod minilm_stage;
 mod stage;

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use chatpainter_artifacts::{NoProgress, RunDir};
 use chatpainter_embed::cache::{EncoderCache, key_of};
-use chatpainter_embed::stage::{EmbedConfig, build, verify};
+use chatpainter_embed::config::EmbedConfig;
+use chatpainter_embed::stage::build;
+use chatpainter_embed::verify::verify;
 use chatpainter_formats::ingested::Record;
 use chatpainter_formats::ingested::{Dialogue, Turn};
 use chatpainter_model::text::{EmbedError, HashingEncoder, TextEncoder};
@@ -583,7 +585,7 @@ fn two_processes_share_one_cache() -> TestResult {
     let records = chatpainter_embed::bench::generated_records(total, 3);
     for (first, end) in ranges {
         let table = dir.path().join(format!("embeddings-{first}.parquet"));
-        let v = chatpainter_embed::stage::verify_file(
+        let v = chatpainter_embed::verify::verify_file(
             &encoders,
             &records[first..end],
             &table,

@@ -31,6 +31,7 @@ pub mod minilm;
 pub mod normalize;
 pub mod skipthought;
 pub mod spec;
+pub mod tokenize;
 
 use sha2::{Digest, Sha256};
 

@@ -1,4 +1,4 @@
-//! Rough MiniLM throughput on this machine: `cargo run -p chatpainter-embed --example
+//! Rough MiniLM throughput on this machine: `cargo run -p chatpainter-model --example
 //! minilm_speed [MODEL_DIR]`. Prints sentences/s for short turns (~10 tokens) and whole
 //! 10-turn dialogues (~89 tokens) at batch sizes 32 and 1. Not a test: timings vary with
 //! machine load.

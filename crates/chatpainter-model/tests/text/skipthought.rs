@@ -15,7 +15,7 @@ use std::path::Path;
 
 use chatpainter_formats::FormatError;
 use chatpainter_formats::npy::{NpyArray, read_npy};
-use chatpainter_model::text::skipthought::tokenize;
+use chatpainter_model::text::tokenize::tokenize;
 use chatpainter_model::text::{
     EmbedError, SkipThoughtConfig, SkipThoughtEncoder, SkipThoughtVariant, TextEncoder,
 };
@@ -554,7 +554,7 @@ fn npy_reader_round_trips() -> TestResult {
 }
 
 /// Speed at the real sizes (620-d words, uni 2400, bi 2×1200) with random weights and a
-/// 1,000-word dictionary: `cargo test -p chatpainter-embed --test embed -- --ignored
+/// 1,000-word dictionary: `cargo test -p chatpainter-model --test text -- --ignored
 /// --nocapture`.
 #[test]
 #[ignore = "benchmark; writes ~140 MB of random weights"]

@@ -1,4 +1,4 @@
-//! Puts all-MiniLM-L6-v2 into a models folder: `cargo run -p chatpainter-embed --example
+//! Puts all-MiniLM-L6-v2 into a models folder: `cargo run -p chatpainter-model --example
 //! fetch_minilm [DEST]` (default: `$CHATPAINTER_MODELS` or `data/models`). The real entry
 //! point is `cargo xtask fetch-models`; this example exists so the crate can be exercised
 //! on its own.
