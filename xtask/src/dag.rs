@@ -4,6 +4,7 @@
 //! keys; xtask only knows the table names.
 
 use anyhow::{Context, Result, bail};
+use chatpainter_artifacts::device::DeviceName;
 use std::path::{Path, PathBuf};
 
 /// Every stage, in DAG order (each depends only on stages before it).
@@ -185,29 +186,40 @@ pub enum Devices {
 impl std::str::FromStr for Devices {
     type Err = anyhow::Error;
 
+    /// Each listed device is a name of the workspace's one device grammar
+    /// ([`DeviceName`]); after a `cuda:N`, a bare index is the next GPU (`cuda:0,1`).
     fn from_str(s: &str) -> Result<Self> {
         let s = s.trim();
-        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-        let all = |name: &[&str]| parts.iter().all(|p| name.contains(p));
-        if all(&["cpu", "flex"]) {
-            return Ok(Self::Cpu(parts.len()));
-        }
-        if all(&["tch-cpu"]) {
-            return Ok(Self::TchCpu(parts.len()));
-        }
-        let Some(rest) = s.strip_prefix("cuda:") else {
-            bail!(
-                "--devices {s}: expected cpu, tch-cpu or cuda:0, or a list of one kind for \
-                 data-parallel ranks (cpu,cpu; cuda:0,1)"
+        let mut names: Vec<DeviceName> = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            let gpu_index = part.chars().all(|c| c.is_ascii_digit())
+                && matches!(names.last(), Some(DeviceName::Cuda(_)));
+            let text = if gpu_index {
+                format!("cuda:{part}")
+            } else {
+                part.to_string()
+            };
+            names.push(
+                text.parse()
+                    .map_err(|e| anyhow::anyhow!("--devices {s}: {e}"))?,
             );
-        };
+        }
+        let all = |kind: DeviceName| names.iter().all(|n| *n == kind);
+        if all(DeviceName::Cpu) {
+            return Ok(Self::Cpu(names.len()));
+        }
+        if all(DeviceName::TchCpu) {
+            return Ok(Self::TchCpu(names.len()));
+        }
         let mut ids = Vec::new();
-        for part in rest.split(',') {
-            let part = part.trim();
-            let n = part.strip_prefix("cuda:").unwrap_or(part);
-            let id: u32 = n.parse().with_context(|| {
-                format!("--devices {s}: `{part}` is not a device index (expected cuda:0,1,…)")
-            })?;
+        for name in &names {
+            let DeviceName::Cuda(id) = *name else {
+                bail!(
+                    "--devices {s}: expected cpu, tch-cpu or cuda:0, or a list of one kind for \
+                     data-parallel ranks (cpu,cpu; cuda:0,1)"
+                );
+            };
+            let id = u32::try_from(id).with_context(|| format!("--devices {s}: cuda:{id}"))?;
             if ids.contains(&id) {
                 bail!("--devices {s}: cuda:{id} is listed twice");
             }
@@ -256,15 +268,13 @@ impl Devices {
     }
 }
 
-/// The libtorch a `device` value needs, if any.
+/// The libtorch a `device` value (or the first of a `--devices` list) needs, if any.
 pub fn libtorch_for(device: &str) -> Option<Libtorch> {
-    let d = device.trim();
-    if d.starts_with("cuda") {
-        Some(Libtorch::Cuda)
-    } else if d.starts_with("tch") {
-        Some(Libtorch::Cpu)
-    } else {
-        None
+    let first = device.split(',').next().unwrap_or_default();
+    match first.parse::<DeviceName>().ok()? {
+        d if d.is_cuda() => Some(Libtorch::Cuda),
+        d if d.is_libtorch() => Some(Libtorch::Cpu),
+        _ => None,
     }
 }
 

@@ -113,6 +113,8 @@ fn libtorch_cpu_check() -> Result<()> {
         "test",
         "--release",
         "-p",
+        "chatpainter-model",
+        "-p",
         "chatpainter-train",
         "-p",
         "chatpainter-bench",

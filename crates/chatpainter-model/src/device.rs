@@ -237,7 +237,7 @@ mod tests {
 
     #[cfg(feature = "tch")]
     #[test]
-    fn libtorch_devices_parse_with_the_feature() {
+    fn tch_devices_parse_with_the_feature() {
         let parse = |s: &str| s.parse::<DeviceChoice>().expect("parses");
         assert_eq!(parse("tch-cpu").name(), DeviceName::TchCpu);
         assert_eq!(parse("cuda:1").name(), DeviceName::Cuda(1));
