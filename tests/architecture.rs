@@ -54,91 +54,39 @@ fn non_dev_dependencies(meta: &serde_json::Value) -> Vec<(String, String)> {
     pairs
 }
 
-/// Which of our crates each crate may depend on (normal and build dependencies).
-fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
-    BTreeMap::from([
-        ("chatpainter-artifacts", &[][..]),
-        // Every file format, read and written in one place; no Burn, no Polars.
-        ("chatpainter-formats", &["chatpainter-artifacts"][..]),
-        ("chatpainter-nn", &[][..]),
-        // A trained run's runtime (devices, networks, checkpoints, generation): Burn, no stages.
-        (
-            "chatpainter-model",
-            &[
-                "chatpainter-artifacts",
-                "chatpainter-formats",
-                "chatpainter-nn",
-            ][..],
-        ),
-        (
-            "chatpainter-ingest",
-            &["chatpainter-artifacts", "chatpainter-formats"][..],
-        ),
-        (
-            "chatpainter-embed",
-            &[
-                "chatpainter-artifacts",
-                "chatpainter-formats",
-                "chatpainter-model",
-            ][..],
-        ),
-        (
-            "chatpainter-train",
-            &[
-                "chatpainter-artifacts",
-                "chatpainter-formats",
-                "chatpainter-model",
-                "chatpainter-nn",
-            ][..],
-        ),
-        (
-            "chatpainter-eval",
-            &[
-                "chatpainter-artifacts",
-                "chatpainter-formats",
-                "chatpainter-model",
-                "chatpainter-nn",
-            ][..],
-        ),
-        // Benchmarks and the GPU check: the training step without a dataset; only the CLI
-        // uses them.
-        (
-            "chatpainter-bench",
-            &[
-                "chatpainter-artifacts",
-                "chatpainter-formats",
-                "chatpainter-model",
-                "chatpainter-nn",
-                "chatpainter-train",
-            ][..],
-        ),
-        (
-            "chatpainter-cli",
-            &[
-                "chatpainter-artifacts",
-                "chatpainter-formats",
-                "chatpainter-model",
-                "chatpainter-ingest",
-                "chatpainter-embed",
-                "chatpainter-train",
-                "chatpainter-bench",
-                "chatpainter-nn",
-                "chatpainter-eval",
-                "chatpainter-report",
-            ][..],
-        ),
-        // The report reads files, never models: no Burn, nothing but the contracts.
-        (
-            "chatpainter-report",
-            &["chatpainter-artifacts", "chatpainter-formats"][..],
-        ),
-        ("chatpainter-tests", &[][..]),
-        ("xtask", &["chatpainter-artifacts"][..]),
-    ])
+/// The crate graph of ARCHITECTURE.md ("Crate graph"): each crate and the crates of ours it
+/// depends on, one table row each.
+fn documented_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let text = std::fs::read_to_string(root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let table = text
+        .split("### Crate graph")
+        .nth(1)
+        .expect("ARCHITECTURE.md has a `### Crate graph` section");
+    let mut graph = BTreeMap::new();
+    for line in table.lines().skip_while(|l| !l.starts_with('|')) {
+        if !line.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (Some(name), Some(deps)) = (cells.get(1), cells.get(2)) else {
+            continue;
+        };
+        let name = name.trim_matches('`');
+        if name == "crate" || name.starts_with("---") {
+            continue;
+        }
+        let deps = deps
+            .split_whitespace()
+            .map(|d| d.trim_matches('`').to_string())
+            .collect();
+        graph.insert(name.to_string(), deps);
+    }
+    graph
 }
 
+/// The graph `cargo metadata` shows is exactly the one ARCHITECTURE.md documents.
 #[test]
-fn crates_depend_only_in_the_documented_direction() {
+fn the_crate_graph_is_the_documented_one() {
     let meta = metadata();
     let ours: BTreeSet<String> = meta["packages"]
         .as_array()
@@ -146,20 +94,32 @@ fn crates_depend_only_in_the_documented_direction() {
         .iter()
         .map(|p| p["name"].as_str().unwrap_or_default().to_string())
         .collect();
-    let allowed = allowed();
-    for name in &ours {
-        assert!(
-            allowed.contains_key(name.as_str()),
-            "crate {name} is not in ARCHITECTURE.md's code map (update this test too)"
-        );
-    }
+    let mut actual: BTreeMap<String, BTreeSet<String>> =
+        ours.iter().map(|n| (n.clone(), BTreeSet::new())).collect();
     for (name, dep) in non_dev_dependencies(&meta) {
         if ours.contains(&dep) {
-            assert!(
-                allowed[name.as_str()].contains(&dep.as_str()),
-                "{name} must not depend on {dep}"
-            );
+            actual.entry(name).or_default().insert(dep);
         }
+    }
+    let documented = documented_graph();
+    assert!(
+        documented.contains_key("chatpainter-formats") && documented.len() > 5,
+        "the crate graph table was not read: {documented:?}"
+    );
+    for (name, deps) in &actual {
+        let doc = documented.get(name).unwrap_or_else(|| {
+            panic!("crate {name} is not in ARCHITECTURE.md's crate graph (add its row)")
+        });
+        assert_eq!(
+            deps, doc,
+            "{name}: cargo metadata says it depends on {deps:?}, ARCHITECTURE.md says {doc:?}"
+        );
+    }
+    for name in documented.keys() {
+        assert!(
+            actual.contains_key(name),
+            "ARCHITECTURE.md's crate graph lists {name}, which is not a package"
+        );
     }
 }
 
