@@ -7,6 +7,7 @@
 use crate::runner::{Binary, Profile, build_cli};
 use crate::util::root;
 use anyhow::{Context, Result, bail};
+use chatpainter_artifacts::Stage;
 use std::process::Command;
 use std::time::Instant;
 
@@ -218,7 +219,7 @@ fn bench_ingest() -> Result<Vec<Row>> {
     };
     let mut synth = bin.command();
     synth
-        .args(["synth", "--pipeline"])
+        .args([Stage::Synth.name(), "--pipeline"])
         .arg(&pipeline)
         .arg("--run")
         .arg(&run);
@@ -226,7 +227,7 @@ fn bench_ingest() -> Result<Vec<Row>> {
     crate::util::run_checked(synth)?;
     let mut ingest = bin.command();
     ingest
-        .args(["ingest", "--force", "--pipeline"])
+        .args([Stage::Ingest.name(), "--force", "--pipeline"])
         .arg(&pipeline)
         .arg("--run")
         .arg(&run);
@@ -293,16 +294,16 @@ pub fn scaling() -> Result<()> {
         crate::runner::run_pipeline(&crate::runner::RunOptions {
             pipeline: pipeline.clone(),
             run: Some(run.clone()),
-            to: Some("stage2".into()),
-            force: vec!["stage1".into(), "stage2".into()],
+            to: Some(Stage::Stage2.to_string()),
+            force: vec![Stage::Stage1.to_string(), Stage::Stage2.to_string()],
             devices: Some(crate::dag::Devices::Cpu(ranks)),
             overrides: sets.iter().map(|s| (*s).to_string()).collect(),
             quiet: true,
             ..Default::default()
         })?;
         for (stage, widths) in [
-            ("stage1", "gf 32 / df 16, caption+BiLSTM, batch 32"),
-            ("stage2", "smoke widths (gf 8 / df 8), batch 4"),
+            (Stage::Stage1, "gf 32 / df 16, caption+BiLSTM, batch 32"),
+            (Stage::Stage2, "smoke widths (gf 8 / df 8), batch 4"),
         ] {
             let text = std::fs::read_to_string(run.join(stage).join("metrics.jsonl"))?;
             let mut step = Vec::new();
@@ -317,7 +318,7 @@ pub fn scaling() -> Result<()> {
                 v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
             };
             let (step_ms, sync_ms) = (median(&mut step), median(&mut sync));
-            let batch = if stage == "stage1" { 32.0 } else { 4.0 };
+            let batch = if stage == Stage::Stage1 { 32.0 } else { 4.0 };
             let conditions = format!(
                 "{ranks} CPU rank(s) on {} cores, flex, {widths}, median of {} steps",
                 std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -4,25 +4,16 @@
 //! keys; xtask only knows the table names.
 
 use anyhow::{Context, Result, bail};
+use chatpainter_artifacts::Stage;
 use chatpainter_artifacts::device::DeviceName;
 use std::path::{Path, PathBuf};
 
-/// Every stage, in DAG order (each depends only on stages before it).
-pub const STAGES: [&str; 7] = [
-    "synth", "ingest", "embed", "stage1", "stage2", "eval", "report",
-];
-
-/// Stages that take a `device` key and so receive `--devices`.
-pub const DEVICE_STAGES: [&str; 3] = ["stage1", "stage2", "eval"];
-
-/// Stages that train and keep `checkpoints/step-N/` and `metrics.jsonl`.
-pub const TRAINING_STAGES: [&str; 2] = ["stage1", "stage2"];
-
 /// The `chatpainter` subcommand that runs a stage.
-pub fn subcommand(stage: &str) -> Vec<&str> {
-    match stage {
-        "stage1" | "stage2" => vec!["train", stage],
-        other => vec![other],
+pub fn subcommand(stage: Stage) -> Vec<&'static str> {
+    if stage.is_training() {
+        vec!["train", stage.name()]
+    } else {
+        vec![stage.name()]
     }
 }
 
@@ -31,7 +22,7 @@ pub fn subcommand(stage: &str) -> Vec<&str> {
 pub struct PipelineFile {
     pub path: PathBuf,
     pub table: toml::Table,
-    pub stages: Vec<String>,
+    pub stages: Vec<Stage>,
 }
 
 impl PipelineFile {
@@ -42,11 +33,11 @@ impl PipelineFile {
         let table: toml::Table =
             toml::from_str(&text).with_context(|| format!("pipeline file {}", path.display()))?;
         for (key, value) in &table {
-            if key != "run" && !STAGES.contains(&key.as_str()) {
+            if key != "run" && key.parse::<Stage>().is_err() {
                 bail!(
                     "{}: unknown table [{key}] (known: run, {})",
                     path.display(),
-                    STAGES.join(", ")
+                    Stage::names(", ")
                 );
             }
             if !value.is_table() {
@@ -56,10 +47,9 @@ impl PipelineFile {
         if !table.contains_key("run") {
             bail!("{}: no [run] table (it names the pipeline)", path.display());
         }
-        let stages = STAGES
-            .iter()
-            .filter(|s| table.contains_key(**s))
-            .map(|s| s.to_string())
+        let stages = Stage::ALL
+            .into_iter()
+            .filter(|s| table.contains_key(s.name()))
             .collect();
         Ok(Self {
             path: path.to_path_buf(),
@@ -68,33 +58,38 @@ impl PipelineFile {
         })
     }
 
-    pub fn has(&self, stage: &str) -> bool {
-        self.stages.iter().any(|s| s == stage)
+    pub fn has(&self, stage: Stage) -> bool {
+        self.stages.contains(&stage)
+    }
+
+    /// This pipeline's stages joined by `sep`, in DAG order (for messages).
+    pub fn stage_list(&self, sep: &str) -> String {
+        join(&self.stages, sep)
     }
 
     /// Checks that a stage name given on the command line is one of this pipeline's stages.
-    pub fn check_stage(&self, flag: &str, stage: &str) -> Result<()> {
-        if !STAGES.contains(&stage) {
+    pub fn check_stage(&self, flag: &str, name: &str) -> Result<Stage> {
+        let Ok(stage) = name.parse::<Stage>() else {
             bail!(
-                "{flag} {stage}: no such stage (stages: {})",
-                STAGES.join(", ")
+                "{flag} {name}: no such stage (stages: {})",
+                Stage::names(", ")
             );
-        }
+        };
         if !self.has(stage) {
             bail!(
                 "{flag} {stage}: {} has no [{stage}] table (its stages: {})",
                 self.path.display(),
-                self.stages.join(", ")
+                self.stage_list(", ")
             );
         }
-        Ok(())
+        Ok(stage)
     }
 
     /// The contiguous range `from..=to` of this pipeline's stages.
-    pub fn select(&self, from: Option<&str>, to: Option<&str>) -> Result<Vec<String>> {
+    pub fn select(&self, from: Option<&str>, to: Option<&str>) -> Result<Vec<Stage>> {
         let index = |flag: &str, s: &str| -> Result<usize> {
-            self.check_stage(flag, s)?;
-            Ok(self.stages.iter().position(|x| x == s).unwrap_or(0))
+            let stage = self.check_stage(flag, s)?;
+            Ok(self.stages.iter().position(|x| *x == stage).unwrap_or(0))
         };
         let lo = from.map(|s| index("--from", s)).transpose()?.unwrap_or(0);
         let hi = match to {
@@ -106,7 +101,7 @@ impl PipelineFile {
                 "--from {} comes after --to {} in the stage order ({})",
                 from.unwrap_or_default(),
                 to.unwrap_or_default(),
-                self.stages.join(" → ")
+                self.stage_list(" → ")
             );
         }
         Ok(self.stages[lo..=hi].to_vec())
@@ -127,7 +122,7 @@ impl PipelineFile {
                 bail!(
                     "--set {o}: {} has no [{first}] table (its stages: {})",
                     self.path.display(),
-                    self.stages.join(", ")
+                    self.stage_list(", ")
                 );
             }
         }
@@ -135,7 +130,7 @@ impl PipelineFile {
     }
 
     /// The `device` a stage will get: the last `--set <stage>.device=…`, else the file's.
-    pub fn device_of(&self, stage: &str, overrides: &[String]) -> Option<String> {
+    pub fn device_of(&self, stage: Stage, overrides: &[String]) -> Option<String> {
         let key = format!("{stage}.device");
         let from_set = overrides.iter().rev().find_map(|o| {
             let (k, v) = o.split_once('=')?;
@@ -143,12 +138,21 @@ impl PipelineFile {
         });
         from_set.or_else(|| {
             self.table
-                .get(stage)?
+                .get(stage.name())?
                 .get("device")?
                 .as_str()
                 .map(str::to_string)
         })
     }
+}
+
+/// Stage names joined by `sep`.
+pub fn join(stages: &[Stage], sep: &str) -> String {
+    stages
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 /// A `--set` value as the CLI reads it: TOML if it parses, else the bare text.
@@ -293,10 +297,13 @@ mod tests {
     fn stages_ranges_and_errors() -> Result<()> {
         let p =
             file("[run]\nname='x'\n[stage1]\ndevice='cpu'\n[ingest]\n[embed]\n[report]\nx=1\n")?;
-        assert_eq!(p.stages, ["ingest", "embed", "stage1", "report"]);
+        assert_eq!(
+            p.stages,
+            [Stage::Ingest, Stage::Embed, Stage::Stage1, Stage::Report]
+        );
         assert_eq!(
             p.select(Some("embed"), Some("stage1"))?,
-            ["embed", "stage1"]
+            [Stage::Embed, Stage::Stage1]
         );
         assert_eq!(p.select(None, None)?.len(), 4);
         let err = p.select(Some("stage2"), None).unwrap_err().to_string();
@@ -309,9 +316,9 @@ mod tests {
         assert!(p.check_overrides(&["stage2.lr=1".into()]).is_err());
         assert!(p.check_overrides(&["stage1.max_steps".into()]).is_err());
         p.check_overrides(&["stage1.max_steps=3".into(), "run.seed=1".into()])?;
-        assert_eq!(p.device_of("stage1", &[]).as_deref(), Some("cpu"));
+        assert_eq!(p.device_of(Stage::Stage1, &[]).as_deref(), Some("cpu"));
         assert_eq!(
-            p.device_of("stage1", &["stage1.device=\"cuda:0,cuda:1\"".into()])
+            p.device_of(Stage::Stage1, &["stage1.device=\"cuda:0,cuda:1\"".into()])
                 .as_deref(),
             Some("cuda:0,cuda:1")
         );
@@ -340,7 +347,8 @@ mod tests {
         assert_eq!(libtorch_for("cuda:0,cuda:1"), Some(Libtorch::Cuda));
         assert_eq!(libtorch_for("tch-cpu"), Some(Libtorch::Cpu));
         assert_eq!(libtorch_for("cpu"), None);
-        assert_eq!(subcommand("stage2"), ["train", "stage2"]);
+        assert_eq!(subcommand(Stage::Stage2), ["train", "stage2"]);
+        assert_eq!(subcommand(Stage::Eval), ["eval"]);
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ pub mod status;
 pub mod util;
 
 use anyhow::{Context, Result, bail};
-use chatpainter_artifacts::Manifest;
+use chatpainter_artifacts::{Manifest, Stage};
 use runner::{Profile, RunOptions, build_cli};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -68,7 +68,7 @@ fn smoke_variants(run: &Path) -> Result<()> {
         runner::run_pipeline(&RunOptions {
             pipeline: pipeline.clone(),
             run: Some(dir.clone()),
-            to: devices.is_none().then(|| "eval".into()),
+            to: devices.is_none().then(|| Stage::Eval.to_string()),
             devices: devices.map(str::parse).transpose()?,
             overrides: vec![
                 format!("stage1.variant={variant}"),
@@ -78,7 +78,7 @@ fn smoke_variants(run: &Path) -> Result<()> {
         })?;
         if devices.is_some() {
             check_run(&dir, &pipeline)?;
-            for stage in ["stage1", "stage2"] {
+            for stage in [Stage::Stage1, Stage::Stage2] {
                 let m = Manifest::load(&dir.join(stage))?;
                 if m.summary["ranks"] != 2 {
                     bail!(
@@ -88,7 +88,7 @@ fn smoke_variants(run: &Path) -> Result<()> {
                 }
             }
         }
-        for stage in ["stage1", "stage2", "eval"] {
+        for stage in [Stage::Stage1, Stage::Stage2, Stage::Eval] {
             let manifest = dir.join(stage).join("manifest.json");
             if !manifest.is_file() {
                 bail!("ci: {variant}: {} missing", manifest.display());
@@ -137,7 +137,7 @@ fn libtorch_cpu_check() -> Result<()> {
 /// Every stage of the pipeline has a manifest whose outputs exist with their recorded sizes.
 pub fn check_run(run: &Path, pipeline: &Path) -> Result<()> {
     let file = dag::PipelineFile::load(pipeline)?;
-    for stage in &file.stages {
+    for &stage in &file.stages {
         let dir = run.join(stage);
         let manifest = Manifest::path_in(&dir);
         let m = Manifest::load(&dir).with_context(|| format!("smoke: stage `{stage}`"))?;
@@ -147,10 +147,10 @@ pub fn check_run(run: &Path, pipeline: &Path) -> Result<()> {
         if let Some(why) = m.output_change(&dir) {
             bail!("smoke: {}: {why}", manifest.display());
         }
-        if stage == "eval" && file.stages.iter().any(|s| s == "synth") {
+        if stage == Stage::Eval && file.has(Stage::Synth) {
             check_scene_scores(&dir.join("metrics.json"))?;
         }
-        if stage == "report" {
+        if stage == Stage::Report {
             let report = m
                 .outputs
                 .iter()
@@ -283,8 +283,8 @@ pub fn ci() -> Result<()> {
     test.args(["test", "--workspace", "--features", "chatpainter-cli/mpi"]);
     run_checked(test)?;
     let run = smoke(None)?;
-    python_readers_check(&run.join("ingest"))?;
-    report_browser_check(&run.join("report"))?;
+    python_readers_check(&run.join(Stage::Ingest))?;
+    report_browser_check(&run.join(Stage::Report))?;
     smoke_variants(&run)?;
     libtorch_cpu_check()?;
     println!(

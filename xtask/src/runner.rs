@@ -3,12 +3,11 @@
 //! resuming training are the CLI's job (manifests and checkpoints); xtask picks the range,
 //! passes `--force`, `--set` and the devices through, and reports what each stage did.
 
-use crate::dag::{
-    DEVICE_STAGES, Devices, Libtorch, PipelineFile, TRAINING_STAGES, libtorch_for, subcommand,
-};
+use crate::dag::{Devices, Libtorch, PipelineFile, join, libtorch_for, subcommand};
 use crate::setup::LibtorchPaths;
 use crate::util::{self, root, show};
 use anyhow::{Context, Result, bail};
+use chatpainter_artifacts::Stage;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -184,7 +183,7 @@ pub enum Outcome {
 
 #[derive(Debug, Clone)]
 pub struct StageRun {
-    pub stage: String,
+    pub stage: Stage,
     pub outcome: Outcome,
     pub seconds: f64,
     /// The CLI's standard output.
@@ -199,7 +198,7 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    pub fn outcome(&self, stage: &str) -> Option<&Outcome> {
+    pub fn outcome(&self, stage: Stage) -> Option<&Outcome> {
         self.stages
             .iter()
             .find(|s| s.stage == stage)
@@ -249,20 +248,22 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
         .clone()
         .unwrap_or_else(|| default_run_dir(&opts.pipeline));
     let selected = file.select(opts.from.as_deref(), opts.to.as_deref())?;
+    let mut forced = Vec::new();
     for f in &opts.force {
-        file.check_stage("--force", f)?;
-        if !selected.contains(f) {
+        let stage = file.check_stage("--force", f)?;
+        if !selected.contains(&stage) {
             bail!(
                 "--force {f}: the stage is outside the selected range ({})",
-                selected.join(" → ")
+                join(&selected, " → ")
             );
         }
+        forced.push(stage);
     }
     file.check_overrides(&opts.overrides)?;
     // Every stage before the range must have finished: the first selected stage reads it.
     if let Some(first) = selected.first() {
         for before in file.stages.iter().take_while(|s| *s != first) {
-            let manifest = run.join(before).join("manifest.json");
+            let manifest = run.join(before.name()).join("manifest.json");
             if !manifest.is_file() {
                 bail!(
                     "--from {first}: stage `{before}` has not finished in {} (no {}); run it first, e.g. with --from {before}",
@@ -275,8 +276,8 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
     let mut overrides = opts.overrides.clone();
     let ranks = opts.devices.as_ref().map_or(1, Devices::ranks);
     if let Some(devices) = &opts.devices {
-        for stage in DEVICE_STAGES.iter().filter(|s| file.has(s)) {
-            let value = if TRAINING_STAGES.contains(stage) {
+        for stage in file.stages.iter().filter(|s| s.uses_device()) {
+            let value = if stage.is_training() {
                 devices.train_value()
             } else {
                 devices.eval_value()
@@ -292,7 +293,7 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
     let libtorch = file
         .stages
         .iter()
-        .filter_map(|s| file.device_of(s, &overrides))
+        .filter_map(|s| file.device_of(*s, &overrides))
         .filter_map(|d| libtorch_for(&d))
         .max_by_key(|l| matches!(l, Libtorch::Cuda));
     let bin = match &opts.bin {
@@ -308,12 +309,12 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
             "[xtask] {} → {}: {}",
             opts.pipeline.display(),
             run.display(),
-            selected.join(" → ")
+            join(&selected, " → ")
         );
     }
-    for stage in &selected {
+    for &stage in &selected {
         // Training stages run as one process per device under mpirun.
-        let mut cmd = if ranks > 1 && TRAINING_STAGES.contains(&stage.as_str()) {
+        let mut cmd = if ranks > 1 && stage.is_training() {
             let gpus = opts.devices.as_ref().and_then(Devices::visible_gpus);
             let mut c = mpirun(ranks, gpus.as_deref());
             c.arg(&bin.path);
@@ -330,7 +331,7 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
             .arg("--run")
             .arg(&run);
         // A forced stage changes its manifest, which makes everything downstream stale.
-        if opts.force.contains(stage) {
+        if forced.contains(&stage) {
             cmd.arg("--force");
         }
         for o in &overrides {
@@ -341,7 +342,7 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
         let seconds = started.elapsed().as_secs_f64();
         let mut outcome = classify(stage, &stdout);
         if let Outcome::Ran(why) = &mut outcome
-            && let Some(step) = resumed_from(&run.join(stage))
+            && let Some(step) = resumed_from(&run.join(stage.name()))
         {
             why.push_str(&format!("; resumed from step {step}"));
         }
@@ -349,7 +350,7 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
             println!("[xtask] {stage}: {} in {seconds:.1} s", describe(&outcome));
         }
         report.stages.push(StageRun {
-            stage: stage.clone(),
+            stage,
             outcome,
             seconds,
             stdout,
@@ -393,9 +394,12 @@ fn print_summary(report: &RunReport) {
 }
 
 /// What the CLI said it did: `<stage>: up to date (…)` or `<stage>: done (<why>); …`.
-fn classify(stage: &str, stdout: &str) -> Outcome {
+fn classify(stage: Stage, stdout: &str) -> Outcome {
     for line in stdout.lines().rev() {
-        let Some(rest) = line.strip_prefix(stage).and_then(|r| r.strip_prefix(": ")) else {
+        let Some(rest) = line
+            .strip_prefix(stage.name())
+            .and_then(|r| r.strip_prefix(": "))
+        else {
             continue;
         };
         if rest.starts_with("up to date") {
@@ -415,7 +419,7 @@ fn classify(stage: &str, stdout: &str) -> Outcome {
 /// `cargo xtask status`.
 fn run_stage_process(
     mut cmd: Command,
-    stage: &str,
+    stage: Stage,
     run: &Path,
     pipeline: &Path,
     quiet: bool,
@@ -492,7 +496,7 @@ fn run_stage_process(
         "stage `{stage}` failed ({status}); pipeline {}, run {}; its log: {}",
         pipeline.display(),
         run.display(),
-        run.join(stage).join("log.txt").display()
+        run.join(stage.name()).join("log.txt").display()
     );
     if let Some(block) = error_block {
         msg.push_str(&format!("\n  {block}"));
@@ -511,20 +515,23 @@ mod tests {
     fn classifies_cli_lines() {
         assert_eq!(
             classify(
-                "embed",
+                Stage::Embed,
                 "x\nembed: up to date (runs/a/embed), skipped; --force redoes it\n"
             ),
             Outcome::Skipped
         );
         assert_eq!(
             classify(
-                "stage1",
+                Stage::Stage1,
                 "stage1: 6 steps\nstage1: done (stale: upstream stage changed: embed); 10 output file(s) in r\n"
             ),
             Outcome::Ran("stale: upstream stage changed: embed".into())
         );
         assert_eq!(
-            classify("ingest", "ingest: done (forced); 9 output file(s) in r\n"),
+            classify(
+                Stage::Ingest,
+                "ingest: done (forced); 9 output file(s) in r\n"
+            ),
             Outcome::Ran("forced".into())
         );
     }

@@ -15,13 +15,20 @@ use crate::bench::Row;
 use crate::runner::{RunOptions, run_pipeline};
 use crate::util::{human_bytes, root};
 use anyhow::{Context, Result};
+use chatpainter_artifacts::Stage;
 use std::path::Path;
 
 /// The scale run: MS COCO + VisDial's sizes, the paper's embedding widths, Stage-I.
 pub const PIPELINE: &str = "pipelines/coco-scale.toml";
 
 /// The stages the scale run times (eval and report are not about the data path's size).
-const STAGES: [&str; 5] = ["synth", "ingest", "embed", "stage1", "stage2"];
+const STAGES: [Stage; 5] = [
+    Stage::Synth,
+    Stage::Ingest,
+    Stage::Embed,
+    Stage::Stage1,
+    Stage::Stage2,
+];
 
 /// Bytes below `dir` (files only; a missing folder is 0).
 pub fn disk_size(dir: &Path) -> u64 {
@@ -49,14 +56,14 @@ pub fn peak_rss(stdout: &str) -> Option<f64> {
 
 /// How fast a stage went, from its manifest summary: synth and ingest in images/s, embed in
 /// texts encoded/s (captions, turns and dialogues), training in images/s of its last logged step.
-fn throughput(run: &Path, stage: &str, seconds: f64) -> Option<String> {
+fn throughput(run: &Path, stage: Stage, seconds: f64) -> Option<String> {
     let text = std::fs::read_to_string(run.join(stage).join("manifest.json")).ok()?;
     let m: serde_json::Value = serde_json::from_str(&text).ok()?;
     let s = &m["summary"];
     match stage {
-        "synth" => Some(format!("{:.0} images/s", s["images"].as_f64()? / seconds)),
-        "ingest" => Some(format!("{:.0} images/s", s["records"].as_f64()? / seconds)),
-        "embed" => {
+        Stage::Synth => Some(format!("{:.0} images/s", s["images"].as_f64()? / seconds)),
+        Stage::Ingest => Some(format!("{:.0} images/s", s["records"].as_f64()? / seconds)),
+        Stage::Embed => {
             let r = &s["report"];
             let encoded: f64 = ["captions", "turns", "dialogues"]
                 .iter()

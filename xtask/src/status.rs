@@ -8,11 +8,11 @@
 //! stage's resolved `config.toml`. The CLI's own check is stronger (it also hashes raw inputs and
 //! encoder weights); `cargo xtask run` is what acts on it.
 
-use crate::dag::{PipelineFile, STAGES, TRAINING_STAGES};
+use crate::dag::PipelineFile;
 use crate::runner::XTASK_DIR;
 use crate::util::{human_bytes, pid_alive, utc_time};
 use anyhow::{Result, bail};
-use chatpainter_artifacts::{ArtifactError, Manifest};
+use chatpainter_artifacts::{ArtifactError, Manifest, Stage};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -48,7 +48,7 @@ pub enum State {
 
 #[derive(Debug, Clone)]
 pub struct StageStatus {
-    pub stage: String,
+    pub stage: Stage,
     pub state: State,
     /// The last line of `metrics.jsonl`, shortened, for training stages.
     pub last_metrics: Option<String>,
@@ -70,7 +70,7 @@ pub fn collect(
         f.check_overrides(overrides)?;
     }
     let mut out = Vec::new();
-    for stage in STAGES {
+    for stage in Stage::ALL {
         let dir = run.join(stage);
         let in_pipeline = file.as_ref().map(|f| f.has(stage));
         let recorded = run.join(XTASK_DIR).join(format!("{stage}.log")).is_file();
@@ -87,12 +87,12 @@ pub fn collect(
                 reason,
             };
         }
-        let last_metrics = TRAINING_STAGES
-            .contains(&stage)
+        let last_metrics = stage
+            .is_training()
             .then(|| last_metrics(&dir.join("metrics.jsonl")))
             .flatten();
         out.push(StageStatus {
-            stage: stage.to_string(),
+            stage,
             state,
             last_metrics,
             not_in_pipeline: in_pipeline == Some(false),
@@ -102,7 +102,7 @@ pub fn collect(
 }
 
 /// The state from the stage directory and its upstream manifests only.
-pub fn stage_state(run: &Path, stage: &str) -> Result<State> {
+pub fn stage_state(run: &Path, stage: Stage) -> Result<State> {
     let dir = run.join(stage);
     if !dir.exists() {
         // A stage that failed before making its folder (e.g. a bad pipeline file).
@@ -181,7 +181,7 @@ pub fn latest_checkpoint(dir: &Path) -> Option<u64> {
 fn upstream_change(run: &Path, upstream: &BTreeMap<String, String>) -> Option<String> {
     for (up, recorded) in upstream {
         // Shard entries of a merged ingest live below the stage; only stage names are checked.
-        if !STAGES.contains(&up.as_str()) {
+        if up.parse::<Stage>().is_err() {
             continue;
         }
         match Manifest::digest_on_disk(&run.join(up)) {
@@ -198,7 +198,7 @@ fn upstream_change(run: &Path, upstream: &BTreeMap<String, String>) -> Option<St
 /// stage derives), nor is `synth.seed` (the stage mixes in `run.seed`).
 fn config_difference(
     file: &PipelineFile,
-    stage: &str,
+    stage: Stage,
     dir: &Path,
     overrides: &[String],
 ) -> Option<String> {
@@ -206,21 +206,21 @@ fn config_difference(
     for o in overrides {
         apply_override(&mut table, o);
     }
-    let wanted = table.get(stage)?.as_table()?;
+    let wanted = table.get(stage.name())?.as_table()?;
     let resolved: toml::Table =
         toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).ok()?).ok()?;
-    let mut path = vec![stage.to_string()];
-    differs(wanted, &resolved, &mut path, stage)
+    let mut path = vec![stage.name().to_string()];
+    differs(wanted, &resolved, &mut path, Some(stage))
 }
 
 fn differs(
     wanted: &toml::Table,
     resolved: &toml::Table,
     path: &mut Vec<String>,
-    stage: &str,
+    stage: Option<Stage>,
 ) -> Option<String> {
     for (k, w) in wanted {
-        if stage == "synth" && path.len() == 1 && k == "seed" {
+        if stage == Some(Stage::Synth) && path.len() == 1 && k == "seed" {
             continue;
         }
         let Some(r) = resolved.get(k) else {
@@ -250,7 +250,9 @@ fn same_value(a: &toml::Value, b: &toml::Value) -> bool {
         (V::Array(x), V::Array(y)) => {
             x.len() == y.len()
                 && x.iter().zip(y).all(|(a, b)| match (a, b) {
-                    (V::Table(at), V::Table(bt)) => differs(at, bt, &mut Vec::new(), "").is_none(),
+                    (V::Table(at), V::Table(bt)) => {
+                        differs(at, bt, &mut Vec::new(), None).is_none()
+                    }
                     _ => same_value(a, b),
                 })
         }
@@ -286,7 +288,7 @@ fn apply_override(table: &mut toml::Table, assignment: &str) {
 
 /// Why an unfinished, idle stage stopped: the error xtask recorded, else the last error line of
 /// the stage's log.
-fn failure_reason(run: &Path, stage: &str) -> String {
+fn failure_reason(run: &Path, stage: Stage) -> String {
     let recorded = run.join(XTASK_DIR).join(format!("{stage}.log"));
     if let Ok(text) = std::fs::read_to_string(&recorded)
         && let Some(line) = text
@@ -429,16 +431,16 @@ mod tests {
     fn states_from_files() -> Result<()> {
         let run = tempfile::tempdir()?;
         let r = run.path();
-        assert_eq!(stage_state(r, "embed")?, State::NotStarted);
+        assert_eq!(stage_state(r, Stage::Embed)?, State::NotStarted);
         // A stage killed during training: checkpoints, a dead pid in the lock, no manifest.
         let s1 = r.join("stage1");
         std::fs::create_dir_all(s1.join("checkpoints/step-000000004"))?;
         std::fs::create_dir_all(s1.join("checkpoints/.step-000000008.tmp"))?;
         std::fs::write(s1.join(".lock"), "4000000000")?;
-        assert_eq!(stage_state(r, "stage1")?, State::Resumable { step: 4 });
+        assert_eq!(stage_state(r, Stage::Stage1)?, State::Resumable { step: 4 });
         std::fs::write(s1.join(".lock"), std::process::id().to_string())?;
         assert!(matches!(
-            stage_state(r, "stage1")?,
+            stage_state(r, Stage::Stage1)?,
             State::Running { step: Some(4), .. }
         ));
         // A failed stage: the error line xtask recorded.
@@ -449,14 +451,14 @@ mod tests {
             "command: x\n--- stderr ---\nerror: embed: bad things\n",
         )?;
         assert_eq!(
-            stage_state(r, "embed")?,
+            stage_state(r, Stage::Embed)?,
             State::Failed {
                 reason: "error: embed: bad things".into()
             }
         );
         // Done, then stale when the upstream manifest changes.
         std::fs::create_dir_all(r.join("ingest"))?;
-        Manifest::new("ingest", StageKey::default(), vec![]).save(&r.join("ingest"))?;
+        Manifest::new(Stage::Ingest, StageKey::default(), vec![]).save(&r.join("ingest"))?;
         std::fs::write(r.join("embed/out.bin"), "abc")?;
         let key = StageKey {
             upstream: BTreeMap::from([(
@@ -466,9 +468,9 @@ mod tests {
             ..StageKey::default()
         };
         let out = OutputFile::describe(&r.join("embed"), "out.bin", None)?;
-        Manifest::new("embed", key, vec![out]).save(&r.join("embed"))?;
+        Manifest::new(Stage::Embed, key, vec![out]).save(&r.join("embed"))?;
         assert!(matches!(
-            stage_state(r, "embed")?,
+            stage_state(r, Stage::Embed)?,
             State::Done {
                 outputs: 1,
                 bytes: 3,
@@ -479,7 +481,7 @@ mod tests {
         ingest.seed = Some(1);
         ingest.save(&r.join("ingest"))?;
         assert!(
-            matches!(stage_state(r, "embed")?, State::Stale { reason, .. } if reason.contains("upstream `ingest`"))
+            matches!(stage_state(r, Stage::Embed)?, State::Stale { reason, .. } if reason.contains("upstream `ingest`"))
         );
         // Resized output: stale, naming it.
         std::fs::write(r.join("embed/out.bin"), "abcd")?;
@@ -487,18 +489,21 @@ mod tests {
         embed.key.upstream.clear();
         embed.save(&r.join("embed"))?;
         assert!(
-            matches!(stage_state(r, "embed")?, State::Stale { reason, .. } if reason.contains("out.bin has 4 bytes")),
+            matches!(stage_state(r, Stage::Embed)?, State::Stale { reason, .. } if reason.contains("out.bin has 4 bytes")),
             "{:?}",
-            stage_state(r, "embed")?
+            stage_state(r, Stage::Embed)?
         );
         // A manifest of another schema version, or not a manifest at all, is not read as done.
         embed.schema_version = 0;
         embed.save(&r.join("embed"))?;
         assert!(
-            matches!(stage_state(r, "embed")?, State::Failed { reason } if reason.contains("schema version 0"))
+            matches!(stage_state(r, Stage::Embed)?, State::Failed { reason } if reason.contains("schema version 0"))
         );
         std::fs::write(r.join("embed/manifest.json"), "{\"outputs\": []}")?;
-        assert!(matches!(stage_state(r, "embed")?, State::Failed { .. }));
+        assert!(matches!(
+            stage_state(r, Stage::Embed)?,
+            State::Failed { .. }
+        ));
         Ok(())
     }
 
@@ -509,9 +514,9 @@ mod tests {
         let same: toml::Table =
             toml::from_str("a = 2.0\nb = { c = 'x', d = 1 }\nl = [{ f = 1, g = 2 }]\nz = 1\n")
                 .unwrap_or_default();
-        assert_eq!(differs(&wanted, &same, &mut vec!["s".into()], "s"), None);
+        assert_eq!(differs(&wanted, &same, &mut vec!["s".into()], None), None);
         let other: toml::Table = toml::from_str("a = 2\nb = { c = 'y' }\n").unwrap_or_default();
-        let d = differs(&wanted, &other, &mut vec!["s".into()], "s").unwrap_or_default();
+        let d = differs(&wanted, &other, &mut vec!["s".into()], None).unwrap_or_default();
         assert!(d.contains("s.b.c"), "{d}");
     }
 

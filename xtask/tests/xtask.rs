@@ -6,6 +6,7 @@
 //! no-op when `cargo test --workspace` already built it).
 
 use anyhow::{Context, Result, bail};
+use chatpainter_artifacts::Stage;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -35,11 +36,11 @@ fn opts(run: &Path, bin: &Binary) -> RunOptions {
     }
 }
 
-fn outcomes(report: &xtask::runner::RunReport) -> Vec<(String, Outcome)> {
+fn outcomes(report: &xtask::runner::RunReport) -> Vec<(Stage, Outcome)> {
     report
         .stages
         .iter()
-        .map(|s| (s.stage.clone(), s.outcome.clone()))
+        .map(|s| (s.stage, s.outcome.clone()))
         .collect()
 }
 
@@ -135,18 +136,18 @@ fn skip_stale_force_and_ranges_on_the_smoke_pipeline() -> Result<()> {
     // Whatever stages smoke.toml has today (it grows as stages land).
     let all = xtask::dag::PipelineFile::load(&smoke_toml())?.stages;
     assert!(all.len() >= 4, "{all:?}");
-    let after = |stage: &str| -> Vec<String> {
+    let after = |stage: Stage| -> Vec<Stage> {
         all.iter()
-            .skip_while(|s| *s != stage)
+            .skip_while(|s| **s != stage)
             .skip(1)
-            .cloned()
+            .copied()
             .collect()
     };
     let first = run_pipeline(&base)?;
     assert_eq!(
         outcomes(&first),
         all.iter()
-            .map(|s| (s.clone(), ran("no previous run")))
+            .map(|s| (*s, ran("no previous run")))
             .collect::<Vec<_>>()
     );
     xtask::check_run(&run, &smoke_toml())?;
@@ -155,7 +156,7 @@ fn skip_stale_force_and_ranges_on_the_smoke_pipeline() -> Result<()> {
     assert_eq!(
         outcomes(&again),
         all.iter()
-            .map(|s| (s.clone(), Outcome::Skipped))
+            .map(|s| (*s, Outcome::Skipped))
             .collect::<Vec<_>>()
     );
 
@@ -163,29 +164,29 @@ fn skip_stale_force_and_ranges_on_the_smoke_pipeline() -> Result<()> {
     let mut o = base.clone();
     o.overrides = vec!["embed.batch_size=32".into()];
     let stale = run_pipeline(&o)?;
-    assert_eq!(stale.outcome("synth"), Some(&Outcome::Skipped));
-    assert_eq!(stale.outcome("ingest"), Some(&Outcome::Skipped));
+    assert_eq!(stale.outcome(Stage::Synth), Some(&Outcome::Skipped));
+    assert_eq!(stale.outcome(Stage::Ingest), Some(&Outcome::Skipped));
     assert!(
-        matches!(stale.outcome("embed"), Some(Outcome::Ran(w)) if w.contains("config")),
+        matches!(stale.outcome(Stage::Embed), Some(Outcome::Ran(w)) if w.contains("config")),
         "{:?}",
-        stale.outcome("embed")
+        stale.outcome(Stage::Embed)
     );
     assert!(
-        matches!(stale.outcome("stage1"), Some(Outcome::Ran(w)) if w.contains("upstream")),
+        matches!(stale.outcome(Stage::Stage1), Some(Outcome::Ran(w)) if w.contains("upstream")),
         "{:?}",
-        stale.outcome("stage1")
+        stale.outcome(Stage::Stage1)
     );
-    for s in after("stage1") {
-        assert!(matches!(stale.outcome(&s), Some(Outcome::Ran(_))), "{s}");
+    for s in after(Stage::Stage1) {
+        assert!(matches!(stale.outcome(s), Some(Outcome::Ran(_))), "{s}");
     }
 
     // Forcing ingest redoes it and, through the changed manifest, everything after it.
     o.force = vec!["ingest".into()];
     o.to = Some("stage1".into());
     let forced = run_pipeline(&o)?;
-    assert_eq!(forced.outcome("synth"), Some(&Outcome::Skipped));
-    assert_eq!(forced.outcome("ingest"), Some(&ran("forced")));
-    for s in ["embed", "stage1"] {
+    assert_eq!(forced.outcome(Stage::Synth), Some(&Outcome::Skipped));
+    assert_eq!(forced.outcome(Stage::Ingest), Some(&ran("forced")));
+    for s in [Stage::Embed, Stage::Stage1] {
         assert!(
             matches!(forced.outcome(s), Some(Outcome::Ran(w)) if w.contains("upstream")),
             "{s}: {:?}",
@@ -204,17 +205,17 @@ fn skip_stale_force_and_ranges_on_the_smoke_pipeline() -> Result<()> {
     let one = run_pipeline(&o)?;
     assert_eq!(
         outcomes(&one),
-        [("embed".to_string(), ran("stale: the stage config changed"))]
+        [(Stage::Embed, ran("stale: the stage config changed"))]
     );
     assert!(
-        matches!(stage_state(&run, "stage1")?, State::Stale { reason, .. } if reason.contains("upstream `embed`")),
+        matches!(stage_state(&run, Stage::Stage1)?, State::Stale { reason, .. } if reason.contains("upstream `embed`")),
         "{:?}",
-        stage_state(&run, "stage1")?
+        stage_state(&run, Stage::Stage1)?
     );
     let rows = xtask::status::collect(&run, Some(&smoke_toml()), &[])?;
     let embed = rows
         .iter()
-        .find(|r| r.stage == "embed")
+        .find(|r| r.stage == Stage::Embed)
         .context("embed row")?;
     assert!(
         matches!(&embed.state, State::Stale { reason, .. } if reason.contains("embed.batch_size")),
@@ -287,8 +288,8 @@ fn a_training_stage_killed_mid_run_resumes_from_its_checkpoint() -> Result<()> {
         "xtask must fail when its stage is killed"
     );
 
-    let State::Resumable { step } = stage_state(&run, "stage1")? else {
-        bail!("after the kill: {:?}", stage_state(&run, "stage1")?);
+    let State::Resumable { step } = stage_state(&run, Stage::Stage1)? else {
+        bail!("after the kill: {:?}", stage_state(&run, Stage::Stage1)?);
     };
     assert!((3..30).contains(&step), "checkpoint step {step}");
     assert!(!stage_dir.join("manifest.json").exists());
@@ -297,11 +298,11 @@ fn a_training_stage_killed_mid_run_resumes_from_its_checkpoint() -> Result<()> {
     o.overrides = sets.map(String::from).to_vec();
     o.to = Some("stage1".into());
     let rerun = run_pipeline(&o)?;
-    assert_eq!(rerun.outcome("embed"), Some(&Outcome::Skipped));
+    assert_eq!(rerun.outcome(Stage::Embed), Some(&Outcome::Skipped));
     assert!(
-        matches!(rerun.outcome("stage1"), Some(Outcome::Ran(w)) if w.contains("resumed from step")),
+        matches!(rerun.outcome(Stage::Stage1), Some(Outcome::Ran(w)) if w.contains("resumed from step")),
         "{:?}",
-        rerun.outcome("stage1")
+        rerun.outcome(Stage::Stage1)
     );
     let summary = &chatpainter_artifacts::Manifest::load(&stage_dir)?.summary;
     assert_eq!(summary["steps"].as_u64(), Some(30), "{summary}");
@@ -310,7 +311,10 @@ fn a_training_stage_killed_mid_run_resumes_from_its_checkpoint() -> Result<()> {
         resumed >= step,
         "resumed from {resumed}, checkpoint was {step}"
     );
-    assert!(matches!(stage_state(&run, "stage1")?, State::Done { .. }));
+    assert!(matches!(
+        stage_state(&run, Stage::Stage1)?,
+        State::Done { .. }
+    ));
     Ok(())
 }
 

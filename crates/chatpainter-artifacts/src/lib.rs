@@ -25,7 +25,7 @@ pub use digest::{Sha256Writer, sha256_bytes, sha256_file};
 pub use manifest::{Freshness, Manifest, OutputFile, StageKey};
 pub use progress::{NoProgress, Progress};
 pub use rng::SplitMix;
-pub use run::RunDir;
+pub use run::{RunDir, Stage, UnknownStage};
 pub use stage::{Outcome, StageOutput, run_stage};
 pub use xoshiro::Xoshiro256;
 

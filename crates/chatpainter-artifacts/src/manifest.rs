@@ -5,7 +5,7 @@
 //! and every listed output still exists with its recorded size. Anything else is stale, with a
 //! reason that says which of those failed.
 
-use crate::{ArtifactError, Result, SCHEMA_VERSION, TOOL_VERSION, digest, write_atomic};
+use crate::{ArtifactError, Result, SCHEMA_VERSION, Stage, TOOL_VERSION, digest, write_atomic};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -55,7 +55,7 @@ pub struct StageKey {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub schema_version: u32,
-    pub stage: String,
+    pub stage: Stage,
     pub tool_version: String,
     #[serde(flatten)]
     pub key: StageKey,
@@ -78,10 +78,10 @@ pub enum Freshness {
 }
 
 impl Manifest {
-    pub fn new(stage: &str, key: StageKey, outputs: Vec<OutputFile>) -> Self {
+    pub fn new(stage: Stage, key: StageKey, outputs: Vec<OutputFile>) -> Self {
         Self {
             schema_version: SCHEMA_VERSION,
-            stage: stage.to_string(),
+            stage,
             tool_version: TOOL_VERSION.to_string(),
             key,
             seed: None,
@@ -245,7 +245,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.parquet"), b"12345").unwrap();
         let out = OutputFile::describe(dir.path(), "a.parquet", Some(3)).unwrap();
-        let m = Manifest::new("embed", key(), vec![out]);
+        let m = Manifest::new(Stage::Embed, key(), vec![out]);
         m.save(dir.path()).unwrap();
         let back = Manifest::load(dir.path()).unwrap();
         assert_eq!(back.outputs[0].bytes, 5);
@@ -273,7 +273,7 @@ mod tests {
     #[test]
     fn other_schema_version_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = Manifest::new("ingest", key(), vec![]);
+        let mut m = Manifest::new(Stage::Ingest, key(), vec![]);
         m.schema_version = 99;
         m.save(dir.path()).unwrap();
         let err = Manifest::load(dir.path()).unwrap_err().to_string();

@@ -2,7 +2,7 @@
 //! write the resolved config, do the work, and write the manifest last.
 
 use crate::manifest::{Freshness, Manifest, OutputFile, StageKey, freshness};
-use crate::{ArtifactError, write_atomic};
+use crate::{ArtifactError, Stage, write_atomic};
 use std::path::Path;
 
 /// What a stage body produced.
@@ -28,7 +28,7 @@ pub enum Outcome {
 /// never mistaken for a finished one; the new manifest is written only after `body` succeeds.
 pub fn run_stage<E: From<ArtifactError>>(
     dir: &Path,
-    stage: &str,
+    stage: Stage,
     key: &StageKey,
     force: bool,
     resolved_config_toml: &str,
@@ -174,22 +174,22 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            run_stage(dir.path(), "s", &key, false, "", body).unwrap(),
+            run_stage(dir.path(), Stage::Embed, &key, false, "", body).unwrap(),
             Outcome::Ran { .. }
         ));
         assert!(matches!(
-            run_stage(dir.path(), "s", &key, false, "", body).unwrap(),
+            run_stage(dir.path(), Stage::Embed, &key, false, "", body).unwrap(),
             Outcome::Skipped
         ));
         assert!(
-            matches!(run_stage(dir.path(), "s", &key, true, "", body).unwrap(), Outcome::Ran { why, .. } if why == "forced")
+            matches!(run_stage(dir.path(), Stage::Embed, &key, true, "", body).unwrap(), Outcome::Ran { why, .. } if why == "forced")
         );
         let other = StageKey {
             config_digest: "b".into(),
             ..Default::default()
         };
         assert!(
-            matches!(run_stage(dir.path(), "s", &other, false, "", body).unwrap(), Outcome::Ran { why, .. } if why.contains("config"))
+            matches!(run_stage(dir.path(), Stage::Embed, &other, false, "", body).unwrap(), Outcome::Ran { why, .. } if why.contains("config"))
         );
     }
 
@@ -197,9 +197,9 @@ mod tests {
     fn failed_body_leaves_no_manifest() {
         let dir = tempfile::tempdir().unwrap();
         let key = StageKey::default();
-        run_stage(dir.path(), "s", &key, false, "", body).unwrap();
+        run_stage(dir.path(), Stage::Embed, &key, false, "", body).unwrap();
         std::fs::write(dir.path().join(".out.txt.999.tmp"), b"torn").unwrap();
-        let failed = run_stage(dir.path(), "s", &key, true, "", |_| {
+        let failed = run_stage(dir.path(), Stage::Embed, &key, true, "", |_| {
             Err::<StageOutput, _>(ArtifactError::contract("x", "boom"))
         });
         assert!(failed.is_err());

@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use chatpainter_artifacts::BenchRow;
 use chatpainter_artifacts::Xoshiro256;
+use chatpainter_artifacts::{BenchRow, Stage};
 use chatpainter_model::Variant;
 use chatpainter_model::dataset::{
     Augment, BatchShape, Geometry, StoredImage, TrainItem, assemble_items,
@@ -33,12 +33,17 @@ pub fn loader_rows(seconds: f64) -> Result<Vec<BenchRow>, TrainError> {
     let mut rows = Vec::new();
     let stages = [
         (
-            "stage1",
+            Stage::Stage1.name(),
             Geometry::STAGE1,
             384usize,
             H200_STAGE1_IMAGES_PER_S,
         ),
-        ("stage2", Geometry::STAGE2, 64, H200_STAGE2_IMAGES_PER_S),
+        (
+            Stage::Stage2.name(),
+            Geometry::STAGE2,
+            64,
+            H200_STAGE2_IMAGES_PER_S,
+        ),
     ];
     for (stage, geometry, batch, gpu_rate) in stages {
         let mut rng = Xoshiro256::new(11, geometry.load as u64);

@@ -8,6 +8,7 @@ pub mod pipeline;
 pub mod ui;
 
 use anyhow::Result;
+use chatpainter_artifacts::Stage;
 use chatpainter_formats::ingested::Shard;
 use clap::{Args, Parser, Subcommand};
 use commands::{bench, embed, eval, generate, gpu_check, ingest, models, report, train, verify};
@@ -141,16 +142,16 @@ pub fn run(cli: Cli) -> Result<()> {
     // Pipeline stages end with their process's peak memory (`cargo xtask bench scale` and
     // `bench ingest` read this line).
     let stage = match &cli.command {
-        Command::Synth(_) => Some("synth"),
-        Command::Ingest { .. } => Some("ingest"),
-        Command::Embed { .. } => Some("embed"),
+        Command::Synth(_) => Some(Stage::Synth),
+        Command::Ingest { .. } => Some(Stage::Ingest),
+        Command::Embed { .. } => Some(Stage::Embed),
         Command::Train {
             stage: TrainStage::Stage1(_),
-        } => Some("stage1"),
+        } => Some(Stage::Stage1),
         Command::Train {
             stage: TrainStage::Stage2(_),
-        } => Some("stage2"),
-        Command::Eval(_) => Some("eval"),
+        } => Some(Stage::Stage2),
+        Command::Eval(_) => Some(Stage::Eval),
         _ => None,
     };
     let result = dispatch(cli);
@@ -174,10 +175,10 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Embed { stage, verify } => embed::embed(&stage, verify),
         Command::Train {
             stage: TrainStage::Stage1(args),
-        } => train::train(&args, "stage1"),
+        } => train::train(&args, Stage::Stage1),
         Command::Train {
             stage: TrainStage::Stage2(args),
-        } => train::train(&args, "stage2"),
+        } => train::train(&args, Stage::Stage2),
         Command::FetchModels { dest } => models::fetch_models(dest),
         Command::Verify { run } => verify::verify(&run),
         Command::Report(args) => report::report(&args),

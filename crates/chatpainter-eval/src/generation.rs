@@ -50,11 +50,13 @@ pub struct GenerateResult {
 /// # Errors
 /// A stage name other than `stage1` / `stage2`.
 pub fn stage_dir(run: &Path, stage: Option<&str>) -> Result<PathBuf> {
-    match stage {
-        None => Ok(crate::stage::default_generator_stage(run)),
-        Some(s @ ("stage1" | "stage2")) => Ok(run.join(s)),
-        Some(other) => Err(EvalError::Config(format!(
-            "--stage {other}: expected stage1 or stage2"
+    let Some(name) = stage else {
+        return Ok(crate::stage::default_generator_stage(run));
+    };
+    match name.parse::<chatpainter_artifacts::Stage>() {
+        Ok(s) if s.is_training() => Ok(run.join(s.name())),
+        _ => Err(EvalError::Config(format!(
+            "--stage {name}: expected stage1 or stage2"
         ))),
     }
 }

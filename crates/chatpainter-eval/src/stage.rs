@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use chatpainter_artifacts::{Progress, RunDir, SplitMix};
+use chatpainter_artifacts::{Progress, RunDir, SplitMix, Stage};
 use chatpainter_model::{DeviceChoice, Geometry, TrainData, Variant};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -116,14 +116,14 @@ fn default_per_turn() -> usize {
 }
 
 impl EvalConfig {
-    /// The generator's stage folder name (`stage1` / `stage2`).
+    /// The generator's stage (Stage-I or Stage-II).
     ///
     /// # Errors
     /// Anything but `run:stage1` / `run:stage2`.
-    pub fn generator_stage(&self) -> Result<&str> {
+    pub fn generator_stage(&self) -> Result<Stage> {
         match self.generator.as_str() {
-            "run:stage1" => Ok("stage1"),
-            "run:stage2" => Ok("stage2"),
+            "run:stage1" => Ok(Stage::Stage1),
+            "run:stage2" => Ok(Stage::Stage2),
             other => Err(EvalError::Config(format!(
                 "eval.generator = {other:?}: expected \"run:stage2\" or \"run:stage1\""
             ))),
@@ -237,9 +237,9 @@ pub fn run_eval(
     progress: &dyn Progress,
 ) -> Result<EvalOutcome> {
     cfg.validate()?;
-    let stage_name = cfg.generator_stage()?;
-    let (ingest_dir, embed_dir) = (run.stage("ingest"), run.stage("embed"));
-    let generator = RunGenerator::load(&run.stage(stage_name), cfg.device)?;
+    let generator_stage = cfg.generator_stage()?;
+    let (ingest_dir, embed_dir) = (run.stage(Stage::Ingest), run.stage(Stage::Embed));
+    let generator = RunGenerator::load(&run.stage(generator_stage), cfg.device)?;
     let variant = generator.variant();
     let stage2 = generator.stage() == 2;
     let (_, device) = cfg.device.devices();
@@ -558,11 +558,11 @@ fn per_turn_strips(
 /// Where `generate` and `eval` look for a run's generator stage when none is named: Stage-II
 /// if it has trained, else Stage-I.
 pub fn default_generator_stage(run: &Path) -> PathBuf {
-    let s2 = run.join("stage2");
+    let s2 = run.join(Stage::Stage2.name());
     if s2.join("config.json").exists() {
         s2
     } else {
-        run.join("stage1")
+        run.join(Stage::Stage1.name())
     }
 }
 
@@ -574,14 +574,14 @@ mod tests {
     #[test]
     fn config_defaults_and_unknown_keys() {
         let c: EvalConfig = toml::from_str("").unwrap();
-        assert_eq!(c.generator_stage().unwrap(), "stage2");
+        assert_eq!(c.generator_stage().unwrap(), Stage::Stage2);
         assert_eq!((c.split.as_str(), c.splits, c.images), ("test", 10, None));
         assert_eq!(c.backbone, BackboneChoice::Torchvision);
         let c: EvalConfig = toml::from_str(
             "generator = \"run:stage1\"\nbackbone = \"pytorch-fid\"\ndevice = \"cpu\"",
         )
         .unwrap();
-        assert_eq!(c.generator_stage().unwrap(), "stage1");
+        assert_eq!(c.generator_stage().unwrap(), Stage::Stage1);
         assert_eq!(c.backbone, BackboneChoice::PytorchFid);
         let err = toml::from_str::<EvalConfig>("splitz = 3")
             .unwrap_err()

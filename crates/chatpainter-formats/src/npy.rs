@@ -220,6 +220,9 @@ fn parse_header(text: &str, path: &Path, member: &str) -> Result<Header> {
     })
 }
 
+/// Bytes of one stored value → the value as `T` (`None`: `T` cannot hold the dtype).
+type Decoder<T> = fn(&[u8]) -> Option<T>;
+
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], path: &Path, member: &str) -> Result<()> {
     r.read_exact(buf)
         .map_err(|e| bad(path, member, format!("file ends early: {e}")))
@@ -266,7 +269,7 @@ pub fn read_npy<T: Element, R: Read>(mut r: R, path: &Path, member: &str) -> Res
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| bad(path, member, "npy shape overflows"))?;
-    let decode: (usize, fn(&[u8]) -> Option<T>) = match header.descr.as_str() {
+    let decode: (usize, Decoder<T>) = match header.descr.as_str() {
         "<f4" => (4, |b| {
             Some(T::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
         }),

@@ -533,7 +533,11 @@ fn shards_merge_to_the_unsharded_dataset() {
         let shard = Shard { index, count: n };
         let dir = merged_dir.join(shard.dir_name());
         let out = pipeline::run(&cfg, &f.data, &dir, shard, &NoProgress).unwrap();
-        let mut m = chatpainter_artifacts::Manifest::new("ingest", Default::default(), out.outputs);
+        let mut m = chatpainter_artifacts::Manifest::new(
+            chatpainter_artifacts::Stage::Ingest,
+            Default::default(),
+            out.outputs,
+        );
         m.summary = serde_json::to_value(&out.summary).unwrap();
         // A merge before every shard has finished is refused.
         if index == 0 {

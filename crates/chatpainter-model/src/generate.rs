@@ -92,11 +92,11 @@ impl RunGenerator {
             stats.check(net.caption_dim, net.dialogue_dim)?;
         }
         let nets = match resolved.stage.as_str() {
-            "stage1" => Nets::One(Box::new(checkpoint::load_generator(
+            Stage1Generator::STAGE => Nets::One(Box::new(checkpoint::load_generator(
                 &ckpt,
                 resolved.stage1_generator(&device),
             )?)),
-            "stage2" => Nets::Two(Box::new(checkpoint::load_generator(
+            Stage2Generator::STAGE => Nets::Two(Box::new(checkpoint::load_generator(
                 &ckpt,
                 resolved.stage2_generator(&device)?,
             )?)),

@@ -22,7 +22,7 @@ use crate::network::{ResolvedNetwork, Variant};
 pub trait StageGenerator: Module + Sized {
     /// The discriminator trained against it.
     type D: Module + Discriminator + ReferenceLayout;
-    /// `stage1` or `stage2` (log lines, progress, file names).
+    /// The stage's name, `stage1` or `stage2` (log lines, progress, file names).
     const STAGE: &'static str;
     /// CA noise draws per image in one forward (Stage-II also samples the inner Stage-I CA).
     const CA_DRAWS: usize;
@@ -144,7 +144,7 @@ impl Stage1Generator {
 
 impl StageGenerator for Stage1Generator {
     type D = Stage1D;
-    const STAGE: &'static str = "stage1";
+    const STAGE: &'static str = chatpainter_artifacts::Stage::Stage1.name();
     const CA_DRAWS: usize = 1;
     fn generate(
         &self,
@@ -221,7 +221,7 @@ impl Stage2Generator {
 
 impl StageGenerator for Stage2Generator {
     type D = Stage2D;
-    const STAGE: &'static str = "stage2";
+    const STAGE: &'static str = chatpainter_artifacts::Stage::Stage2.name();
     const CA_DRAWS: usize = 2;
 
     fn after_load(self) -> Self {

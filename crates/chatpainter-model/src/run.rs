@@ -40,7 +40,7 @@ pub struct RunTraining {
 }
 
 fn stage1() -> String {
-    "stage1".into()
+    chatpainter_artifacts::Stage::Stage1.name().into()
 }
 
 impl RunConfig {

@@ -10,6 +10,103 @@ use crate::dialogue::DialogueEncoderConfig;
 use crate::stage1::{Stage1DConfig, Stage1GConfig};
 use crate::stage2::{Stage2DConfig, Stage2GConfig};
 
+/// The widths of one named network preset, both stages; the caption and dialogue widths are
+/// not here (they come from the data, or from [`StackGanConfig::preset`]'s model names).
+/// `[stage1]`/`[stage2]` `network.preset = "…"` in a pipeline file names one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkPreset {
+    pub name: &'static str,
+    /// Noise width Nz (Z_DIM).
+    pub z_dim: usize,
+    /// CA output width Nc (GAN.CONDITION_DIM).
+    pub cond_dim: usize,
+    /// Stage-I GAN.GF_DIM (base 8·gf_dim).
+    pub gf_dim: usize,
+    /// Stage-I GAN.DF_DIM.
+    pub df_dim: usize,
+    /// BiLSTM hidden size per direction (recurrent variant only).
+    pub rnn_hidden: usize,
+    /// Stage-II GAN.GF_DIM (base gf_dim).
+    pub stage2_gf_dim: usize,
+    /// Stage-II GAN.DF_DIM.
+    pub stage2_df_dim: usize,
+    /// Stage-II GAN.R_NUM, residual blocks.
+    pub r_num: usize,
+}
+
+/// The ChatPainter paper ("same as StackGAN"): gf 128, df 64, Nc 128, 4 residual blocks.
+const CHATPAINTER: NetworkPreset = NetworkPreset {
+    name: "chatpainter",
+    z_dim: 100,
+    cond_dim: 128,
+    gf_dim: 128,
+    df_dim: 64,
+    rnn_hidden: 1024,
+    stage2_gf_dim: 128,
+    stage2_df_dim: 64,
+    r_num: 4,
+};
+
+/// The reference code's COCO configuration (coco_s1.yml / coco_s2.yml).
+const STACKGAN_PYTORCH_COCO: NetworkPreset = NetworkPreset {
+    name: "stackgan-pytorch-coco",
+    z_dim: 100,
+    cond_dim: 128,
+    gf_dim: 192,
+    df_dim: 96,
+    rnn_hidden: 1024,
+    stage2_gf_dim: 192,
+    stage2_df_dim: 96,
+    r_num: 2,
+};
+
+/// Tiny networks for CI.
+const SMOKE: NetworkPreset = NetworkPreset {
+    name: "smoke",
+    z_dim: 100,
+    cond_dim: 16,
+    gf_dim: 8,
+    df_dim: 8,
+    rnn_hidden: 16,
+    stage2_gf_dim: 8,
+    stage2_df_dim: 8,
+    r_num: 1,
+};
+
+/// Every network preset: the one place their widths are written.
+pub const NETWORK_PRESETS: [NetworkPreset; 3] = [CHATPAINTER, STACKGAN_PYTORCH_COCO, SMOKE];
+
+impl NetworkPreset {
+    /// The preset called `name`.
+    ///
+    /// # Errors
+    /// [`NnError::UnknownPreset`] listing the known names.
+    pub fn named(name: &str) -> Result<Self, NnError> {
+        NETWORK_PRESETS
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| NnError::UnknownPreset {
+                name: name.to_owned(),
+                known: NETWORK_PRESETS.map(|p| p.name).join(", "),
+            })
+    }
+
+    /// The model of these widths with `caption_dim`-d captions and `dialogue`.
+    /// [`StackGanConfig`] has one gf/df for both stages: every preset's Stage-II widths equal
+    /// its Stage-I ones (test), a run may still override them apart.
+    fn stackgan(self, caption_dim: usize, dialogue: DialogueVariant) -> StackGanConfig {
+        StackGanConfig::new(
+            self.z_dim,
+            caption_dim,
+            dialogue,
+            self.cond_dim,
+            self.gf_dim,
+            self.df_dim,
+            self.r_num,
+        )
+    }
+}
+
 /// Names accepted by [`StackGanConfig::preset`].
 pub const PRESET_NAMES: [&str; 7] = [
     "stackgan-pytorch-coco",
@@ -67,7 +164,7 @@ impl DialogueVariant {
     pub fn paper_recurrent() -> Self {
         Self::Recurrent {
             turn_dim: SKIP_THOUGHT_DIM,
-            hidden: 1024,
+            hidden: CHATPAINTER.rnn_hidden,
         }
     }
 }
@@ -97,20 +194,20 @@ pub struct StackGanConfig {
 impl StackGanConfig {
     /// The reference code's COCO configuration (coco_s1.yml / coco_s2.yml).
     pub fn stackgan_pytorch_coco() -> Self {
-        Self::new(100, 1024, DialogueVariant::CaptionOnly, 128, 192, 96, 2)
+        STACKGAN_PYTORCH_COCO.stackgan(1024, DialogueVariant::CaptionOnly)
     }
 
     /// The ChatPainter paper's sizes ("same as StackGAN": gf 128, df 64, 4 residual blocks) with
     /// the given dialogue variant; `CaptionOnly` is the `stackgan` baseline.
     pub fn chatpainter(dialogue: DialogueVariant) -> Self {
-        Self::new(100, 1024, dialogue, 128, 128, 64, 4)
+        CHATPAINTER.stackgan(1024, dialogue)
     }
 
     /// Tiny networks for CI with the given dialogue variant (caption 64, Nc 16, gf 8, df 8, one
     /// residual block). [`Self::smoke_nonrecurrent`] and [`Self::smoke_recurrent`] give small
     /// dialogue widths.
     pub fn smoke(dialogue: DialogueVariant) -> Self {
-        Self::new(100, 64, dialogue, 16, 8, 8, 1)
+        SMOKE.stackgan(64, dialogue)
     }
 
     /// Smoke dialogue variant: one 64-d dialogue vector.
@@ -122,7 +219,7 @@ impl StackGanConfig {
     pub fn smoke_recurrent() -> DialogueVariant {
         DialogueVariant::Recurrent {
             turn_dim: 64,
-            hidden: 16,
+            hidden: SMOKE.rnn_hidden,
         }
     }
 
@@ -183,5 +280,26 @@ impl StackGanConfig {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_by_name() {
+        for p in NETWORK_PRESETS {
+            assert_eq!(NetworkPreset::named(p.name), Ok(p));
+            // StackGanConfig holds one gf/df for both stages.
+            assert_eq!((p.stage2_gf_dim, p.stage2_df_dim), (p.gf_dim, p.df_dim));
+        }
+        assert_eq!(
+            NetworkPreset::named("huge"),
+            Err(NnError::UnknownPreset {
+                name: "huge".into(),
+                known: "chatpainter, stackgan-pytorch-coco, smoke".into()
+            })
+        );
     }
 }

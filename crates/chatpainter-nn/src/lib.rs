@@ -47,7 +47,9 @@ pub mod stage2;
 use burn::tensor::Tensor;
 
 pub use ca::{CaNet, CaNetConfig, CaNoise, CaOutput};
-pub use config::{DialogueVariant, KL_COEFF, PRESET_NAMES, StackGanConfig};
+pub use config::{
+    DialogueVariant, KL_COEFF, NETWORK_PRESETS, NetworkPreset, PRESET_NAMES, StackGanConfig,
+};
 pub use dialogue::{DialogueEncoder, DialogueEncoderConfig};
 pub use init::weights_init;
 pub use names::{ReferenceLayout, ReferenceName, count_trainable, list_params, reference_names};

@@ -14,16 +14,13 @@ mod page;
 mod plot;
 pub mod read;
 
-use chatpainter_artifacts::run::STAGES;
-use chatpainter_artifacts::{ArtifactError, Manifest, OutputFile, write_atomic};
+use chatpainter_artifacts::{ArtifactError, Manifest, OutputFile, Stage, write_atomic};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The page's file name in `<run>/report/`.
 pub const REPORT_FILE: &str = "index.html";
-/// The stage folder the report is written to.
-pub const REPORT_STAGE: &str = "report";
 
 /// The `[report]` table of a pipeline file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +87,7 @@ pub enum StageState {
 /// One stage of the run as found on disk.
 #[derive(Debug, Clone)]
 pub struct StageInfo {
-    pub name: &'static str,
+    pub stage: Stage,
     pub dir: PathBuf,
     pub state: StageState,
     /// When the stage last started: `run_stage` writes `config.toml` first, so its mtime.
@@ -105,11 +102,11 @@ impl StageInfo {
 
 /// The stages upstream of the report, in pipeline order, as found under `run_root`.
 pub fn stages(run_root: &Path) -> Vec<StageInfo> {
-    STAGES
-        .iter()
-        .filter(|s| **s != REPORT_STAGE)
-        .map(|name| {
-            let dir = run_root.join(name);
+    Stage::ALL
+        .into_iter()
+        .filter(|s| *s != Stage::Report)
+        .map(|stage| {
+            let dir = run_root.join(stage.name());
             let state = if !dir.is_dir() {
                 StageState::NotRun
             } else if Manifest::path_in(&dir).exists() {
@@ -128,7 +125,7 @@ pub fn stages(run_root: &Path) -> Vec<StageInfo> {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs());
             StageInfo {
-                name,
+                stage,
                 dir,
                 state,
                 started_unix,
@@ -154,12 +151,12 @@ pub fn upstream_digests(run_root: &Path) -> Result<BTreeMap<String, String>, Rep
             StageState::NotRun => {}
             StageState::Finished(_) | StageState::Invalid(_) => {
                 out.insert(
-                    stage.name.to_string(),
+                    stage.stage.name().to_string(),
                     Manifest::digest_on_disk(&stage.dir)?,
                 );
             }
             StageState::Running { .. } | StageState::Unfinished => {
-                out.insert(stage.name.to_string(), format!("unfinished@{now}"));
+                out.insert(stage.stage.name().to_string(), format!("unfinished@{now}"));
             }
         }
     }
@@ -184,8 +181,8 @@ pub struct Report {
     /// Files that could not be read or shown, each naming the file; also listed on the page.
     pub warnings: Vec<String>,
     /// Stages shown with their outputs, and stages listed as not run.
-    pub shown: Vec<&'static str>,
-    pub not_run: Vec<&'static str>,
+    pub shown: Vec<Stage>,
+    pub not_run: Vec<Stage>,
 }
 
 /// Builds the page from the run directory.

@@ -4,7 +4,7 @@
 use crate::html::{bytes, duration, esc, num, png_img, table, utc};
 use crate::read::{self, MetricSeries};
 use crate::{Inputs, Report, StageInfo, StageState, plot};
-use chatpainter_artifacts::Manifest;
+use chatpainter_artifacts::{Manifest, Stage};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
@@ -15,10 +15,10 @@ const MAX_IMAGE_BYTES: u64 = 16 << 20;
 
 /// Training stages whose folders follow `chatpainter-train`'s layout, with the columns of their
 /// sample sheets.
-const TRAINING: [(&str, &str, &str); 2] = [
-    ("stage1", "Stage-I (64×64)", "real | generated"),
+const TRAINING: [(Stage, &str, &str); 2] = [
+    (Stage::Stage1, "Stage-I (64×64)", "real | generated"),
     (
-        "stage2",
+        Stage::Stage2,
         "Stage-II (256×256)",
         "real | Stage-I 64 upscaled | Stage-II 256",
     ),
@@ -139,9 +139,9 @@ pub fn build(inputs: &Inputs<'_>) -> Report {
 
     let (shown, not_run) = stages.iter().fold((vec![], vec![]), |(mut s, mut n), st| {
         if st.exists() {
-            s.push(st.name);
+            s.push(st.stage);
         } else {
-            n.push(st.name);
+            n.push(st.stage);
         }
         (s, n)
     });
@@ -153,12 +153,12 @@ pub fn build(inputs: &Inputs<'_>) -> Report {
     }
 }
 
-fn find<'s>(stages: &'s [StageInfo], name: &str) -> Option<&'s StageInfo> {
-    stages.iter().find(|s| s.name == name)
+fn find(stages: &[StageInfo], stage: Stage) -> Option<&StageInfo> {
+    stages.iter().find(|s| s.stage == stage)
 }
 
-fn not_run(name: &str) -> String {
-    format!("<p class=\"absent\">{}: not run</p>\n", esc(name))
+fn not_run(stage: Stage) -> String {
+    format!("<p class=\"absent\">{}: not run</p>\n", esc(stage.name()))
 }
 
 impl Page<'_> {
@@ -177,7 +177,7 @@ impl Page<'_> {
         let _ = writeln!(
             self.body,
             "<p class=\"absent\">{}: no {} yet</p>",
-            esc(stage.name),
+            esc(stage.stage.name()),
             esc(&name)
         );
     }
@@ -229,7 +229,7 @@ impl Page<'_> {
         let current: BTreeMap<&str, String> = stages
             .iter()
             .filter(|s| matches!(s.state, StageState::Finished(_)))
-            .filter_map(|s| Some((s.name, Manifest::digest_on_disk(&s.dir).ok()?)))
+            .filter_map(|s| Some((s.stage.name(), Manifest::digest_on_disk(&s.dir).ok()?)))
             .collect();
         let mut rows = Vec::new();
         let mut details = String::new();
@@ -237,7 +237,7 @@ impl Page<'_> {
             let started = s.started_unix.map(utc).unwrap_or_default();
             let row = match &s.state {
                 StageState::NotRun => vec![
-                    esc(s.name),
+                    esc(s.stage.name()),
                     "<span class=\"absent\">not run</span>".into(),
                     String::new(),
                     String::new(),
@@ -247,7 +247,7 @@ impl Page<'_> {
                     String::new(),
                 ],
                 StageState::Running { pid } => vec![
-                    esc(s.name),
+                    esc(s.stage.name()),
                     format!("running (pid {pid})"),
                     esc(&started),
                     String::new(),
@@ -257,7 +257,7 @@ impl Page<'_> {
                     String::new(),
                 ],
                 StageState::Unfinished => vec![
-                    esc(s.name),
+                    esc(s.stage.name()),
                     "unfinished (no manifest)".into(),
                     esc(&started),
                     String::new(),
@@ -267,9 +267,9 @@ impl Page<'_> {
                     String::new(),
                 ],
                 StageState::Invalid(why) => {
-                    self.warn(format!("{}: manifest unreadable: {why}", s.name));
+                    self.warn(format!("{}: manifest unreadable: {why}", s.stage));
                     vec![
-                        esc(s.name),
+                        esc(s.stage.name()),
                         format!(
                             "<span class=\"unavailable\">invalid manifest: {}</span>",
                             esc(why)
@@ -306,9 +306,9 @@ impl Page<'_> {
                         .map(|t| duration(m.finished_unix - t))
                         .unwrap_or_default();
                     let total: u64 = m.outputs.iter().map(|o| o.bytes).sum();
-                    self.manifest_details(s.name, m, &mut details);
+                    self.manifest_details(s.stage.name(), m, &mut details);
                     vec![
-                        esc(s.name),
+                        esc(s.stage.name()),
                         state,
                         esc(&started),
                         esc(&utc(m.finished_unix)),
@@ -375,8 +375,8 @@ impl Page<'_> {
 
     fn eval(&mut self, stages: &[StageInfo]) {
         self.h2("metrics", "Evaluation metrics");
-        let Some(stage) = find(stages, "eval").filter(|s| s.exists()) else {
-            self.body.push_str(&not_run("eval"));
+        let Some(stage) = find(stages, Stage::Eval).filter(|s| s.exists()) else {
+            self.body.push_str(&not_run(Stage::Eval));
             return;
         };
         let path = stage.dir.join("metrics.json");
@@ -708,8 +708,8 @@ impl Page<'_> {
 
     fn per_turn(&mut self, stages: &[StageInfo]) {
         self.h2("per-turn", "Per-turn strips");
-        let Some(stage) = find(stages, "eval").filter(|s| s.exists()) else {
-            self.body.push_str(&not_run("eval"));
+        let Some(stage) = find(stages, Stage::Eval).filter(|s| s.exists()) else {
+            self.body.push_str(&not_run(Stage::Eval));
             return;
         };
         let dir = stage.dir.join("per_turn");
@@ -755,8 +755,8 @@ impl Page<'_> {
 
     fn quality(&mut self, stages: &[StageInfo]) {
         self.h2("quality", "Ingest quality");
-        let Some(stage) = find(stages, "ingest").filter(|s| s.exists()) else {
-            self.body.push_str(&not_run("ingest"));
+        let Some(stage) = find(stages, Stage::Ingest).filter(|s| s.exists()) else {
+            self.body.push_str(&not_run(Stage::Ingest));
             return;
         };
         let path = stage.dir.join("quality.json");

@@ -2,7 +2,7 @@
 //! run, "not run" on a partial one, escaping, embedded images and no external reference.
 #![allow(clippy::unwrap_used)] // tests may panic on fixture setup
 
-use chatpainter_artifacts::{Manifest, OutputFile, StageKey};
+use chatpainter_artifacts::{Manifest, OutputFile, Stage, StageKey};
 use chatpainter_report::{Inputs, Report, ReportConfig, build, upstream_digests, write};
 use std::path::Path;
 
@@ -23,7 +23,7 @@ fn finish(run: &Path, stage: &str, files: &[&str]) {
         .iter()
         .map(|f| OutputFile::describe(&dir, f, Some(3)).unwrap())
         .collect();
-    let mut m = Manifest::new(stage, StageKey::default(), outputs);
+    let mut m = Manifest::new(stage.parse().unwrap(), StageKey::default(), outputs);
     m.seed = Some(7);
     m.summary = serde_json::json!({"note": EVIL});
     m.save(&dir).unwrap();
@@ -219,10 +219,16 @@ fn only_ingest_lists_the_rest_as_not_run() {
     let tmp = tempfile::tempdir().unwrap();
     ingest(tmp.path());
     let r = report(tmp.path(), &ReportConfig::default());
-    assert_eq!(r.shown, vec!["ingest"]);
+    assert_eq!(r.shown, vec![Stage::Ingest]);
     assert_eq!(
         r.not_run,
-        vec!["synth", "embed", "stage1", "stage2", "eval"]
+        vec![
+            Stage::Synth,
+            Stage::Embed,
+            Stage::Stage1,
+            Stage::Stage2,
+            Stage::Eval
+        ]
     );
     for stage in ["stage1", "stage2", "eval"] {
         assert!(r.html.contains(&format!("{stage}: not run")), "{stage}");

@@ -4,6 +4,7 @@
 //! [`TrainConfig::network`] resolves the widths against the embedding widths of the data.
 
 use chatpainter_model::{DeviceChoice, ResolvedNetwork, Stage2Widths, Variant};
+use chatpainter_nn::{NetworkPreset, NnError};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -15,8 +16,8 @@ use crate::text_norm::TextNorm;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
-    /// `chatpainter` (paper: gf 128, df 64, Nc 128, BiLSTM 1024), `stackgan-pytorch-coco`
-    /// (gf 192, df 96) or `smoke` (gf 8, df 8, Nc 16, BiLSTM 16).
+    /// One of `chatpainter-nn`'s [`NETWORK_PRESETS`](chatpainter_nn::NETWORK_PRESETS):
+    /// `chatpainter` (the paper's widths), `stackgan-pytorch-coco` or `smoke`.
     pub preset: String,
     pub z_dim: Option<usize>,
     pub cond_dim: Option<usize>,
@@ -230,6 +231,16 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The widths `network.preset` names.
+    fn preset(&self) -> Result<NetworkPreset, TrainError> {
+        NetworkPreset::named(&self.network.preset).map_err(|e| match e {
+            NnError::UnknownPreset { name, known } => {
+                TrainError::Config(format!("network.preset: unknown `{name}` (known: {known})"))
+            }
+            other => TrainError::Config(other.to_string()),
+        })
+    }
+
     /// Resolves the widths: preset, then overrides, then the data's embedding widths.
     ///
     /// # Errors
@@ -239,32 +250,23 @@ impl TrainConfig {
         caption_dim: usize,
         dialogue_dim: usize,
     ) -> Result<ResolvedNetwork, TrainError> {
-        let (z, c, gf, df, h) = match self.network.preset.as_str() {
-            "chatpainter" => (100, 128, 128, 64, 1024),
-            "stackgan-pytorch-coco" => (100, 128, 192, 96, 1024),
-            "smoke" => (100, 16, 8, 8, 16),
-            other => {
-                return Err(TrainError::Config(format!(
-                    "network.preset: unknown `{other}` (known: chatpainter, stackgan-pytorch-coco, smoke)"
-                )));
-            }
-        };
+        let p = self.preset()?;
         let n = &self.network;
         let dialogue_dim = match self.variant {
             Variant::Stackgan => 0,
             _ => dialogue_dim,
         };
         let r = ResolvedNetwork {
-            z_dim: n.z_dim.unwrap_or(z),
+            z_dim: n.z_dim.unwrap_or(p.z_dim),
             caption_dim,
             dialogue_dim,
             rnn_hidden: match self.variant {
-                Variant::ChatpainterRecurrent => n.rnn_hidden.unwrap_or(h),
+                Variant::ChatpainterRecurrent => n.rnn_hidden.unwrap_or(p.rnn_hidden),
                 _ => 0,
             },
-            cond_dim: n.cond_dim.unwrap_or(c),
-            gf_dim: n.gf_dim.unwrap_or(gf),
-            df_dim: n.df_dim.unwrap_or(df),
+            cond_dim: n.cond_dim.unwrap_or(p.cond_dim),
+            gf_dim: n.gf_dim.unwrap_or(p.gf_dim),
+            df_dim: n.df_dim.unwrap_or(p.df_dim),
             stage2: None,
         };
         if r.z_dim == 0 || r.cond_dim == 0 || r.df_dim == 0 || r.caption_dim == 0 {
@@ -295,16 +297,7 @@ impl TrainConfig {
     /// # Errors
     /// [`TrainError::Config`] naming the key.
     pub fn network2(&self, stage1: &ResolvedNetwork) -> Result<ResolvedNetwork, TrainError> {
-        let (gf, df, r) = match self.network.preset.as_str() {
-            "chatpainter" => (128, 64, 4),
-            "stackgan-pytorch-coco" => (192, 96, 2),
-            "smoke" => (8, 8, 1),
-            other => {
-                return Err(TrainError::Config(format!(
-                    "network.preset: unknown `{other}` (known: chatpainter, stackgan-pytorch-coco, smoke)"
-                )));
-            }
-        };
+        let p = self.preset()?;
         let n = &self.network;
         for (key, ours, theirs) in [
             ("z_dim", n.z_dim, stage1.z_dim),
@@ -319,9 +312,9 @@ impl TrainConfig {
             }
         }
         let w = Stage2Widths {
-            gf_dim: n.gf_dim.unwrap_or(gf),
-            df_dim: n.df_dim.unwrap_or(df),
-            r_num: n.r_num.unwrap_or(r),
+            gf_dim: n.gf_dim.unwrap_or(p.stage2_gf_dim),
+            df_dim: n.df_dim.unwrap_or(p.stage2_df_dim),
+            r_num: n.r_num.unwrap_or(p.r_num),
             stage1_bn_batch_stats: self.stage1_batch_norm == Stage1BatchNorm::BatchStats,
         };
         if w.gf_dim == 0 || !w.gf_dim.is_multiple_of(4) {

@@ -15,7 +15,7 @@ use crate::checkpoint::{self, CHECKPOINT_FORMAT, TrainState};
 use crate::config::TrainConfig;
 use crate::import::{ImportReport, load_reference_pth};
 use crate::trainer::{RESOLVED_CONFIG_FILE, ResolvedConfig, Stage1Origin, adam};
-use chatpainter_artifacts::Xoshiro256;
+use chatpainter_artifacts::{Stage, Xoshiro256};
 use chatpainter_model::Variant;
 use chatpainter_model::networks::{Stage1Generator, Stage2Generator};
 
@@ -57,7 +57,7 @@ pub fn import_stage2_generator(
 
     std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
     let resolved = ResolvedConfig {
-        stage: "stage2".into(),
+        stage: Stage::Stage2.name().into(),
         train: cfg.clone(),
         network: net,
         items: 0,

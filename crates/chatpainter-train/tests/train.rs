@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use chatpainter_artifacts::NoProgress;
 use chatpainter_artifacts::Xoshiro256;
+use chatpainter_artifacts::{NoProgress, Stage};
 use chatpainter_model::export::tensor_values;
 use chatpainter_model::{Geometry, StoredImage, TrainData, TrainItem, Variant};
 use chatpainter_train::checkpoint::{self, CHECKPOINTS_DIR};
@@ -370,7 +370,7 @@ fn loads_the_ingest_and_embed_artifacts() {
         )]),
         ..IngestSummary::default()
     };
-    let mut manifest = Manifest::new("ingest", StageKey::default(), Vec::new());
+    let mut manifest = Manifest::new(Stage::Ingest, StageKey::default(), Vec::new());
     manifest.summary = serde_json::to_value(&summary).expect("summary");
     manifest.save(&ingest).expect("manifest");
     let ident = |dim| EncoderIdentity {
@@ -1072,7 +1072,7 @@ mod lazy {
             )]),
             ..IngestSummary::default()
         };
-        let mut manifest = Manifest::new("ingest", StageKey::default(), Vec::new());
+        let mut manifest = Manifest::new(Stage::Ingest, StageKey::default(), Vec::new());
         manifest.summary = serde_json::to_value(&summary).expect("summary");
         manifest.save(&ingest).expect("manifest");
         let ident = |dim| EncoderIdentity {

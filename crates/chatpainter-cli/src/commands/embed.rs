@@ -3,7 +3,7 @@
 
 use anyhow::{Result, bail};
 use chatpainter_artifacts::digest::sha256_json;
-use chatpainter_artifacts::{OutputFile, StageKey, StageOutput};
+use chatpainter_artifacts::{OutputFile, Stage, StageKey, StageOutput};
 use chatpainter_embed::config::EmbedConfig;
 use chatpainter_embed::stage as embed;
 use chatpainter_formats::ingested::{RECORDS_FILE, read_records};
@@ -14,8 +14,8 @@ use crate::{StageArgs, ui};
 
 pub fn embed(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
     let (pipeline, run) = load(args)?;
-    let cfg = table(args, &pipeline.embed, "embed")?;
-    let stage = StageRunner::create(&run, "embed", args.force)?;
+    let cfg = table(args, &pipeline.embed, Stage::Embed)?;
+    let stage = StageRunner::create(&run, Stage::Embed, args.force)?;
     let upstream = upstream_of(&run, &["run:ingest"])?;
     // Encoder paths resolve like every pipeline path (`run:` inside the run).
     let encoders = Encoders::load_with(&cfg.encoders(), &|p: &str| run.resolve(p))?;
@@ -36,7 +36,7 @@ pub fn embed(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
         inputs_digest: String::new(),
         upstream,
     };
-    let records_path = run.stage("ingest").join(RECORDS_FILE);
+    let records_path = run.stage(Stage::Ingest).join(RECORDS_FILE);
     let cache_dir = run.resolve(&cfg.cache_dir);
     let bar = ui::Bar::new();
     stage.run(

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, anyhow};
 use chatpainter_artifacts::digest::sha256_json;
-use chatpainter_artifacts::{BenchRow, Manifest, OutputFile, StageKey, StageOutput};
+use chatpainter_artifacts::{BenchRow, Manifest, OutputFile, Stage, StageKey, StageOutput};
 use chatpainter_eval::score::{BackboneChoice, ScoreSettings};
 use chatpainter_formats::metrics::{METRICS_FILE, MetricsFile};
 use chatpainter_model::DeviceChoice;
@@ -17,7 +17,7 @@ use crate::{StageArgs, ui};
 /// `chatpainter eval --pipeline P --run R`.
 pub fn eval_stage(args: &StageArgs) -> Result<()> {
     let (pipeline, run) = load(args)?;
-    let cfg = table(args, &pipeline.eval, "eval")?;
+    let cfg = table(args, &pipeline.eval, Stage::Eval)?;
     cfg.validate()
         .map_err(|e| anyhow!("{}: {e}", args.pipeline.display()))?;
     cfg.device
@@ -29,7 +29,7 @@ pub fn eval_stage(args: &StageArgs) -> Result<()> {
         &run,
         &[&format!("run:{generator}"), "run:embed", "run:ingest"],
     )?;
-    let stage = StageRunner::create(&run, "eval", args.force)?;
+    let stage = StageRunner::create(&run, Stage::Eval, args.force)?;
     // Files read from outside the run are identified by their content.
     let mut inputs = Vec::new();
     for (key, path) in [

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use chatpainter_artifacts::digest::sha256_json;
-use chatpainter_artifacts::{Manifest, StageKey, StageOutput};
+use chatpainter_artifacts::{Manifest, Stage, StageKey, StageOutput};
 use chatpainter_formats::ingested::{QUALITY_FILE, Shard};
 use chatpainter_formats::quality::QualityReport;
 use chatpainter_ingest::pipeline as ingest;
@@ -15,9 +15,9 @@ use crate::{StageArgs, ui};
 /// `chatpainter synth`: the synthetic dataset in the real COCO + VisDial formats.
 pub fn synth(args: &StageArgs) -> Result<()> {
     let (pipeline, run) = load(args)?;
-    let mut cfg = table(args, &pipeline.synth, "synth")?;
+    let mut cfg = table(args, &pipeline.synth, Stage::Synth)?;
     cfg.seed ^= pipeline.run.seed;
-    let stage = StageRunner::create(&run, "synth", args.force)?;
+    let stage = StageRunner::create(&run, Stage::Synth, args.force)?;
     let key = StageKey {
         config_digest: sha256_json(&cfg),
         ..Default::default()
@@ -44,18 +44,18 @@ pub fn synth(args: &StageArgs) -> Result<()> {
 /// `chatpainter ingest [--shard I/N] [--strict]`.
 pub fn ingest(args: &StageArgs, shard: Option<Shard>, strict: bool) -> Result<()> {
     let (pipeline, run) = load(args)?;
-    let mut cfg = table(args, &pipeline.ingest, "ingest")?;
+    let mut cfg = table(args, &pipeline.ingest, Stage::Ingest)?;
     cfg.strict |= strict;
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
     let shard = shard.unwrap_or(Shard::WHOLE);
-    let stage_dir = run.create_stage("ingest")?;
+    let stage_dir = run.create_stage(Stage::Ingest)?;
     let dir = if shard.count > 1 {
         stage_dir.join(shard.dir_name())
     } else {
         stage_dir
     };
-    let stage = StageRunner::open(dir, "ingest", args.force)?;
+    let stage = StageRunner::open(dir, Stage::Ingest, args.force)?;
     let upstream = upstream_of(&run, &[&cfg.data_root])?;
     let data_root = run.resolve(&cfg.data_root);
     if !data_root.is_dir() {
@@ -105,7 +105,7 @@ pub fn merge(args: &StageArgs, shards: u32) -> Result<()> {
         bail!("--shards {shards}: a merge needs at least 2 shards");
     }
     let (_pipeline, run) = load(args)?;
-    let stage = StageRunner::create(&run, "ingest", args.force)?.labelled("ingest-merge");
+    let stage = StageRunner::create(&run, Stage::Ingest, args.force)?.labelled("ingest-merge");
     let dir = stage.dir();
     let first = Shard {
         index: 0,

@@ -4,8 +4,8 @@
 
 use anyhow::{Context, Result};
 use chatpainter_artifacts::digest::sha256_json;
-use chatpainter_artifacts::{StageKey, StageOutput};
-use chatpainter_report::{Inputs, REPORT_FILE, REPORT_STAGE};
+use chatpainter_artifacts::{Stage, StageKey, StageOutput};
+use chatpainter_report::{Inputs, REPORT_FILE};
 
 use super::stage::{StageRunner, load};
 use crate::StageArgs;
@@ -24,7 +24,7 @@ pub fn report(args: &StageArgs) -> Result<()> {
     }
     // The page shows the resolved pipeline, so it is part of what the page is made from.
     let pipeline_toml = toml::to_string(&pipeline).context("serialising the resolved pipeline")?;
-    let stage = StageRunner::create(&run, REPORT_STAGE, args.force)?;
+    let stage = StageRunner::create(&run, Stage::Report, args.force)?;
     let key = StageKey {
         config_digest: sha256_json(&(&cfg, &pipeline_toml)),
         inputs_digest: String::new(),
@@ -67,10 +67,14 @@ pub fn report(args: &StageArgs) -> Result<()> {
     Ok(())
 }
 
-fn list(stages: &[&str]) -> String {
+fn list(stages: &[Stage]) -> String {
     if stages.is_empty() {
         "none".into()
     } else {
-        stages.join(", ")
+        stages
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use chatpainter_artifacts::{
-    ArtifactError, Manifest, Outcome, RunDir, StageKey, StageOutput, run_stage,
+    ArtifactError, Manifest, Outcome, RunDir, Stage, StageKey, StageOutput, run_stage,
 };
 
 use crate::pipeline::Pipeline;
@@ -23,10 +23,10 @@ pub(crate) fn load(args: &StageArgs) -> Result<(Pipeline, RunDir)> {
 }
 
 /// The stage's table of the pipeline, which must be there.
-pub(crate) fn table<T: Clone>(args: &StageArgs, table: &Option<T>, name: &str) -> Result<T> {
+pub(crate) fn table<T: Clone>(args: &StageArgs, table: &Option<T>, stage: Stage) -> Result<T> {
     table
         .clone()
-        .with_context(|| format!("{}: no [{name}] table", args.pipeline.display()))
+        .with_context(|| format!("{}: no [{stage}] table", args.pipeline.display()))
 }
 
 /// Upstream manifests of a stage whose inputs live in other stages of the run (`run:<stage>/…`).
@@ -34,8 +34,10 @@ pub(crate) fn upstream_of(run: &RunDir, paths: &[&str]) -> Result<BTreeMap<Strin
     let mut upstream = BTreeMap::new();
     for p in paths {
         if let Some(rel) = p.strip_prefix("run:") {
+            // The first component names the upstream stage's folder; taken as written, so a
+            // folder that is not a stage's fails below for want of a manifest.
             let stage = rel.split('/').next().unwrap_or(rel);
-            let dir = run.stage(stage);
+            let dir = run.root().join(stage);
             let digest = Manifest::digest_on_disk(&dir).with_context(|| {
                 format!(
                     "stage `{stage}` has not finished in {}: run it first",
@@ -51,7 +53,7 @@ pub(crate) fn upstream_of(run: &RunDir, paths: &[&str]) -> Result<BTreeMap<Strin
 /// One stage's directory, opened for a run of the stage.
 pub(crate) struct StageRunner<'a> {
     /// The stage its manifest names.
-    stage: &'a str,
+    stage: Stage,
     /// The name its outcome line starts with (`ingest-merge` runs the `ingest` stage).
     label: &'a str,
     dir: PathBuf,
@@ -60,16 +62,16 @@ pub(crate) struct StageRunner<'a> {
 
 impl<'a> StageRunner<'a> {
     /// Creates `<run>/<stage>/` and logs into its `log.txt` (and stderr).
-    pub fn create(run: &RunDir, stage: &'a str, force: bool) -> Result<Self> {
+    pub fn create(run: &RunDir, stage: Stage, force: bool) -> Result<Self> {
         Self::open(run.create_stage(stage)?, stage, force)
     }
 
     /// As [`StageRunner::create`] for a stage directory elsewhere (an ingest shard's).
-    pub fn open(dir: PathBuf, stage: &'a str, force: bool) -> Result<Self> {
+    pub fn open(dir: PathBuf, stage: Stage, force: bool) -> Result<Self> {
         ui::init_logging(Some(&dir.join("log.txt")))?;
         Ok(Self {
             stage,
-            label: stage,
+            label: stage.name(),
             dir,
             force,
         })

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use chatpainter_artifacts::digest::sha256_json;
-use chatpainter_artifacts::{Freshness, Manifest, RunDir, StageKey, StageOutput};
+use chatpainter_artifacts::{Freshness, Manifest, RunDir, Stage, StageKey, StageOutput};
 use chatpainter_train::{TrainConfig, TrainSummary, World};
 use std::path::Path;
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::stage::{StageRunner, load, table, upstream_of};
 use crate::{StageArgs, ui};
 
-/// Trains `stage` (`stage1` or `stage2`) of the run.
-pub fn train(args: &StageArgs, stage: &str) -> Result<()> {
+/// Trains `stage` (Stage-I or Stage-II) of the run.
+pub fn train(args: &StageArgs, stage: Stage) -> Result<()> {
     let world = World::from_launcher()?;
     let outcome = train_as(args, stage, &world);
     if let Err(e) = &outcome
@@ -35,18 +35,18 @@ pub fn train(args: &StageArgs, stage: &str) -> Result<()> {
 /// (only the vectors `variant` uses).
 fn train_data(
     run: &RunDir,
-    stage: &str,
+    stage: Stage,
     variant: chatpainter_model::Variant,
 ) -> Result<chatpainter_train::ParquetSource> {
     use chatpainter_model::Geometry;
-    let geometry = if stage == "stage1" {
+    let geometry = if stage == Stage::Stage1 {
         Geometry::STAGE1
     } else {
         Geometry::STAGE2
     };
     Ok(chatpainter_train::ParquetSource::open(
-        &run.stage("ingest"),
-        &run.stage("embed"),
+        &run.stage(Stage::Ingest),
+        &run.stage(Stage::Embed),
         "train",
         geometry,
         variant,
@@ -57,7 +57,7 @@ fn train_data(
 fn train_on(
     run: &RunDir,
     cfg: &TrainConfig,
-    stage: &str,
+    stage: Stage,
     stage1_dir: &Path,
     progress: &dyn chatpainter_artifacts::Progress,
     stop: &AtomicBool,
@@ -65,18 +65,18 @@ fn train_on(
 ) -> Result<TrainSummary> {
     let data = train_data(run, stage, cfg.variant)?;
     let dir = &run.stage(stage);
-    Ok(if stage == "stage1" {
+    Ok(if stage == Stage::Stage1 {
         chatpainter_train::train_stage1(cfg, &data, dir, progress, stop, world)?
     } else {
         chatpainter_train::train_stage2(cfg, &data, stage1_dir, dir, progress, stop, world)?
     })
 }
 
-fn train_as(args: &StageArgs, stage: &str, world: &World) -> Result<()> {
+fn train_as(args: &StageArgs, stage: Stage, world: &World) -> Result<()> {
     let (pipeline, run) = load(args)?;
     let cfg = table(
         args,
-        if stage == "stage1" {
+        if stage == Stage::Stage1 {
             &pipeline.stage1
         } else {
             &pipeline.stage2
@@ -84,7 +84,7 @@ fn train_as(args: &StageArgs, stage: &str, world: &World) -> Result<()> {
         stage,
     )?;
     let stage1_path = cfg.stage1.clone().unwrap_or_else(|| "run:stage1".into());
-    if stage == "stage1" && cfg.stage1.is_some() {
+    if stage == Stage::Stage1 && cfg.stage1.is_some() {
         bail!(
             "{}: stage1.stage1 is a Stage-II key (the Stage-I run to build on)",
             args.pipeline.display()
@@ -135,16 +135,16 @@ fn train_as(args: &StageArgs, stage: &str, world: &World) -> Result<()> {
 fn key(
     run: &RunDir,
     cfg: &TrainConfig,
-    stage: &str,
+    stage: Stage,
     stage1_path: &str,
     stage1_dir: &Path,
 ) -> Result<StageKey> {
     let mut inputs = vec!["run:ingest", "run:embed"];
-    if stage == "stage2" {
+    if stage == Stage::Stage2 {
         inputs.push(stage1_path);
     }
     let mut upstream = upstream_of(run, &inputs)?;
-    if stage == "stage2" && !stage1_path.starts_with("run:") {
+    if stage == Stage::Stage2 && !stage1_path.starts_with("run:") {
         // A Stage-I run outside this run directory: its manifest still pins it.
         let digest = Manifest::digest_on_disk(stage1_dir).with_context(|| {
             format!(
@@ -152,7 +152,7 @@ fn key(
                 stage1_dir.display()
             )
         })?;
-        upstream.insert("stage1".into(), digest);
+        upstream.insert(Stage::Stage1.name().into(), digest);
     }
     Ok(StageKey {
         config_digest: sha256_json(cfg),
@@ -170,7 +170,7 @@ fn keep_or_drop_checkpoints(
     dir: &Path,
     key: &StageKey,
     cfg: &TrainConfig,
-    stage: &str,
+    stage: Stage,
     world: &World,
 ) -> Result<()> {
     let fresh = chatpainter_artifacts::manifest::freshness(dir, key)?;

@@ -2,13 +2,13 @@
 //! their manifests.
 
 use anyhow::{Result, bail};
-use chatpainter_artifacts::{Manifest, OutputFile, RunDir};
+use chatpainter_artifacts::{Manifest, OutputFile, RunDir, Stage};
 use std::path::Path;
 
 pub fn verify(run: &Path) -> Result<()> {
     let run = RunDir::new(run);
     let mut checked = 0;
-    for stage in chatpainter_artifacts::run::STAGES {
+    for stage in Stage::ALL {
         let dir = run.stage(stage);
         let Some(manifest) = Manifest::load_if_present(&dir)? else {
             continue;
