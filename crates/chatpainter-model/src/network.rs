@@ -2,7 +2,7 @@
 //! ([`ResolvedNetwork`], written into `config.json` and every checkpoint), mapped onto
 //! `chatpainter-nn`'s configuration.
 
-use chatpainter_nn::{DialogueVariant, StackGanConfig};
+use chatpainter_nn::{DialogueVariant, StackGanConfig, Stage2Sizes};
 use serde::{Deserialize, Serialize};
 
 /// Which conditioning the generator gets: the caption alone (StackGAN) or the caption joined by
@@ -59,7 +59,7 @@ pub struct Stage2Widths {
 }
 
 impl ResolvedNetwork {
-    /// The `chatpainter-nn` configuration of these sizes (Stage-II fields at their preset values).
+    /// The `chatpainter-nn` configuration of these sizes (with Stage-II's when the run has one).
     pub fn stackgan(&self, variant: Variant) -> StackGanConfig {
         let dialogue = match variant {
             Variant::Stackgan => DialogueVariant::CaptionOnly,
@@ -78,7 +78,11 @@ impl ResolvedNetwork {
             self.cond_dim,
             self.gf_dim,
             self.df_dim,
-            1,
         )
+        .with_stage2(
+            self.stage2
+                .map(|w| Stage2Sizes::new(w.gf_dim, w.df_dim, w.r_num)),
+        )
+        .with_stage1_bn_batch_stats(self.stage2.is_none_or(|w| w.stage1_bn_batch_stats))
     }
 }

@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use chatpainter_nn::{
     CaNoise, DialogueEncoder, Discriminator, GenOutput, ReferenceLayout, Stage1D, Stage1G, Stage2D,
-    Stage2DConfig, Stage2G, Stage2GConfig, weights_init,
+    Stage2G, weights_init,
 };
 
 use crate::ModelError;
@@ -184,20 +184,16 @@ impl Stage2Generator {
         device: &Device,
         seed: u64,
     ) -> Result<(Self, Stage2D), ModelError> {
-        let w = net
-            .stage2
-            .ok_or_else(|| ModelError::Internal("Stage-II widths missing".into()))?;
         let cfg = net.stackgan(variant);
+        let missing = || ModelError::Internal("Stage-II widths missing".into());
+        let (g_cfg, d_cfg) = (
+            cfg.stage2_g().ok_or_else(missing)?,
+            cfg.stage2_d().ok_or_else(missing)?,
+        );
         let _guard = init_lock();
         device.seed(seed);
-        let mut g = draw_lazy_params(weights_init(
-            Stage2GConfig::new(cfg.stage1_g(), w.gf_dim, w.r_num)
-                .with_stage1_bn_batch_stats(w.stage1_bn_batch_stats)
-                .init(device),
-        ));
-        let d = draw_lazy_params(weights_init(
-            Stage2DConfig::new(w.df_dim, net.cond_dim).init(device),
-        ));
+        let mut g = draw_lazy_params(weights_init(g_cfg.init(device)));
+        let d = draw_lazy_params(weights_init(d_cfg.init(device)));
         g.stage1_g = stage1.g;
         Ok((
             Self {

@@ -91,9 +91,7 @@ impl NetworkPreset {
             })
     }
 
-    /// The model of these widths with `caption_dim`-d captions and `dialogue`.
-    /// [`StackGanConfig`] has one gf/df for both stages: every preset's Stage-II widths equal
-    /// its Stage-I ones (test), a run may still override them apart.
+    /// The model of these widths (both stages) with `caption_dim`-d captions and `dialogue`.
     fn stackgan(self, caption_dim: usize, dialogue: DialogueVariant) -> StackGanConfig {
         StackGanConfig::new(
             self.z_dim,
@@ -102,8 +100,13 @@ impl NetworkPreset {
             self.cond_dim,
             self.gf_dim,
             self.df_dim,
-            self.r_num,
         )
+        .with_stage2(Some(self.stage2()))
+    }
+
+    /// The Stage-II widths of this preset.
+    pub fn stage2(self) -> Stage2Sizes {
+        Stage2Sizes::new(self.stage2_gf_dim, self.stage2_df_dim, self.r_num)
     }
 }
 
@@ -169,6 +172,17 @@ impl DialogueVariant {
     }
 }
 
+/// Stage-II's own widths (its inner Stage-I is the Stage-I part of the model).
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub struct Stage2Sizes {
+    /// Stage-II GAN.GF_DIM (base gf_dim).
+    pub gf_dim: usize,
+    /// Stage-II GAN.DF_DIM.
+    pub df_dim: usize,
+    /// GAN.R_NUM, residual blocks.
+    pub r_num: usize,
+}
+
 /// Hyper-parameters of every network of one model (both stages, the CA and the dialogue RNN).
 #[derive(Config, Debug)]
 pub struct StackGanConfig {
@@ -180,12 +194,13 @@ pub struct StackGanConfig {
     pub dialogue: DialogueVariant,
     /// CA output width Nc (GAN.CONDITION_DIM).
     pub cond_dim: usize,
-    /// GAN.GF_DIM (Stage-I base 8·gf_dim, Stage-II base gf_dim).
+    /// Stage-I GAN.GF_DIM (base 8·gf_dim).
     pub gf_dim: usize,
-    /// GAN.DF_DIM.
+    /// Stage-I GAN.DF_DIM.
     pub df_dim: usize,
-    /// GAN.R_NUM, Stage-II residual blocks.
-    pub r_num: usize,
+    /// Stage-II's own widths; `None` for a Stage-I-only model.
+    #[config(default = "None")]
+    pub stage2: Option<Stage2Sizes>,
     /// Frozen Stage-I inside Stage-II: train-mode BatchNorm (reference) or eval mode.
     #[config(default = true)]
     pub stage1_bn_batch_stats: bool,
@@ -263,13 +278,18 @@ impl StackGanConfig {
         Stage1DConfig::new(self.df_dim, self.cond_dim)
     }
 
-    pub fn stage2_g(&self) -> Stage2GConfig {
-        Stage2GConfig::new(self.stage1_g(), self.gf_dim, self.r_num)
-            .with_stage1_bn_batch_stats(self.stage1_bn_batch_stats)
+    /// Stage-II's G around this model's Stage-I G; `None` for a Stage-I-only model.
+    pub fn stage2_g(&self) -> Option<Stage2GConfig> {
+        self.stage2.map(|s| {
+            Stage2GConfig::new(self.stage1_g(), s.gf_dim, s.r_num)
+                .with_stage1_bn_batch_stats(self.stage1_bn_batch_stats)
+        })
     }
 
-    pub fn stage2_d(&self) -> Stage2DConfig {
-        Stage2DConfig::new(self.df_dim, self.cond_dim)
+    /// Stage-II's D; `None` for a Stage-I-only model.
+    pub fn stage2_d(&self) -> Option<Stage2DConfig> {
+        self.stage2
+            .map(|s| Stage2DConfig::new(s.df_dim, self.cond_dim))
     }
 
     /// The BiLSTM of the recurrent variant; `None` otherwise.

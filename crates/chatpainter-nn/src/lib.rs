@@ -49,6 +49,7 @@ use burn::tensor::Tensor;
 pub use ca::{CaNet, CaNetConfig, CaNoise, CaOutput};
 pub use config::{
     DialogueVariant, KL_COEFF, NETWORK_PRESETS, NetworkPreset, PRESET_NAMES, StackGanConfig,
+    Stage2Sizes,
 };
 pub use dialogue::{DialogueEncoder, DialogueEncoderConfig};
 pub use init::weights_init;

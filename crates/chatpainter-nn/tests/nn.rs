@@ -58,11 +58,14 @@ fn coco_parameter_counts_match_the_reference() {
     assert_eq!(count_trainable(&d1), 12_407_425);
     assert_eq!(count_trainable(&d1.encode_img), 6_200_448);
     assert_eq!(count_trainable(&d1.get_cond_logits), 6_206_977);
-    let g2 = cfg.stage2_g().init(&dev);
+    let g2 = cfg.stage2_g().expect("stage2").init(&dev);
     let total = count_trainable(&g2);
     assert_eq!(total, 57_151_312);
     assert_eq!(total - count_trainable(&g2.stage1_g), 37_130_480);
-    assert_eq!(count_trainable(&cfg.stage2_d().init(&dev)), 159_889_538);
+    assert_eq!(
+        count_trainable(&cfg.stage2_d().expect("stage2").init(&dev)),
+        159_889_538
+    );
     // Burn's own count also has the BN running mean/var (2 per BN feature).
     let g1 = cfg.stage1_g().init(&dev);
     let bn_features = 24_576 + 768 + 384 + 192 + 96;
@@ -93,14 +96,14 @@ fn chatpainter_parameter_counts() {
             5_715_713,
             "{name} D1"
         );
-        let g2 = cfg.stage2_g().init(&dev);
+        let g2 = cfg.stage2_g().expect("stage2").init(&dev);
         assert_eq!(
             count_trainable(&g2) - count_trainable(&g2.stage1_g),
             g2_trainable
         );
         assert_eq!(count_trainable(&g2), g2_trainable + g1, "{name} G2 total");
         assert_eq!(
-            count_trainable(&cfg.stage2_d().init(&dev)),
+            count_trainable(&cfg.stage2_d().expect("stage2").init(&dev)),
             71_269_122,
             "{name} D2"
         );
@@ -220,7 +223,7 @@ fn coco_reference_names_are_a_bijection() {
         .concat(),
     );
 
-    let g2 = checked_map(&cfg.stage2_g().init(&dev));
+    let g2 = checked_map(&cfg.stage2_g().expect("stage2").init(&dev));
     let mut res = Vec::new();
     for i in 0..2 {
         res.push(one(
@@ -261,7 +264,7 @@ fn coco_reference_names_are_a_bijection() {
         .concat(),
     );
 
-    let d2 = checked_map(&cfg.stage2_d().init(&dev));
+    let d2 = checked_map(&cfg.stage2_d().expect("stage2").init(&dev));
     let chans = [96, 192, 384, 768, 1536, 3072];
     let mut enc = vec![one("encode_img.0.weight", &[96, 3, 4, 4])];
     for i in 1..6 {
@@ -347,7 +350,7 @@ fn smoke_forward_shapes_all_networks() {
     assert!(to_vec(p).iter().all(|x| *x > 0.0 && *x < 1.0));
     assert!(d1.uncond_prob(f).is_none());
 
-    let g2 = weights_init(cfg.stage2_g().init(&dev));
+    let g2 = weights_init(cfg.stage2_g().expect("stage2").init(&dev));
     let out2 = g2.forward(text, noise);
     assert_eq!(out2.fake.dims(), [b, 3, 256, 256]);
     assert_eq!(
@@ -356,7 +359,7 @@ fn smoke_forward_shapes_all_networks() {
     );
     assert_eq!(out2.mu.dims(), [b, cfg.cond_dim]);
 
-    let d2 = weights_init(cfg.stage2_d().init(&dev));
+    let d2 = weights_init(cfg.stage2_d().expect("stage2").init(&dev));
     let f2 = d2.features(out2.fake);
     assert_eq!(f2.dims(), [b, 8 * cfg.df_dim, 4, 4]);
     assert_eq!(d2.cond_prob(f2.clone(), out2.mu).dims(), [b]);
@@ -602,7 +605,7 @@ fn stage2_losses_use_both_heads() {
     let dev = Device::flex().autodiff();
     dev.seed(10);
     let cfg = StackGanConfig::smoke(DialogueVariant::CaptionOnly);
-    let d = weights_init(cfg.stage2_d().init(&dev));
+    let d = weights_init(cfg.stage2_d().expect("stage2").init(&dev));
     let b = 2;
     let real = randn([b, 3, 256, 256], &dev).tanh();
     let fake = randn([b, 3, 256, 256], &dev).tanh();
@@ -638,7 +641,7 @@ fn stage2_freezes_stage1_with_configurable_batch_norm_mode() {
     for batch_stats in [true, false] {
         let mut cfg = StackGanConfig::smoke(DialogueVariant::CaptionOnly);
         cfg.stage1_bn_batch_stats = batch_stats;
-        let g2 = weights_init(cfg.stage2_g().init(&dev));
+        let g2 = weights_init(cfg.stage2_g().expect("stage2").init(&dev));
         assert!(!g2.stage1_g.img.weight.val().is_require_grad());
         assert!(!g2.stage1_g.ca_net.fc.weight.val().is_require_grad());
         assert!(g2.img.weight.val().is_require_grad());
@@ -675,14 +678,17 @@ fn presets_resolve() {
         (
             coco.gf_dim,
             coco.df_dim,
-            coco.r_num,
+            coco.stage2.map(|s| s.r_num),
             coco.cond_dim,
             coco.z_dim
         ),
-        (192, 96, 2, 128, 100)
+        (192, 96, Some(2), 128, 100)
     );
     let cp = StackGanConfig::chatpainter(DialogueVariant::paper_recurrent());
-    assert_eq!((cp.gf_dim, cp.df_dim, cp.r_num), (128, 64, 4));
+    assert_eq!(
+        (cp.gf_dim, cp.df_dim, cp.stage2.map(|s| s.r_num)),
+        (128, 64, Some(4))
+    );
     assert!(matches!(
         StackGanConfig::preset("nope"),
         Err(NnError::UnknownPreset { .. })
