@@ -10,8 +10,9 @@
 
 use crate::dag::PipelineFile;
 use crate::runner::XTASK_DIR;
-use crate::util::{human_bytes, pid_alive, utc_time};
+use crate::util::{human_bytes, utc_time};
 use anyhow::{Result, bail};
+use chatpainter_artifacts::stage::{lock_pid, running_pid};
 use chatpainter_artifacts::{ArtifactError, Manifest, Stage};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,7 +114,7 @@ pub fn stage_state(run: &Path, stage: Stage) -> Result<State> {
         }
         return Ok(State::NotStarted);
     }
-    if let Some(pid) = lock_pid(&dir).filter(|p| pid_alive(*p)) {
+    if let Some(pid) = running_pid(&dir) {
         return Ok(State::Running {
             pid,
             step: latest_checkpoint(&dir),
@@ -151,14 +152,6 @@ pub fn stage_state(run: &Path, stage: Stage) -> Result<State> {
     Ok(State::Failed {
         reason: failure_reason(run, stage),
     })
-}
-
-fn lock_pid(dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(dir.join(".lock"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The newest complete `checkpoints/step-N` (partial ones are `.step-N….tmp`).

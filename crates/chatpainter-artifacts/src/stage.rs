@@ -61,8 +61,8 @@ pub fn run_stage<E: From<ArtifactError>>(
 
 /// Whether process `pid` runs: it has a `/proc` entry and is not a zombie (a killed process
 /// whose parent has not collected it yet, e.g. a data-parallel rank orphaned by `mpirun`).
-fn process_alive(pid: &str) -> bool {
-    match std::fs::read_to_string(Path::new("/proc").join(pid).join("stat")) {
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")) {
         // `pid (comm) state …`: the state follows the last `)`.
         Ok(stat) => stat
             .rsplit_once(") ")
@@ -92,9 +92,7 @@ impl StageLock {
                     return Ok(Self { path });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let pid = std::fs::read_to_string(&path).unwrap_or_default();
-                    let pid = pid.trim();
-                    if !pid.is_empty() && process_alive(pid) {
+                    if let Some(pid) = lock_pid(dir).filter(|p| process_alive(*p)) {
                         return Err(ArtifactError::contract(
                             dir,
                             format!(
@@ -113,16 +111,6 @@ impl StageLock {
             "could not take the stage lock",
         ))
     }
-
-    fn holder(dir: &Path) -> Option<u32> {
-        let pid = std::fs::read_to_string(dir.join(".lock")).ok()?;
-        let pid = pid.trim();
-        Path::new("/proc")
-            .join(pid)
-            .exists()
-            .then(|| pid.parse().ok())
-            .flatten()
-    }
 }
 
 impl Drop for StageLock {
@@ -131,9 +119,19 @@ impl Drop for StageLock {
     }
 }
 
-/// The pid of the process running the stage in `dir`, if any.
+/// The pid written in `<dir>/.lock`, whether or not that process still runs (a killed run
+/// leaves its lock behind).
+pub fn lock_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join(".lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The pid of the process running the stage in `dir`, if any: the lock's, while it is alive.
 pub fn running_pid(dir: &Path) -> Option<u32> {
-    StageLock::holder(dir)
+    lock_pid(dir).filter(|p| process_alive(*p))
 }
 
 /// Removes the `.<name>.<pid>.tmp` files a killed run left behind (recursively).
