@@ -58,30 +58,6 @@ pub fn build_with_mpi() {
     MPI_BUILDS.store(true, Ordering::SeqCst);
 }
 
-/// `mpirun` for `ranks` data-parallel ranks on this machine, each with its share of the cores
-/// for LibTorch's threads (flex sizes its own pool from the MPI world): `--oversubscribe`
-/// allows more ranks than cores, `--bind-to none` avoids binding failures in containers, and
-/// Open MPI is allowed to run as root (CI runs as root).
-pub fn mpirun(ranks: usize, gpus: Option<&str>) -> Command {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / ranks).max(1).to_string();
-    let mut cmd = Command::new("mpirun");
-    cmd.args([
-        "-n",
-        &ranks.to_string(),
-        "--oversubscribe",
-        "--bind-to",
-        "none",
-    ])
-    .args(["-x", &format!("OMP_NUM_THREADS={threads}")])
-    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    if let Some(ids) = gpus {
-        cmd.env("CUDA_VISIBLE_DEVICES", ids);
-    }
-    cmd
-}
-
 /// Builds `chatpainter` (or takes `$CHATPAINTER_BIN`) for the given libtorch need.
 ///
 /// Libtorch builds use the libtorch that `cargo xtask setup libtorch` prepared, with `LIBTORCH`
@@ -316,7 +292,7 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
         // Training stages run as one process per device under mpirun.
         let mut cmd = if ranks > 1 && stage.is_training() {
             let gpus = opts.devices.as_ref().and_then(Devices::visible_gpus);
-            let mut c = mpirun(ranks, gpus.as_deref());
+            let mut c = chatpainter_artifacts::launch::mpirun(ranks, gpus.as_deref());
             c.arg(&bin.path);
             for (k, v) in &bin.env {
                 c.env(k, v);

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod device;
 pub mod digest;
 pub mod display;
+pub mod launch;
 pub mod manifest;
 pub mod progress;
 pub mod rng;

@@ -741,7 +741,7 @@ fn a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_previou
 #[cfg(feature = "mpi")]
 mod ranks {
     use super::*;
-    use chatpainter_train::ranks::mpirun;
+    use chatpainter_artifacts::launch::mpirun;
 
     /// Pids of the processes whose parent is `parent` and whose name starts with `chatpainter`.
     fn ranks_of(parent: u32) -> Vec<u32> {
@@ -776,7 +776,7 @@ mod ranks {
             "stage1.checkpoint_every=4",
             "stage1.sample_every=0",
         ];
-        let mut job = train_stage1(&a, Some(mpirun(2)), &sets)
+        let mut job = train_stage1(&a, Some(mpirun(2, None)), &sets)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -824,8 +824,12 @@ mod ranks {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!a.run.join("stage1/manifest.json").exists());
-        ok(train_stage1(&a, Some(mpirun(2)), &sets).output().unwrap());
-        ok(train_stage1(&b, Some(mpirun(2)), &sets).output().unwrap());
+        ok(train_stage1(&a, Some(mpirun(2, None)), &sets)
+            .output()
+            .unwrap());
+        ok(train_stage1(&b, Some(mpirun(2, None)), &sets)
+            .output()
+            .unwrap());
         let s = summary(&a, "stage1");
         assert!(
             s["resumed_from"].as_u64().is_some_and(|r| r > 0 && r < 30),
@@ -879,7 +883,7 @@ mod ranks {
             text
         };
         let out = logged(
-            train_stage1(&e, Some(mpirun(2)), &sets("stage1.max_steps=6"))
+            train_stage1(&e, Some(mpirun(2, None)), &sets("stage1.max_steps=6"))
                 .output()
                 .unwrap(),
         );

@@ -314,20 +314,3 @@ impl ModuleVisitor for Unpack<'_> {
         self.grads.register::<D>(part.id, tensor);
     }
 }
-
-/// `mpirun -n <ranks>` as this project launches CPU ranks on one machine: `--oversubscribe`
-/// (more ranks than cores is allowed), `--bind-to none` (containers often forbid binding), and
-/// Open MPI's permission to run as root (CI runs as root; Open MPI refuses otherwise).
-pub fn mpirun(ranks: usize) -> std::process::Command {
-    let mut cmd = std::process::Command::new("mpirun");
-    cmd.args([
-        "-n",
-        &ranks.to_string(),
-        "--oversubscribe",
-        "--bind-to",
-        "none",
-    ])
-    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    cmd
-}

@@ -710,9 +710,9 @@ mod tests {
     use super::*;
     use crate::config::TrainConfig;
     use crate::precision::Precision;
-    use crate::ranks::mpirun;
     use burn::module::Module;
     use chatpainter_artifacts::Xoshiro256;
+    use chatpainter_artifacts::launch::mpirun;
     use chatpainter_model::Variant;
     use chatpainter_model::dataset::HostBatch;
     use chatpainter_model::export::tensor_values;
@@ -732,7 +732,7 @@ mod tests {
     fn two_mpi_ranks_equal_one_rank() {
         if !World::launched() {
             let exe = std::env::current_exe().expect("test binary");
-            let out = mpirun(2)
+            let out = mpirun(2, None)
                 .arg(exe)
                 .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
                 .output()
