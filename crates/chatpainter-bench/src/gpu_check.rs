@@ -301,7 +301,7 @@ impl Tolerance {
 }
 
 fn device_is_cuda(device: DeviceChoice) -> bool {
-    device.to_string().starts_with("cuda:")
+    device.name().is_cuda()
 }
 
 /// Largest `|a − b|` and `|a − b| / |a|` over the losses.
@@ -637,32 +637,6 @@ pub fn write_report(report: &GpuCheckReport, dir: &Path) -> Result<(), TrainErro
     Ok(())
 }
 
-/// Devices `chatpainter bench stage1` measures: `$CHATPAINTER_BENCH_DEVICES` (a device list,
-/// e.g. `cpu,tch-cpu,cuda:0`) or flex plus, in `tch` builds, LibTorch CPU.
-///
-/// # Errors
-/// A bad `$CHATPAINTER_BENCH_DEVICES`.
-pub fn bench_devices() -> Result<Vec<DeviceChoice>, TrainError> {
-    if let Ok(list) = std::env::var("CHATPAINTER_BENCH_DEVICES") {
-        let mut out = Vec::new();
-        for part in list.split(',').filter(|p| !p.trim().is_empty()) {
-            let d: DeviceChoice = part.parse()?;
-            if !out.contains(&d) {
-                out.push(d);
-            }
-        }
-        return Ok(out);
-    }
-    #[cfg(feature = "tch")]
-    {
-        Ok(vec![DeviceChoice::CPU, DeviceChoice::TchCpu])
-    }
-    #[cfg(not(feature = "tch"))]
-    {
-        Ok(vec![DeviceChoice::CPU])
-    }
-}
-
 /// `chatpainter bench stage1`: per device, ms/step (median) and images/s of
 /// [`StepSetup::bench_reduced`] at batch 16, after 2 warm-up steps, over 5 steps.
 ///
@@ -763,9 +737,9 @@ mod tch_cpu {
         setup.turns = 4;
         setup.seed = 3;
         let mut flex = Trainee::new(&setup, DeviceChoice::CPU);
-        let mut tch = Trainee::new(&setup, DeviceChoice::TchCpu);
+        let mut tch = Trainee::new(&setup, DeviceChoice::TCH_CPU);
         assert!(tch.device.is_autodiff());
-        let tol = Tolerance::for_device(DeviceChoice::TchCpu);
+        let tol = Tolerance::for_device(DeviceChoice::TCH_CPU);
         let mut worst = Vec::new();
         for step in 0..4u64 {
             let inputs = HostInputs::random(&setup, step);

@@ -67,7 +67,7 @@ pub fn stage_dir(run: &Path, stage: Option<&str>) -> Result<PathBuf> {
 /// A different encoder than the run's; a dialogue variant without turns; generator errors.
 pub fn generate(req: &GenerateRequest) -> Result<GenerateResult> {
     let stage_dir = stage_dir(&req.run, req.stage.as_deref())?;
-    let encoders = RunEncoders::load(&req.run.join("embed"))?;
+    let encoders = RunEncoders::load(&req.run.join(chatpainter_artifacts::Stage::Embed))?;
     let generator = RunGenerator::load(&stage_dir, req.device)?;
     let variant = generator.variant();
     encoders.check_widths(variant, generator.caption_dim(), generator.dialogue_dim())?;

@@ -42,6 +42,9 @@ pub struct DeviceChoice(DeviceName);
 impl DeviceChoice {
     /// Burn's flex CPU backend, in every build.
     pub const CPU: Self = Self(DeviceName::Cpu);
+    /// LibTorch on the CPU (`tch` builds).
+    #[cfg(feature = "tch")]
+    pub const TCH_CPU: Self = Self(DeviceName::TchCpu);
 
     /// `name`, if this build can drive it.
     ///

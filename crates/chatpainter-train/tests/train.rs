@@ -914,7 +914,7 @@ mod tch_cpu {
     fn train_stage1_runs_on_tch_cpu() {
         let data = super::synthetic(10, 5);
         let mut cfg = super::config(chatpainter_model::Variant::ChatpainterRecurrent, 3);
-        cfg.device = DeviceChoice::TchCpu;
+        cfg.device = DeviceChoice::TCH_CPU;
         let root = tempfile::tempdir().expect("tmp");
         let summary = super::run(&cfg, &data, root.path(), false).expect("train on tch-cpu");
         assert_eq!(summary.steps, 3);

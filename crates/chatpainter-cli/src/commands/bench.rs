@@ -38,13 +38,13 @@ pub fn run(what: &str) -> Result<Vec<BenchRow>> {
         // Stage-I step time per device (flex; LibTorch CPU in `tch` builds; or the devices in
         // $CHATPAINTER_BENCH_DEVICES), measured by the bench crate.
         "stage1" => {
-            let devices = chatpainter_bench::gpu_check::bench_devices()?;
+            let devices = chatpainter_model::device::bench_devices()?;
             Ok(chatpainter_bench::gpu_check::bench_rows(&devices)?)
         }
         // Stage-II step time and peak memory at the paper's widths, batches 2 and 4 (more with
         // $CHATPAINTER_BENCH_BATCHES, e.g. "4,16,64" on a GPU).
         "stage2" => {
-            let devices = chatpainter_bench::gpu_check::bench_devices()?;
+            let devices = chatpainter_model::device::bench_devices()?;
             let batches: Vec<usize> = match std::env::var("CHATPAINTER_BENCH_BATCHES") {
                 Ok(list) => list
                     .split(',')
