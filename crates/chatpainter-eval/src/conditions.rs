@@ -3,7 +3,7 @@
 //! A generator only makes sense with the vectors it was trained on, so [`RunEncoders::load`]
 //! rebuilds the encoders from `<run>/embed/config.toml` (the resolved config the stage wrote) and
 //! refuses to go on when their identities (name, width, weights sha256, text rules) differ from
-//! the ones recorded in `<run>/embed/manifest.json`. Texts go through the embed crate's own
+//! the ones recorded in `<run>/embed/manifest.json`. Texts go through the embed stage's own
 //! rules: [`normalize_whitespace`] for captions, [`turn_text`] per turn (empty turns dropped, as
 //! the stage drops them) and [`dialogue_text`] for the non-recurrent whole-dialogue string.
 
