@@ -567,6 +567,30 @@ pub fn image_tables(ingest_dir: &Path, split: &str, load_size: u32) -> Result<Ve
     Ok(tables.iter().map(|rel| ingest_dir.join(rel)).collect())
 }
 
+/// The image ids of an image table, one list per row group (which group holds which image),
+/// from the id column and the footer; the table's image size is checked against `size`.
+///
+/// # Errors
+/// An unreadable file, another image size, or row groups that do not add up to the ids.
+pub fn image_ids_by_group(path: &Path, size: u32) -> Result<Vec<Vec<i64>>> {
+    let ids = read_image_ids(path, size)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?)?;
+    let mut next = ids.into_iter();
+    let mut groups = Vec::new();
+    for (g, group) in builder.metadata().row_groups().iter().enumerate() {
+        let rows = usize::try_from(group.num_rows()).unwrap_or_default();
+        let group_ids: Vec<i64> = next.by_ref().take(rows).collect();
+        if group_ids.len() != rows {
+            return Err(FormatError::contract(
+                path,
+                format!("row group {g} holds more rows than the file's image ids"),
+            ));
+        }
+        groups.push(group_ids);
+    }
+    Ok(groups)
+}
+
 /// Row groups of an image table (each one `row_group_size` images), from its footer.
 ///
 /// # Errors

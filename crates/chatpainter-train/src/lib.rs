@@ -85,10 +85,10 @@ pub use trainer::{
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// A bad configuration value (the message starts with the key).
-    #[error("stage1 config: {0}")]
+    #[error("training config: {0}")]
     Config(String),
     /// The data breaks a contract (names the image or file).
-    #[error("stage1 data: {0}")]
+    #[error("training data: {0}")]
     Data(String),
     /// The backend failed inside a step, e.g. out of device memory.
     #[error(

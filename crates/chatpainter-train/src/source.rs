@@ -219,26 +219,7 @@ impl ParquetSource {
     ) -> Result<Self, TrainError> {
         let tables =
             chatpainter_formats::ingested::image_tables(ingest_dir, split, geometry.load as u32)?;
-        let mut pictures = HashMap::new();
-        for (t, path) in tables.iter().enumerate() {
-            let ids = chatpainter_formats::ingested::read_image_ids(path, geometry.load as u32)?;
-            let file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
-            let reader = parquet::file::serialized_reader::SerializedFileReader::new(file)
-                .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
-            let meta = parquet::file::reader::FileReader::metadata(&reader);
-            let mut next = ids.iter();
-            for g in 0..meta.num_row_groups() {
-                for _ in 0..meta.row_group(g).num_rows() {
-                    let id = next.next().ok_or_else(|| {
-                        TrainError::Data(format!(
-                            "{}: row group {g} holds more rows than the file's image ids",
-                            path.display()
-                        ))
-                    })?;
-                    pictures.insert(*id, (t, g));
-                }
-            }
-        }
+        let pictures = picture_index(&tables, geometry)?;
         let embeddings_path = embed_dir.join("embeddings.parquet");
         let columns = Columns {
             captions: true,
@@ -254,48 +235,7 @@ impl ParquetSource {
                 ..columns
             },
         )?;
-        let (mut items, mut blocks, mut no_picture) = (Vec::<ItemMeta>::new(), Vec::new(), 0usize);
-        for group in 0..index.row_groups() {
-            let first = items.len();
-            index.for_each_in_group(group, |row, n_turns| {
-                if row.split != split {
-                    return Ok(());
-                }
-                if !pictures.contains_key(&row.image_id) {
-                    no_picture += 1;
-                    return Ok(());
-                }
-                items.push(ItemMeta {
-                    image_id: row.image_id,
-                    captions: row.captions.len(),
-                    turns: n_turns,
-                    dialogue: row.dialogue.is_some(),
-                });
-                Ok(())
-            })?;
-            if items.len() > first {
-                blocks.push(ParquetBlock {
-                    group,
-                    items: first..items.len(),
-                });
-            }
-        }
-        if let Some(w) = items.windows(2).find(|w| w[0].image_id >= w[1].image_id) {
-            return Err(TrainError::Data(format!(
-                "{}: rows of split `{split}` are not in image-id order (image {} after {}); re-run embed",
-                embeddings_path.display(),
-                w[1].image_id,
-                w[0].image_id
-            )));
-        }
-        if no_picture > 0 {
-            tracing::warn!(
-                split,
-                no_picture,
-                kept = items.len(),
-                "records left out of training"
-            );
-        }
+        let (items, blocks) = item_index(&index, split, &pictures)?;
         let dd = embeddings.dialogue_encoder.dim;
         let widths = Widths {
             caption: embeddings.caption_encoder.dim,
@@ -471,6 +411,73 @@ impl TrainSource for ParquetSource {
         }
         Ok(())
     }
+}
+
+/// Where each picture is: image id → (table, row group), over the split's image tables.
+fn picture_index(
+    tables: &[PathBuf],
+    geometry: Geometry,
+) -> Result<HashMap<i64, (usize, usize)>, TrainError> {
+    let mut pictures = HashMap::new();
+    for (t, path) in tables.iter().enumerate() {
+        let groups = chatpainter_formats::ingested::image_ids_by_group(path, geometry.load as u32)?;
+        for (g, ids) in groups.into_iter().enumerate() {
+            pictures.extend(ids.into_iter().map(|id| (id, (t, g))));
+        }
+    }
+    Ok(pictures)
+}
+
+/// The split's items (those with a picture), in file order, and the blocks they form (one per
+/// embeddings row group); refuses rows out of image-id order.
+fn item_index(
+    index: &ProjectedReader,
+    split: &str,
+    pictures: &HashMap<i64, (usize, usize)>,
+) -> Result<(Vec<ItemMeta>, Vec<ParquetBlock>), TrainError> {
+    let (mut items, mut blocks, mut no_picture) = (Vec::<ItemMeta>::new(), Vec::new(), 0usize);
+    for group in 0..index.row_groups() {
+        let first = items.len();
+        index.for_each_in_group(group, |row, n_turns| {
+            if row.split != split {
+                return Ok(());
+            }
+            if !pictures.contains_key(&row.image_id) {
+                no_picture += 1;
+                return Ok(());
+            }
+            items.push(ItemMeta {
+                image_id: row.image_id,
+                captions: row.captions.len(),
+                turns: n_turns,
+                dialogue: row.dialogue.is_some(),
+            });
+            Ok(())
+        })?;
+        if items.len() > first {
+            blocks.push(ParquetBlock {
+                group,
+                items: first..items.len(),
+            });
+        }
+    }
+    if let Some(w) = items.windows(2).find(|w| w[0].image_id >= w[1].image_id) {
+        return Err(TrainError::Data(format!(
+            "{}: rows of split `{split}` are not in image-id order (image {} after {}); re-run embed",
+            index.path().display(),
+            w[1].image_id,
+            w[0].image_id
+        )));
+    }
+    if no_picture > 0 {
+        tracing::warn!(
+            split,
+            no_picture,
+            kept = items.len(),
+            "records left out of training"
+        );
+    }
+    Ok((items, blocks))
 }
 
 #[cfg(test)]
