@@ -477,10 +477,18 @@ pub fn read_issues(path: &Path) -> Result<Vec<Issue>> {
 
 /// Reads the image ids of an image table, in order (to verify coverage without decoding pixels).
 pub fn read_image_ids(path: &Path, size: u32) -> Result<Vec<i64>> {
+    Ok(image_ids_by_group(path, size)?.concat())
+}
+
+/// The image ids of an image table, one list per row group (which group holds which image),
+/// from one read of the id column and the footer; the table's image size is checked against
+/// `size`.
+///
+/// # Errors
+/// An unreadable file, another image size, or row groups that do not add up to the ids.
+pub fn image_ids_by_group(path: &Path, size: u32) -> Result<Vec<Vec<i64>>> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?)?;
     check_schema(path, builder.schema(), &images_schema(size))?;
-    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0]);
-    let mut ids = Vec::new();
     let stored = builder
         .schema()
         .metadata()
@@ -492,12 +500,32 @@ pub fn read_image_ids(path: &Path, size: u32) -> Result<Vec<i64>> {
             format!("image size {stored:?}, expected {size}"),
         ));
     }
+    let rows: Vec<usize> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| usize::try_from(g.num_rows()).unwrap_or_default())
+        .collect();
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0]);
+    let mut ids = Vec::new();
     for batch in builder.with_projection(mask).build()? {
         let batch = batch?;
         let col: &Int64Array = column(&batch, "image_id", path)?;
         ids.extend(col.values().iter().copied());
     }
-    Ok(ids)
+    let mut next = ids.into_iter();
+    let mut groups = Vec::with_capacity(rows.len());
+    for (g, n) in rows.into_iter().enumerate() {
+        let group: Vec<i64> = next.by_ref().take(n).collect();
+        if group.len() != n {
+            return Err(FormatError::contract(
+                path,
+                format!("row group {g} holds more rows than the file's image ids"),
+            ));
+        }
+        groups.push(group);
+    }
+    Ok(groups)
 }
 
 /// Encodes RGB as the image tables store it (`png-rgb8`) (fast compression, adaptive filter).
@@ -565,30 +593,6 @@ pub fn image_tables(ingest_dir: &Path, split: &str, load_size: u32) -> Result<Ve
             )
         })?;
     Ok(tables.iter().map(|rel| ingest_dir.join(rel)).collect())
-}
-
-/// The image ids of an image table, one list per row group (which group holds which image),
-/// from the id column and the footer; the table's image size is checked against `size`.
-///
-/// # Errors
-/// An unreadable file, another image size, or row groups that do not add up to the ids.
-pub fn image_ids_by_group(path: &Path, size: u32) -> Result<Vec<Vec<i64>>> {
-    let ids = read_image_ids(path, size)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?)?;
-    let mut next = ids.into_iter();
-    let mut groups = Vec::new();
-    for (g, group) in builder.metadata().row_groups().iter().enumerate() {
-        let rows = usize::try_from(group.num_rows()).unwrap_or_default();
-        let group_ids: Vec<i64> = next.by_ref().take(rows).collect();
-        if group_ids.len() != rows {
-            return Err(FormatError::contract(
-                path,
-                format!("row group {g} holds more rows than the file's image ids"),
-            ));
-        }
-        groups.push(group_ids);
-    }
-    Ok(groups)
 }
 
 /// Row groups of an image table (each one `row_group_size` images), from its footer.
