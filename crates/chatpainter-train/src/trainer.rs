@@ -60,7 +60,7 @@ use chatpainter_model::ResolvedNetwork;
 use chatpainter_model::TextStats;
 use chatpainter_model::dataset::Geometry;
 use chatpainter_model::networks::{Stage1Generator, Stage2Generator, StageGenerator};
-use chatpainter_model::run::RunConfig;
+use chatpainter_model::run::{RunConfig, RunTraining};
 
 /// RNG stream ids derived from the seed: the data order and draws, G's noise and CA eps (both
 /// checkpointed), and the sample sheets' fixed inputs.
@@ -103,6 +103,20 @@ pub struct Stage1Origin {
 }
 
 impl ResolvedConfig {
+    /// The fields that rebuild this run's networks: what `chatpainter_model::run::RunConfig`
+    /// reads from this file.
+    pub fn run_config(&self) -> RunConfig {
+        RunConfig {
+            stage: self.stage.clone(),
+            train: RunTraining {
+                variant: self.train.variant,
+                seed: self.train.seed,
+            },
+            network: self.network,
+            text_stats: self.text_stats.clone(),
+        }
+    }
+
     /// Reads `config.json` of a stage directory.
     ///
     /// # Errors
@@ -271,7 +285,7 @@ pub fn train_stage2(
     cfg.validate()?;
     check_geometry(data, Geometry::STAGE2)?;
     let s1 = ResolvedConfig::read(stage1_dir)?;
-    let s1_run = RunConfig::read(stage1_dir)?;
+    let s1_run = s1.run_config();
     if s1.stage != Stage1Generator::STAGE {
         return Err(TrainError::Config(format!(
             "stage1: {} is a {} run, not a Stage-I run",

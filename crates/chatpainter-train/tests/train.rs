@@ -536,6 +536,12 @@ mod stage2 {
         let cfg = config2(3, Stage1BatchNorm::BatchStats);
         let full = run2(&cfg, &s1, &a);
         assert_eq!((full.stage.as_str(), full.steps), ("stage2", 3));
+        // What Stage-II builds from its Stage-I run in memory is what a reader of the file gets.
+        for dir in [&s1, &a] {
+            let resolved = chatpainter_train::ResolvedConfig::read(dir).expect("config.json");
+            let read = chatpainter_model::RunConfig::read(dir).expect("config.json");
+            assert_eq!(resolved.run_config(), read, "{}", dir.display());
+        }
         // The .pth export reads back into a Stage-II G by the reference names.
         let pth = chatpainter_train::import::load_reference_pth(
             {
