@@ -108,204 +108,188 @@ fn number(n: usize) -> &'static str {
     ["zero", "one", "two", "three", "four"][n.min(4)]
 }
 
-/// How synth draws and describes a scene (the scene itself is the `attributes.json` format of
-/// `chatpainter_formats::scenes`).
-trait Synthesize: Sized {
-    fn random(
-        rng: &mut SplitMix,
-        image_id: i64,
-        split: &str,
-        file_name: String,
-        cfg: &SynthConfig,
-    ) -> Self;
-    fn shape_phrase(&self) -> String;
-    fn captions(&self, rng: &mut SplitMix) -> Vec<String>;
-    fn dialogue(&self, rng: &mut SplitMix, rounds: usize) -> Vec<(String, String)>;
-    fn render(&self, seed: u64) -> RgbImage;
+/// One scene drawn from `rng`: jittered size, background, one to three objects in distinct
+/// columns (the palettes of `chatpainter_formats::scenes`).
+fn random_scene(
+    rng: &mut SplitMix,
+    image_id: i64,
+    split: &str,
+    file_name: String,
+    cfg: &SynthConfig,
+) -> Scene {
+    let jitter = |rng: &mut SplitMix, v: u32| {
+        ((v as f32) * (0.8 + 0.4 * rng.unit())).round().max(16.0) as u32
+    };
+    let (width, height) = (jitter(rng, cfg.width), jitter(rng, cfg.height));
+    let background = rng.below(BACKGROUNDS.len());
+    let count = 1 + rng.below(3);
+    let mut columns = vec![0usize, 1, 2];
+    let objects = (0..count)
+        .map(|_| {
+            let column = columns.remove(rng.below(columns.len()));
+            let colour = loop {
+                let c = rng.below(COLOURS.len());
+                // Keep shapes visible: no white on the beach, nothing dark on the night.
+                if !(background == 2 && c == 6) {
+                    break c;
+                }
+            };
+            Object {
+                shape: pick(rng, &SHAPES).to_string(),
+                colour: COLOURS[colour].0.to_string(),
+                position: COLUMNS[column].to_string(),
+                large: rng.below(2) == 1,
+            }
+        })
+        .collect();
+    Scene {
+        image_id,
+        split: split.to_string(),
+        file_name,
+        width,
+        height,
+        background: BACKGROUNDS[background].0.to_string(),
+        objects,
+    }
 }
 
-impl Synthesize for Scene {
-    fn random(
-        rng: &mut SplitMix,
-        image_id: i64,
-        split: &str,
-        file_name: String,
-        cfg: &SynthConfig,
-    ) -> Self {
-        let jitter = |rng: &mut SplitMix, v: u32| {
-            ((v as f32) * (0.8 + 0.4 * rng.unit())).round().max(16.0) as u32
-        };
-        let (width, height) = (jitter(rng, cfg.width), jitter(rng, cfg.height));
-        let background = rng.below(BACKGROUNDS.len());
-        let count = 1 + rng.below(3);
-        let mut columns = vec![0usize, 1, 2];
-        let objects = (0..count)
-            .map(|_| {
-                let column = columns.remove(rng.below(columns.len()));
-                let colour = loop {
-                    let c = rng.below(COLOURS.len());
-                    // Keep shapes visible: no white on the beach, nothing dark on the night.
-                    if !(background == 2 && c == 6) {
-                        break c;
-                    }
+/// The kinds of shape present, e.g. "a circle and triangles": no counts beyond
+/// singular/plural, no colours, no positions.
+fn shape_phrase(scene: &Scene) -> String {
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    for o in &scene.objects {
+        match kinds.iter_mut().find(|(s, _)| *s == o.shape) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((&o.shape, 1)),
+        }
+    }
+    let words: Vec<String> = kinds
+        .iter()
+        .map(|(s, n)| {
+            if *n == 1 {
+                format!("a {s}")
+            } else {
+                format!("{s}s")
+            }
+        })
+        .collect();
+    match words.len() {
+        1 => words[0].clone(),
+        _ => format!(
+            "{} and {}",
+            words[..words.len() - 1].join(", "),
+            words[words.len() - 1]
+        ),
+    }
+}
+
+fn captions(scene: &Scene, rng: &mut SplitMix) -> Vec<String> {
+    let s = shape_phrase(scene);
+    let all = [
+        format!("A simple drawing of {s}."),
+        format!("a picture with {s} in it"),
+        format!("An image showing {s}. "),
+        format!("Some flat shapes: {s}.\n"),
+        format!("  a cartoon of {s}"),
+        format!("There is {s} in this picture."),
+        format!("A computer drawing that shows {s}."),
+    ];
+    // COCO has 5 captions per image, sometimes 6 or 7.
+    let n = [5, 5, 5, 6, 7][rng.below(5)];
+    let start = rng.below(all.len());
+    (0..n)
+        .map(|i| all[(start + i) % all.len()].clone())
+        .collect()
+}
+
+/// Question/answer rounds (questions without `?`, as VisDial stores them).
+fn dialogue(scene: &Scene, rng: &mut SplitMix, rounds: usize) -> Vec<(String, String)> {
+    let n = scene.objects.len();
+    let mut qa = vec![
+        (
+            "how many shapes are there".to_string(),
+            if n == 1 {
+                "just one".to_string()
+            } else {
+                number(n).to_string()
+            },
+        ),
+        (
+            "what is the background".to_string(),
+            format!("it is {}", scene.background),
+        ),
+    ];
+    // Two rounds per object (the first names its column), so that three objects, the count
+    // and the background fit in ten rounds: every attribute the captions leave out is stated.
+    for o in &scene.objects {
+        let the = format!("the {} on the {}", o.shape, o.position);
+        qa.push((format!("what color is {the}"), o.colour.clone()));
+        qa.push((
+            format!("is {the} big"),
+            if o.large {
+                "yes, it is large".into()
+            } else {
+                "no, it is small".into()
+            },
+        ));
+    }
+    let fillers = [
+        ("is this a photo", "no, it looks like a drawing"),
+        ("are there any people", "no people"),
+        ("are the shapes overlapping", "no"),
+        ("is there any text", "no text"),
+        ("can you see any animals", "no"),
+        ("is it colorful", "yes"),
+    ];
+    let mut f = rng.below(fillers.len());
+    while qa.len() < rounds {
+        let (q, a) = fillers[f % fillers.len()];
+        qa.push((q.to_string(), a.to_string()));
+        f += 1;
+    }
+    qa.truncate(rounds);
+    qa
+}
+
+fn render(scene: &Scene, seed: u64) -> RgbImage {
+    let (w, h) = (scene.width, scene.height);
+    let bg = BACKGROUNDS
+        .iter()
+        .find(|b| b.0 == scene.background)
+        .map_or([128; 3], |b| b.1);
+    let mut rng = SplitMix::new(seed);
+    let mut img = RgbImage::from_fn(w, h, |_, y| {
+        let shade = 1.0 - SHADE_DROP * (y as f32 / h as f32);
+        Rgb(bg.map(|c| (c as f32 * shade) as u8))
+    });
+    for p in img.pixels_mut() {
+        let noise = rng.below(9) as i16 - 4;
+        *p = Rgb(p.0.map(|c| (c as i16 + noise).clamp(0, 255) as u8));
+    }
+    for o in &scene.objects {
+        let colour = COLOURS
+            .iter()
+            .find(|c| c.0 == o.colour)
+            .map_or([0; 3], |c| c.1);
+        let column = COLUMNS.iter().position(|c| *c == o.position).unwrap_or(1) as f32;
+        let cx = (column + 0.5) * w as f32 / 3.0;
+        let cy = h as f32 * (0.35 + 0.3 * rng.unit());
+        let r = (w.min(h) as f32) * if o.large { LARGE_RADIUS } else { SMALL_RADIUS };
+        for y in 0..h {
+            for x in 0..w {
+                let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+                let inside = match o.shape.as_str() {
+                    "circle" => dx * dx + dy * dy <= r * r,
+                    "square" => dx.abs() <= r * 0.9 && dy.abs() <= r * 0.9,
+                    _ => dy <= r * 0.8 && dy >= -r && dx.abs() <= (dy + r) * 0.6,
                 };
-                Object {
-                    shape: pick(rng, &SHAPES).to_string(),
-                    colour: COLOURS[colour].0.to_string(),
-                    position: COLUMNS[column].to_string(),
-                    large: rng.below(2) == 1,
-                }
-            })
-            .collect();
-        Self {
-            image_id,
-            split: split.to_string(),
-            file_name,
-            width,
-            height,
-            background: BACKGROUNDS[background].0.to_string(),
-            objects,
-        }
-    }
-
-    /// The kinds of shape present, e.g. "a circle and triangles": no counts beyond
-    /// singular/plural, no colours, no positions.
-    fn shape_phrase(&self) -> String {
-        let mut kinds: Vec<(&str, usize)> = Vec::new();
-        for o in &self.objects {
-            match kinds.iter_mut().find(|(s, _)| *s == o.shape) {
-                Some((_, n)) => *n += 1,
-                None => kinds.push((&o.shape, 1)),
-            }
-        }
-        let words: Vec<String> = kinds
-            .iter()
-            .map(|(s, n)| {
-                if *n == 1 {
-                    format!("a {s}")
-                } else {
-                    format!("{s}s")
-                }
-            })
-            .collect();
-        match words.len() {
-            1 => words[0].clone(),
-            _ => format!(
-                "{} and {}",
-                words[..words.len() - 1].join(", "),
-                words[words.len() - 1]
-            ),
-        }
-    }
-
-    fn captions(&self, rng: &mut SplitMix) -> Vec<String> {
-        let s = self.shape_phrase();
-        let all = [
-            format!("A simple drawing of {s}."),
-            format!("a picture with {s} in it"),
-            format!("An image showing {s}. "),
-            format!("Some flat shapes: {s}.\n"),
-            format!("  a cartoon of {s}"),
-            format!("There is {s} in this picture."),
-            format!("A computer drawing that shows {s}."),
-        ];
-        // COCO has 5 captions per image, sometimes 6 or 7.
-        let n = [5, 5, 5, 6, 7][rng.below(5)];
-        let start = rng.below(all.len());
-        (0..n)
-            .map(|i| all[(start + i) % all.len()].clone())
-            .collect()
-    }
-
-    /// Question/answer rounds (questions without `?`, as VisDial stores them).
-    fn dialogue(&self, rng: &mut SplitMix, rounds: usize) -> Vec<(String, String)> {
-        let n = self.objects.len();
-        let mut qa = vec![
-            (
-                "how many shapes are there".to_string(),
-                if n == 1 {
-                    "just one".to_string()
-                } else {
-                    number(n).to_string()
-                },
-            ),
-            (
-                "what is the background".to_string(),
-                format!("it is {}", self.background),
-            ),
-        ];
-        // Two rounds per object (the first names its column), so that three objects, the count
-        // and the background fit in ten rounds: every attribute the captions leave out is stated.
-        for o in &self.objects {
-            let the = format!("the {} on the {}", o.shape, o.position);
-            qa.push((format!("what color is {the}"), o.colour.clone()));
-            qa.push((
-                format!("is {the} big"),
-                if o.large {
-                    "yes, it is large".into()
-                } else {
-                    "no, it is small".into()
-                },
-            ));
-        }
-        let fillers = [
-            ("is this a photo", "no, it looks like a drawing"),
-            ("are there any people", "no people"),
-            ("are the shapes overlapping", "no"),
-            ("is there any text", "no text"),
-            ("can you see any animals", "no"),
-            ("is it colorful", "yes"),
-        ];
-        let mut f = rng.below(fillers.len());
-        while qa.len() < rounds {
-            let (q, a) = fillers[f % fillers.len()];
-            qa.push((q.to_string(), a.to_string()));
-            f += 1;
-        }
-        qa.truncate(rounds);
-        qa
-    }
-
-    fn render(&self, seed: u64) -> RgbImage {
-        let (w, h) = (self.width, self.height);
-        let bg = BACKGROUNDS
-            .iter()
-            .find(|b| b.0 == self.background)
-            .map_or([128; 3], |b| b.1);
-        let mut rng = SplitMix::new(seed);
-        let mut img = RgbImage::from_fn(w, h, |_, y| {
-            let shade = 1.0 - SHADE_DROP * (y as f32 / h as f32);
-            Rgb(bg.map(|c| (c as f32 * shade) as u8))
-        });
-        for p in img.pixels_mut() {
-            let noise = rng.below(9) as i16 - 4;
-            *p = Rgb(p.0.map(|c| (c as i16 + noise).clamp(0, 255) as u8));
-        }
-        for o in &self.objects {
-            let colour = COLOURS
-                .iter()
-                .find(|c| c.0 == o.colour)
-                .map_or([0; 3], |c| c.1);
-            let column = COLUMNS.iter().position(|c| *c == o.position).unwrap_or(1) as f32;
-            let cx = (column + 0.5) * w as f32 / 3.0;
-            let cy = h as f32 * (0.35 + 0.3 * rng.unit());
-            let r = (w.min(h) as f32) * if o.large { LARGE_RADIUS } else { SMALL_RADIUS };
-            for y in 0..h {
-                for x in 0..w {
-                    let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
-                    let inside = match o.shape.as_str() {
-                        "circle" => dx * dx + dy * dy <= r * r,
-                        "square" => dx.abs() <= r * 0.9 && dy.abs() <= r * 0.9,
-                        _ => dy <= r * 0.8 && dy >= -r && dx.abs() <= (dy + r) * 0.6,
-                    };
-                    if inside {
-                        img.put_pixel(x, y, Rgb(colour));
-                    }
+                if inside {
+                    img.put_pixel(x, y, Rgb(colour));
                 }
             }
         }
-        img
     }
+    img
 }
 
 /// The captions and the (question, answer) rounds of one scene.
@@ -329,24 +313,24 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<OutputFile>> {
     for i in 0..cfg.train_images {
         let id = 9 + 7 * i as i64;
         let name = format!("COCO_train2014_{id:012}.jpg");
-        scenes.push((Scene::random(&mut rng, id, "train", name, cfg), "train2014"));
+        scenes.push((random_scene(&mut rng, id, "train", name, cfg), "train2014"));
     }
     for i in 0..cfg.test_images {
         let id = 42 + 7 * i as i64;
         let name = format!("COCO_val2014_{id:012}.jpg");
-        scenes.push((Scene::random(&mut rng, id, "test", name, cfg), "val2014"));
+        scenes.push((random_scene(&mut rng, id, "test", name, cfg), "val2014"));
     }
     for i in 0..cfg.visdial_val_images {
         let id = 185_000 + i as i64;
         let name = format!("VisualDialog_val2018_{id:012}.jpg");
         scenes.push((
-            Scene::random(&mut rng, id, "visdial-val", name, cfg),
+            random_scene(&mut rng, id, "visdial-val", name, cfg),
             "VisualDialog_val2018",
         ));
     }
     let texts: Vec<SceneTexts> = scenes
         .iter()
-        .map(|(s, _)| (s.captions(&mut rng), s.dialogue(&mut rng, cfg.rounds)))
+        .map(|(s, _)| (captions(s, &mut rng), dialogue(s, &mut rng, cfg.rounds)))
         .collect();
 
     // Images, in parallel.
@@ -354,7 +338,8 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<OutputFile>> {
         .par_iter()
         .map(|(scene, dir)| {
             let rel = format!("{dir}/{}", scene.file_name);
-            let img = scene.render(
+            let img = render(
+                scene,
                 cfg.seed
                     .wrapping_mul(31)
                     .wrapping_add(scene.image_id as u64),
