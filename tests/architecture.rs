@@ -14,19 +14,22 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `cargo metadata` of our own packages (no dependencies resolved, offline).
+/// `cargo metadata` of our own packages (no dependencies resolved, so nothing to download).
 fn metadata() -> serde_json::Value {
-    cargo_metadata(&["--no-deps"])
+    cargo_metadata(&["--no-deps", "--offline"])
 }
 
-/// `cargo metadata` with the whole dependency graph resolved (offline, from `Cargo.lock`).
+/// `cargo metadata` with the dependency graph resolved from `Cargo.lock` for this machine's
+/// platform only. The whole graph also holds other platforms' crates (`anstyle-wincon`,
+/// `windows-sys`, …) that no build here downloads, so on a machine that never fetched them an
+/// unfiltered or `--offline` call fails; cargo may fetch the few this needs that a build did not.
 fn resolved_metadata() -> serde_json::Value {
-    cargo_metadata(&[])
+    cargo_metadata(&["--filter-platform", "host-tuple"])
 }
 
 fn cargo_metadata(extra: &[&str]) -> serde_json::Value {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["metadata", "--format-version", "1"])
         .args(extra)
         .current_dir(root())
         .output()
@@ -526,5 +529,22 @@ fn the_print_scanner_sees_code_only() {
             (14, "dbg!"),
             (14, "stderr()")
         ]
+    );
+}
+
+/// This test binary was compiled from the checkout it runs in (cargo runs tests in their
+/// package's folder). With a target folder shared between checkouts, cargo can call another
+/// checkout's build fresh and run it here; then this fails.
+#[test]
+fn the_tests_run_are_built_from_this_checkout() {
+    let here = std::env::current_dir()
+        .and_then(|d| d.canonicalize())
+        .expect("the current directory");
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .canonicalize()
+        .expect("the compile-time package folder exists");
+    assert_eq!(
+        here, built,
+        "this test binary was built from {built:?} but runs in {here:?}: a shared target folder"
     );
 }

@@ -103,11 +103,12 @@ fn smoke_variants(run: &Path) -> Result<()> {
 }
 
 /// The LibTorch path on CPU: prepare libtorch from PyPI (cached, hash-checked), build the
-/// `tch` feature in its own target folder (so the default build is never rebuilt with it) and
+/// `tch` feature in its own target folder inside this checkout's (so the default build is never
+/// rebuilt with it, and no other checkout shares it) and
 /// run the tests that train on `tch-cpu` against flex.
 fn libtorch_cpu_check() -> Result<()> {
     let paths = setup::setup_libtorch(&setup::LibtorchPaths::locate())?;
-    let target = util::home().join(".cache/chatpainter-target-tch");
+    let target = util::target_dir()?.join("tch");
     let mut test = util::cargo();
     test.args([
         "test",

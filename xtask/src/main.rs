@@ -91,10 +91,13 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The checkout this xtask works on and the one it was built from (they must be one).
+    Where,
 }
 
 fn main() -> std::process::ExitCode {
-    match dispatch(Cli::parse().command) {
+    let cli = Cli::parse();
+    match xtask::util::check_checkout().and_then(|_| dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -150,5 +153,10 @@ fn dispatch(command: Cmd) -> Result<()> {
         Cmd::Bench { what, sets, .. } if what == "scale" => xtask::scale::scale(&sets),
         Cmd::Bench { what, .. } => xtask::bench::bench(&what),
         Cmd::GpuCheck { out } => xtask::gpu_check::gpu_check(out),
+        Cmd::Where => {
+            println!("workspace {}", xtask::util::root().display());
+            println!("built from {}", xtask::util::built_from().display());
+            Ok(())
+        }
     }
 }
