@@ -1,6 +1,6 @@
 """Encodes texts with Hugging Face `transformers` and all-MiniLM-L6-v2 the way sentence-transformers
 does for this model, to time (and numerically check) our Burn encoder
-(crates/chatpainter-embed/src/minilm.rs) against it.
+(crates/chatpainter-model/src/text/minilm.rs) against it.
 
 What sentence-transformers runs for this folder (read from `modules.json`,
 `sentence_bert_config.json`, `1_Pooling/config.json`; checked at start): the BERT model

@@ -2,8 +2,10 @@
 //! `chatpainter` subprocess, so what CI and users run is exactly the shipped binary.
 //!
 //! - [`dag`]: stages of a pipeline file, their order, ranges and devices;
-//! - [`runner`]: `run` (build the CLI with the right features, run the stages);
-//! - [`status`]: `status` (each stage's state from the run directory's files);
+//! - [`plan`]: the one planner: what running would do to each stage (`run`, `run --dry-run`
+//!   and `status` all print it);
+//! - [`runner`]: `run` (build the CLI with the right features, check and plan, run the stages);
+//! - [`status`]: `status` (each stage's state from the run directory's files, and the plan);
 //! - [`setup`]: `setup` (libtorch from PyPI, MiniLM), hash-checked and idempotent;
 //! - [`bench`]: `bench` (one table from every stage benchmark);
 //! - [`gpu_check`]: `gpu-check` (a folder a GPU machine without Rust can run);
@@ -14,6 +16,7 @@ pub mod dag;
 pub mod experiment;
 pub mod gpu_check;
 pub mod parity;
+pub mod plan;
 pub mod runner;
 pub mod scale;
 pub mod setup;

@@ -42,17 +42,34 @@ enum Cmd {
         /// Override a pipeline key, e.g. --set stage1.max_steps=100 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// Check every stage and print the plan (what running would do), then stop.
+        #[arg(long)]
+        dry_run: bool,
     },
-    /// Each stage of a run directory: done / stale / running / resumable / failed / not started.
+    /// Each stage of a run directory (done / running / resumable / failed / not started), its
+    /// moved-aside runs, and the plan: what `run` would do now (the same plan `run --dry-run`
+    /// prints), for the pipeline and overrides the run was made with unless given here.
     Status {
         /// Run directory (or a name under runs/).
         run: PathBuf,
-        /// Also compare each finished stage with this pipeline file's tables.
+        /// The pipeline file to plan with (default: the one the run was made with).
         #[arg(long)]
         pipeline: Option<PathBuf>,
-        /// Overrides, as given to `run`, for the comparison.
+        /// Overrides to plan with, as given to `run` (default: the run's own).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+    },
+    /// A stage's earlier runs, moved aside instead of deleted (`<stage>/.previous/<name>`):
+    /// list them, restore one (the current run is moved aside first), or prune one.
+    Previous {
+        /// Run directory (or a name under runs/).
+        run: PathBuf,
+        /// Bring back `STAGE/NAME`.
+        #[arg(long, value_name = "STAGE/NAME", conflicts_with = "prune")]
+        restore: Option<String>,
+        /// Delete `STAGE/NAME` for good.
+        #[arg(long, value_name = "STAGE/NAME")]
+        prune: Option<String>,
     },
     /// The smoke pipeline into a fresh run directory, then check every stage's artifacts.
     Smoke {
@@ -99,8 +116,17 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match xtask::util::check_checkout().and_then(|_| dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Ctrl-C: one line, and the shell's code for SIGINT (128 + 2).
+        Err(e) if e.is::<xtask::runner::Interrupted>() => {
+            let said = e.to_string();
+            if !said.is_empty() {
+                eprintln!("{said}");
+            }
+            std::process::ExitCode::from(130)
+        }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", chatpainter_artifacts::display::error_chain(e));
             std::process::ExitCode::FAILURE
         }
     }
@@ -116,6 +142,7 @@ fn dispatch(command: Cmd) -> Result<()> {
             force,
             devices,
             overrides,
+            dry_run,
         } => run_pipeline(&RunOptions {
             pipeline,
             run,
@@ -124,6 +151,7 @@ fn dispatch(command: Cmd) -> Result<()> {
             force,
             devices,
             overrides,
+            dry_run,
             ..RunOptions::default()
         })
         .map(|_| ()),
@@ -135,6 +163,15 @@ fn dispatch(command: Cmd) -> Result<()> {
             &xtask::status::resolve_run(&run),
             pipeline.as_deref(),
             &overrides,
+        ),
+        Cmd::Previous {
+            run,
+            restore,
+            prune,
+        } => xtask::status::previous(
+            &xtask::status::resolve_run(&run),
+            restore.as_deref(),
+            prune.as_deref(),
         ),
         Cmd::Smoke { run } => xtask::smoke(run).map(|_| ()),
         Cmd::Ci => xtask::ci(),

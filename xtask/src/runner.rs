@@ -4,6 +4,7 @@
 //! passes `--force`, `--set` and the devices through, and reports what each stage did.
 
 use crate::dag::{Devices, Libtorch, PipelineFile, join, libtorch_for, subcommand};
+use crate::plan::{self, Invocation, Plan};
 use crate::setup::LibtorchPaths;
 use crate::util::{self, root, show};
 use anyhow::{Context, Result, bail};
@@ -131,6 +132,19 @@ pub fn build_cli(libtorch: Option<Libtorch>, profile: Profile) -> Result<Binary>
     })
 }
 
+/// The `chatpainter` binary a pipeline needs (dev profile). The strongest libtorch need of any
+/// stage decides the build: every stage parses the whole file, so a `cuda:0` in stage1 must
+/// parse even when only ingest runs.
+pub fn binary_for(file: &PipelineFile, overrides: &[String]) -> Result<Binary> {
+    let libtorch = file
+        .stages
+        .iter()
+        .filter_map(|s| file.device_of(*s, overrides))
+        .filter_map(|d| libtorch_for(&d))
+        .max_by_key(|l| matches!(l, Libtorch::Cuda));
+    build_cli(libtorch, Profile::Dev)
+}
+
 /// What `cargo xtask run` was asked to do.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -146,6 +160,8 @@ pub struct RunOptions {
     pub bin: Option<Binary>,
     /// Print the CLI's output (tests turn it off and read the report).
     pub quiet: bool,
+    /// Check every stage and print the plan, run nothing.
+    pub dry_run: bool,
 }
 
 /// What happened to one stage.
@@ -166,10 +182,11 @@ pub struct StageRun {
     pub stdout: String,
 }
 
-/// The stages that ran, in order.
+/// The plan, and the stages that ran, in order.
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub run: PathBuf,
+    pub plan: Plan,
     pub stages: Vec<StageRun>,
 }
 
@@ -194,21 +211,46 @@ pub fn default_run_dir(pipeline: &Path) -> PathBuf {
 static CURRENT_CHILD: AtomicU32 = AtomicU32::new(0);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// The run was interrupted (Ctrl-C / SIGTERM) and the stage stopped: `main` exits 130 after
+/// the one line this says.
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Sends `signal` to `pid`, quietly (the process may just have exited).
+fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// On Ctrl-C or SIGTERM: ask the running stage to stop (SIGTERM: training writes a checkpoint
-/// first) and let the loop report it once the stage has exited; with no stage running, exit.
+/// first) and let the loop report it once the stage has exited; with no stage running, exit
+/// 130. A second Ctrl-C kills the stage at once (as torchrun does); its last checkpoint stays.
 fn install_interrupt_handler() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = ctrlc::set_handler(|| {
-            INTERRUPTED.store(true, Ordering::SeqCst);
+            let again = INTERRUPTED.swap(true, Ordering::SeqCst);
             let pid = CURRENT_CHILD.load(Ordering::SeqCst);
             if pid == 0 {
                 std::process::exit(130);
             }
-            eprintln!("[xtask] interrupted: asking the stage (pid {pid}) to stop");
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+            if again {
+                eprintln!("[xtask] interrupted again: killing the stage (pid {pid})");
+                signal(pid, "-KILL");
+                std::process::exit(130);
+            }
+            // Quiet: the stage says what it did when it stops (one line in all).
+            signal(pid, "-TERM");
         });
     });
 }
@@ -264,30 +306,33 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
     if ranks > 1 {
         build_with_mpi();
     }
-    // The strongest libtorch need of any stage decides the build: every stage parses the whole
-    // file, so a `cuda:0` in stage1 must parse even when only ingest runs.
-    let libtorch = file
-        .stages
-        .iter()
-        .filter_map(|s| file.device_of(*s, &overrides))
-        .filter_map(|d| libtorch_for(&d))
-        .max_by_key(|l| matches!(l, Libtorch::Cuda));
     let bin = match &opts.bin {
         Some(b) => b.clone(),
-        None => build_cli(libtorch, Profile::Dev)?,
+        None => binary_for(&file, &overrides)?,
     };
-    let mut report = RunReport {
-        run: run.clone(),
-        stages: Vec::new(),
-    };
-    if !opts.quiet {
-        println!(
-            "[xtask] {} → {}: {}",
+    // Every stage checked and planned before anything is touched.
+    let plan = plan::plan(&bin, &file, &run, &overrides, &selected, &forced)?;
+    if !opts.quiet || opts.dry_run {
+        print!(
+            "[xtask] {} → {}\n{}",
             opts.pipeline.display(),
             run.display(),
-            join(&selected, " → ")
+            plan.render()
         );
     }
+    let mut report = RunReport {
+        run: run.clone(),
+        plan: plan.clone(),
+        stages: Vec::new(),
+    };
+    if opts.dry_run {
+        return Ok(report);
+    }
+    Invocation {
+        pipeline: opts.pipeline.clone(),
+        overrides: overrides.clone(),
+    }
+    .write(&run)?;
     for &stage in &selected {
         // Training stages run as one process per device under mpirun.
         let mut cmd = if ranks > 1 && stage.is_training() {
@@ -332,7 +377,10 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
             stdout,
         });
         if INTERRUPTED.load(Ordering::SeqCst) {
-            bail!("interrupted after stage `{stage}`; rerun the same command to continue");
+            return Err(Interrupted(format!(
+                "[xtask] interrupted after stage `{stage}` finished; rerun the same command to continue"
+            ))
+            .into());
         }
     }
     if !opts.quiet {
@@ -446,6 +494,21 @@ fn run_stage_process(
         let _ = std::fs::remove_file(&record);
         return Ok(stdout);
     }
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        // A stage that stopped on the signal (exit 130) has said so itself, in one line.
+        if status.code() == Some(130) {
+            return Err(Interrupted(String::new()).into());
+        }
+        let what = if stage.is_training() {
+            "its last checkpoint is kept; rerun the same command to continue from it"
+        } else {
+            "it did not finish and will run again; rerun the same command to continue"
+        };
+        return Err(Interrupted(format!(
+            "[xtask] interrupted during stage `{stage}`: {what}"
+        ))
+        .into());
+    }
     // The CLI's error: from its last `error` line to the end (TOML errors span several lines).
     let error_block = tail
         .iter()
@@ -468,17 +531,21 @@ fn run_stage_process(
         );
         let _ = std::fs::write(&record, text);
     }
+    let stage_log = run.join(stage.name()).join("log.txt");
+    let log = if stage_log.is_file() {
+        stage_log
+    } else {
+        record
+    };
     let mut msg = format!(
         "stage `{stage}` failed ({status}); pipeline {}, run {}; its log: {}",
         pipeline.display(),
         run.display(),
-        run.join(stage.name()).join("log.txt").display()
+        log.display()
     );
-    if let Some(block) = error_block {
+    // The stage's own error was already shown as it ran (stderr echoed): not twice.
+    if quiet && let Some(block) = error_block {
         msg.push_str(&format!("\n  {block}"));
-    }
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        msg.push_str("\n  interrupted: rerun the same command to continue (training resumes from its last checkpoint)");
     }
     bail!(msg)
 }

@@ -1,20 +1,16 @@
 //! `cargo xtask status <run-dir> [--pipeline P] [--set k=v]…`: what each stage of a run
-//! directory is, read from the files alone (manifests, locks, checkpoints, logs), without
-//! running anything.
-//!
-//! Staleness seen from outside the CLI: a finished stage is stale when an upstream manifest it
-//! recorded has changed or vanished, when a listed output is missing or changed size, or — when
-//! the pipeline file is given — when a key of the stage's table (after `--set`) differs from the
-//! stage's resolved `config.toml`. The CLI's own check is stronger (it also hashes raw inputs and
-//! encoder weights); `cargo xtask run` is what acts on it.
+//! directory is, read from its files (manifests, locks, checkpoints, logs), the runs moved aside
+//! in each stage's `.previous/`, and the plan: what `cargo xtask run` would do now, from the one
+//! planner ([`crate::plan`]) with the pipeline and overrides the run was made with (recorded in
+//! `<run>/.xtask/invocation.json`) unless others are given.
 
 use crate::dag::PipelineFile;
-use crate::runner::XTASK_DIR;
+use crate::plan::{self, Invocation};
+use crate::runner::{self, XTASK_DIR};
 use crate::util::{human_bytes, utc_time};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use chatpainter_artifacts::stage::{lock_pid, running_pid};
-use chatpainter_artifacts::{ArtifactError, Manifest, Stage};
-use std::collections::BTreeMap;
+use chatpainter_artifacts::{ArtifactError, Manifest, Stage, StageKey, previous};
 use std::path::{Path, PathBuf};
 
 /// The state of one stage directory.
@@ -57,37 +53,20 @@ pub struct StageStatus {
     pub not_in_pipeline: bool,
 }
 
-/// Reads the state of every stage of the run (and of the pipeline, when given).
-pub fn collect(
-    run: &Path,
-    pipeline: Option<&Path>,
-    overrides: &[String],
-) -> Result<Vec<StageStatus>> {
+/// Reads the state of every stage of the run (and of the pipeline's stages, when given).
+pub fn collect(run: &Path, file: Option<&PipelineFile>) -> Result<Vec<StageStatus>> {
     if !run.is_dir() {
         bail!("{}: no such run directory", run.display());
-    }
-    let file = pipeline.map(PipelineFile::load).transpose()?;
-    if let Some(f) = &file {
-        f.check_overrides(overrides)?;
     }
     let mut out = Vec::new();
     for stage in Stage::ALL {
         let dir = run.join(stage);
-        let in_pipeline = file.as_ref().map(|f| f.has(stage));
+        let in_pipeline = file.map(|f| f.has(stage));
         let recorded = run.join(XTASK_DIR).join(format!("{stage}.log")).is_file();
         if !dir.exists() && !recorded && in_pipeline != Some(true) {
             continue;
         }
-        let mut state = stage_state(run, stage)?;
-        if let (State::Done { finished_unix, .. }, Some(f)) = (&state, &file)
-            && f.has(stage)
-            && let Some(reason) = config_difference(f, stage, &dir, overrides)
-        {
-            state = State::Stale {
-                finished_unix: *finished_unix,
-                reason,
-            };
-        }
+        let state = stage_state(run, stage)?;
         let last_metrics = stage
             .is_training()
             .then(|| last_metrics(&dir.join("metrics.jsonl")))
@@ -132,9 +111,7 @@ pub fn stage_state(run: &Path, stage: Stage) -> Result<State> {
             }
         };
         let finished_unix = m.finished_unix;
-        if let Some(reason) =
-            upstream_change(run, &m.key.upstream).or_else(|| m.output_change(&dir))
-        {
+        if let Some(reason) = upstream_change(run, &m).or_else(|| m.output_change(&dir)) {
             return Ok(State::Stale {
                 finished_unix,
                 reason,
@@ -170,113 +147,24 @@ pub fn latest_checkpoint(dir: &Path) -> Option<u64> {
         .max()
 }
 
-/// An upstream stage whose manifest no longer hashes to what this stage recorded.
-fn upstream_change(run: &Path, upstream: &BTreeMap<String, String>) -> Option<String> {
-    for (up, recorded) in upstream {
+/// An upstream stage whose outputs are no longer what this stage was built from (by content).
+fn upstream_change(run: &Path, m: &Manifest) -> Option<String> {
+    let mut now = m.key.upstream.clone();
+    for (up, digest) in &mut now {
         // Shard entries of a merged ingest live below the stage; only stage names are checked.
         if up.parse::<Stage>().is_err() {
             continue;
         }
-        match Manifest::digest_on_disk(&run.join(up)) {
-            Ok(now) if &now == recorded => {}
-            Ok(_) => return Some(format!("upstream `{up}` changed since this stage ran")),
+        match Manifest::outputs_digest_of(&run.join(up)) {
+            Ok(d) => *digest = d,
             Err(_) => return Some(format!("upstream `{up}` has no manifest now")),
         }
     }
-    None
-}
-
-/// The first key of the pipeline's table (after `--set`) whose value differs from the stage's
-/// resolved `config.toml`. Keys the resolved config lacks are not compared (e.g. a value the
-/// stage derives), nor is `synth.seed` (the stage mixes in `run.seed`).
-fn config_difference(
-    file: &PipelineFile,
-    stage: Stage,
-    dir: &Path,
-    overrides: &[String],
-) -> Option<String> {
-    let mut table = file.table.clone();
-    for o in overrides {
-        apply_override(&mut table, o);
-    }
-    let wanted = table.get(stage.name())?.as_table()?;
-    let resolved: toml::Table =
-        toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).ok()?).ok()?;
-    let mut path = vec![stage.name().to_string()];
-    differs(wanted, &resolved, &mut path, Some(stage))
-}
-
-fn differs(
-    wanted: &toml::Table,
-    resolved: &toml::Table,
-    path: &mut Vec<String>,
-    stage: Option<Stage>,
-) -> Option<String> {
-    for (k, w) in wanted {
-        if stage == Some(Stage::Synth) && path.len() == 1 && k == "seed" {
-            continue;
-        }
-        let Some(r) = resolved.get(k) else {
-            continue;
-        };
-        path.push(k.clone());
-        let found = match (w, r) {
-            (toml::Value::Table(wt), toml::Value::Table(rt)) => differs(wt, rt, path, stage),
-            _ if same_value(w, r) => None,
-            _ => Some(format!(
-                "the pipeline has {} = {w}, the finished stage used {r}",
-                path.join(".")
-            )),
-        };
-        path.pop();
-        if found.is_some() {
-            return found;
-        }
-    }
-    None
-}
-
-fn same_value(a: &toml::Value, b: &toml::Value) -> bool {
-    use toml::Value as V;
-    match (a, b) {
-        (V::Integer(x), V::Float(y)) | (V::Float(y), V::Integer(x)) => (*x as f64) == *y,
-        (V::Array(x), V::Array(y)) => {
-            x.len() == y.len()
-                && x.iter().zip(y).all(|(a, b)| match (a, b) {
-                    (V::Table(at), V::Table(bt)) => {
-                        differs(at, bt, &mut Vec::new(), None).is_none()
-                    }
-                    _ => same_value(a, b),
-                })
-        }
-        _ => a == b,
-    }
-}
-
-/// `a.b=value` into a table, as the CLI does (TOML value, else a bare string).
-fn apply_override(table: &mut toml::Table, assignment: &str) {
-    let Some((key, raw)) = assignment.split_once('=') else {
-        return;
+    let key = StageKey {
+        upstream: now,
+        ..m.key.clone()
     };
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    let parts: Vec<&str> = key.trim().split('.').collect();
-    let Some((last, path)) = parts.split_last() else {
-        return;
-    };
-    let mut current = table;
-    for p in path {
-        let entry = current
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
-        let toml::Value::Table(t) = entry else {
-            return;
-        };
-        current = t;
-    }
-    current.insert(last.to_string(), value);
+    m.upstream_change(&run.join(m.stage.name()), &key)
 }
 
 /// Why an unfinished, idle stage stopped: the error xtask recorded, else the last error line of
@@ -381,28 +269,108 @@ pub fn describe(s: &State) -> String {
     }
 }
 
-/// `cargo xtask status`.
+/// `cargo xtask status`: the stages' states, their moved-aside runs, and the plan.
 pub fn print_status(run: &Path, pipeline: Option<&Path>, overrides: &[String]) -> Result<()> {
-    use std::fmt::Write as _;
     use std::io::Write as _;
-    let rows = collect(run, pipeline, overrides)?;
+    let out = status_text(run, pipeline, overrides)?;
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    Ok(())
+}
+
+/// What `status` prints; the plan is its last part, exactly as `run --dry-run` renders it.
+pub fn status_text(run: &Path, pipeline: Option<&Path>, overrides: &[String]) -> Result<String> {
+    use std::fmt::Write as _;
+    // The run's own pipeline and overrides unless others are given.
+    let recorded = Invocation::read(run);
+    let (pipeline, overrides) = match (pipeline, recorded) {
+        (Some(p), _) => (Some(p.to_path_buf()), overrides.to_vec()),
+        (None, Some(r)) if overrides.is_empty() => (Some(r.pipeline), r.overrides),
+        (None, Some(r)) => (Some(r.pipeline), overrides.to_vec()),
+        (None, None) => (None, overrides.to_vec()),
+    };
+    let file = pipeline.as_deref().map(PipelineFile::load).transpose()?;
+    let rows = collect(run, file.as_ref())?;
     let mut out = format!("{}\n", run.display());
     if rows.is_empty() {
         out.push_str("  (no stage directories)\n");
     }
-    for r in rows {
+    for r in &rows {
         let extra = if r.not_in_pipeline {
             " (not in the pipeline)"
         } else {
             ""
         };
         let _ = writeln!(out, "  {:<8} {}{extra}", r.stage, describe(&r.state));
-        if let Some(m) = r.last_metrics {
+        if let Some(m) = &r.last_metrics {
             let _ = writeln!(out, "  {:<8} last metrics: {m}", "");
         }
+        for p in previous::list(&run.join(r.stage))? {
+            let _ = writeln!(
+                out,
+                "  {:<8} moved aside: {}/{} ({})",
+                "",
+                r.stage,
+                p.name,
+                moved_why(&p)
+            );
+        }
     }
-    // A closed pipe (`| head`) is not an error worth a panic.
-    let _ = std::io::stdout().write_all(out.as_bytes());
+    match &file {
+        Some(file) => {
+            file.check_overrides(&overrides)?;
+            let bin = runner::binary_for(file, &overrides)?;
+            let plan = plan::plan(&bin, file, run, &overrides, &file.stages, &[])?;
+            out.push_str(&plan.render());
+        }
+        None => out.push_str(
+            "  (no plan: this run has no recorded pipeline; pass --pipeline to plan with one)\n",
+        ),
+    }
+    Ok(out)
+}
+
+fn moved_why(p: &previous::Previous) -> String {
+    p.note.as_ref().map_or_else(
+        || "no note: a move that was cut short".into(),
+        |n| format!("{} · {}", utc_time(n.moved_unix), n.reason),
+    )
+}
+
+/// `cargo xtask previous`: lists the moved-aside runs of every stage, or restores / prunes one
+/// (`STAGE/NAME`).
+pub fn previous(run: &Path, restore: Option<&str>, prune: Option<&str>) -> Result<()> {
+    let parse = |arg: &str| -> Result<(Stage, String)> {
+        let (stage, name) = arg.split_once('/').with_context(|| {
+            format!("{arg}: expected STAGE/NAME, e.g. stage1/2026-12-07-10-00-00")
+        })?;
+        Ok((stage.parse::<Stage>()?, name.to_string()))
+    };
+    if let Some(arg) = restore {
+        let (stage, name) = parse(arg)?;
+        let aside = previous::restore(&run.join(stage), &name)?;
+        println!("restored {stage}/{name} into {}", run.join(stage).display());
+        if let Some(a) = aside {
+            println!("the run it replaced was moved aside to {}", a.display());
+        }
+        return Ok(());
+    }
+    if let Some(arg) = prune {
+        let (stage, name) = parse(arg)?;
+        previous::prune(&run.join(stage), &name)?;
+        println!("deleted {stage}/{name}");
+        return Ok(());
+    }
+    let mut any = false;
+    for stage in Stage::ALL {
+        for p in previous::list(&run.join(stage))? {
+            any = true;
+            println!("{stage}/{}  {}", p.name, moved_why(&p));
+        }
+    }
+    if !any {
+        println!("{}: no moved-aside runs", run.display());
+    }
     Ok(())
 }
 
@@ -418,7 +386,8 @@ pub fn resolve_run(arg: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chatpainter_artifacts::{OutputFile, StageKey};
+    use chatpainter_artifacts::OutputFile;
+    use std::collections::BTreeMap;
 
     #[test]
     fn states_from_files() -> Result<()> {
@@ -456,7 +425,7 @@ mod tests {
         let key = StageKey {
             upstream: BTreeMap::from([(
                 "ingest".to_string(),
-                Manifest::digest_on_disk(&r.join("ingest"))?,
+                Manifest::outputs_digest_of(&r.join("ingest"))?,
             )]),
             ..StageKey::default()
         };
@@ -498,19 +467,6 @@ mod tests {
             State::Failed { .. }
         ));
         Ok(())
-    }
-
-    #[test]
-    fn config_comparison() {
-        let wanted: toml::Table =
-            toml::from_str("a = 2\nb = { c = 'x' }\nl = [{ f = 1 }]\n").unwrap_or_default();
-        let same: toml::Table =
-            toml::from_str("a = 2.0\nb = { c = 'x', d = 1 }\nl = [{ f = 1, g = 2 }]\nz = 1\n")
-                .unwrap_or_default();
-        assert_eq!(differs(&wanted, &same, &mut vec!["s".into()], None), None);
-        let other: toml::Table = toml::from_str("a = 2\nb = { c = 'y' }\n").unwrap_or_default();
-        let d = differs(&wanted, &other, &mut vec!["s".into()], None).unwrap_or_default();
-        assert!(d.contains("s.b.c"), "{d}");
     }
 
     #[test]

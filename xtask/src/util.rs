@@ -156,11 +156,4 @@ pub fn package_features(package: &str) -> Result<Vec<String>> {
 }
 
 pub use chatpainter_artifacts::display::{human_bytes, utc_time};
-pub use chatpainter_artifacts::sha256_file;
-
-/// Seconds since the Unix epoch now.
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use chatpainter_artifacts::{now_unix, sha256_file};

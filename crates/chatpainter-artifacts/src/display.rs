@@ -53,3 +53,29 @@ mod tests {
         assert_eq!(utc_time(1_795_672_006), "2026-11-26 05:46:46 UTC");
     }
 }
+
+/// An error and its causes on one line, `a: b: c`, each cause once: error types that name their
+/// source in their own message (`{path}: {source}`) would otherwise print it twice.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[test]
+    fn each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = crate::ArtifactError::io("a/manifest.json", io);
+        assert_eq!(super::error_chain(&e), "a/manifest.json: No such file");
+    }
+}

@@ -2,18 +2,20 @@
 //!
 //! Every stage writes into `<run>/<stage>/`: its outputs, the resolved config (`config.toml`),
 //! a log, and last of all `manifest.json`, which names every output with its size, row count and
-//! content hash, plus digests of the config, of the raw inputs and of the upstream manifests.
+//! content hash, plus digests of the config, of the raw inputs and of the upstream stages' outputs.
 //! Because the manifest is written last and atomically, a stage directory without a valid manifest
 //! is by definition unfinished, and a manifest that matches today's inputs means the stage can be
 //! skipped. No Burn and no Polars here: every crate can depend on this one.
 
 pub mod atomic;
 pub mod bench;
+pub mod config_diff;
 pub mod device;
 pub mod digest;
 pub mod display;
 pub mod launch;
 pub mod manifest;
+pub mod previous;
 pub mod progress;
 pub mod rng;
 pub mod run;
@@ -27,7 +29,7 @@ pub use manifest::{Freshness, Manifest, OutputFile, StageKey};
 pub use progress::{NoProgress, Progress};
 pub use rng::SplitMix;
 pub use run::{RunDir, Stage, UnknownStage};
-pub use stage::{Outcome, StageOutput, run_stage};
+pub use stage::{Decision, Outcome, StageOutput, decide, run_stage};
 pub use xoshiro::Xoshiro256;
 
 /// Version of the manifest layout and of the Parquet schemas written by this tool. Readers refuse
@@ -75,3 +77,10 @@ impl ArtifactError {
 }
 
 pub type Result<T, E = ArtifactError> = std::result::Result<T, E>;
+
+/// Seconds since the Unix epoch now (0 if the clock is before it).
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

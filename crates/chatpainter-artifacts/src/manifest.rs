@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// The staleness reason for a changed config digest ([`crate::stage::decide`] names the key).
+pub const CONFIG_CHANGED: &str = "the stage config changed";
+
 /// One output file of a stage, relative to the stage directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputFile {
@@ -22,9 +25,22 @@ pub struct OutputFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shape: Option<Vec<u64>>,
     pub sha256: String,
+    /// A report about the run (counts, timings), not data a downstream stage reads: it is left
+    /// out of [`Manifest::outputs_digest`], so a rebuild whose data comes out identical leaves
+    /// downstream current even when its report says "reused 9, encoded 0" this time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub report: bool,
 }
 
 impl OutputFile {
+    /// Marks the file as a report ([`OutputFile::report`]).
+    pub fn as_report(self) -> Self {
+        Self {
+            report: true,
+            ..self
+        }
+    }
+
     /// Describes an existing file by hashing it.
     pub fn describe(stage_dir: &Path, relative: &str, rows: Option<u64>) -> Result<Self> {
         let path = stage_dir.join(relative);
@@ -37,6 +53,7 @@ impl OutputFile {
             rows,
             shape: None,
             sha256: digest::sha256_file(&path)?,
+            report: false,
         })
     }
 }
@@ -48,7 +65,9 @@ pub struct StageKey {
     pub config_digest: String,
     /// Digest of the raw inputs read from outside the run directory (empty if none).
     pub inputs_digest: String,
-    /// Digest of each upstream stage's `manifest.json`, by stage name.
+    /// Content digest of each upstream stage's outputs ([`Manifest::outputs_digest`]), by stage
+    /// name: a rebuild upstream that writes byte-identical outputs leaves this stage current,
+    /// whatever its finish time, summary or report say.
     pub upstream: BTreeMap<String, String>,
 }
 
@@ -86,10 +105,7 @@ impl Manifest {
             key,
             seed: None,
             outputs,
-            finished_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            finished_unix: crate::now_unix(),
             summary: serde_json::Value::Null,
         }
     }
@@ -137,39 +153,75 @@ impl Manifest {
         write_atomic(Self::path_in(stage_dir), &json)
     }
 
-    /// Digest of the manifest file as written; downstream stages record it as their upstream.
-    pub fn digest_on_disk(stage_dir: &Path) -> Result<String> {
-        digest::sha256_file(Self::path_in(stage_dir))
+    /// The content digest of the stage's data outputs: their paths and SHA-256s, nothing else
+    /// (reports, finish time and summary left out). Downstream stages record it as their
+    /// upstream.
+    pub fn outputs_digest(&self) -> String {
+        let contents: Vec<(&str, &str)> = self
+            .outputs
+            .iter()
+            .filter(|o| !o.report)
+            .map(|o| (o.path.as_str(), o.sha256.as_str()))
+            .collect();
+        digest::sha256_json(&contents)
+    }
+
+    /// [`Manifest::outputs_digest`] of the finished stage in `stage_dir`.
+    pub fn outputs_digest_of(stage_dir: &Path) -> Result<String> {
+        Ok(Self::load(stage_dir)?.outputs_digest())
     }
 
     /// Compares this manifest with the key the caller would produce now.
     pub fn freshness(&self, stage_dir: &Path, key: &StageKey) -> Freshness {
         if self.key.config_digest != key.config_digest {
-            return Freshness::Stale("the stage config changed".into());
+            return Freshness::Stale(CONFIG_CHANGED.into());
         }
         if self.key.inputs_digest != key.inputs_digest {
             return Freshness::Stale("the raw input files changed".into());
         }
-        if self.key.upstream != key.upstream {
-            let changed: Vec<&str> = key
-                .upstream
-                .iter()
-                .filter(|(k, v)| self.key.upstream.get(*k) != Some(*v))
-                .map(|(k, _)| k.as_str())
-                .collect();
-            return Freshness::Stale(format!(
-                "upstream stage changed: {}",
-                if changed.is_empty() {
-                    "a stage was removed".to_string()
-                } else {
-                    changed.join(", ")
-                }
-            ));
+        if let Some(why) = self.upstream_change(stage_dir, key) {
+            return Freshness::Stale(why);
         }
         match self.output_change(stage_dir) {
             Some(why) => Freshness::Stale(why),
             None => Freshness::Current,
         }
+    }
+
+    /// Which upstream outputs differ from what this stage was built from, in words; `None`
+    /// when `key.upstream` names the same upstream stages with the same content.
+    pub fn upstream_change(&self, stage_dir: &Path, key: &StageKey) -> Option<String> {
+        let changed: Vec<&str> = key
+            .upstream
+            .iter()
+            .filter(|(k, v)| !self.recorded_upstream_matches(stage_dir, k, v))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !changed.is_empty() {
+            return Some(format!(
+                "the outputs of upstream `{}` changed",
+                changed.join("`, `")
+            ));
+        }
+        self.key
+            .upstream
+            .keys()
+            .find(|k| !key.upstream.contains_key(*k))
+            .map(|gone| format!("upstream `{gone}` is no longer an input"))
+    }
+
+    /// Whether this manifest recorded `now` (a content digest) for upstream `name`. Manifests of
+    /// schema version 1 written before upstreams were recorded by content hold the SHA-256 of
+    /// the upstream's `manifest.json` file instead; that is accepted when the upstream stage
+    /// folder beside this one still has that very file, so that upgrading retrains nothing.
+    fn recorded_upstream_matches(&self, stage_dir: &Path, name: &str, now: &str) -> bool {
+        let Some(recorded) = self.key.upstream.get(name) else {
+            return false;
+        };
+        recorded == now
+            || stage_dir.parent().is_some_and(|run| {
+                digest::sha256_file(Self::path_in(&run.join(name))).is_ok_and(|d| &d == recorded)
+            })
     }
 
     /// The first listed output that is missing or no longer has its recorded size (cheap: no
@@ -255,7 +307,7 @@ mod tests {
         changed.upstream.insert("ingest".into(), "v".into());
         assert_eq!(
             back.freshness(dir.path(), &changed),
-            Freshness::Stale("upstream stage changed: ingest".into())
+            Freshness::Stale("the outputs of upstream `ingest` changed".into())
         );
         changed = key();
         changed.config_digest = "d".into();
@@ -268,6 +320,31 @@ mod tests {
             matches!(back.freshness(dir.path(), &key()), Freshness::Stale(r) if r.contains("3 bytes"))
         );
         assert!(back.verify_hashes(dir.path()).is_err());
+    }
+
+    #[test]
+    fn outputs_digest_is_content_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data.parquet"), b"rows").unwrap();
+        std::fs::write(dir.path().join("report.json"), b"{\"encoded\": 9}").unwrap();
+        let outputs = || {
+            vec![
+                OutputFile::describe(dir.path(), "data.parquet", Some(1)).unwrap(),
+                OutputFile::describe(dir.path(), "report.json", None)
+                    .unwrap()
+                    .as_report(),
+            ]
+        };
+        let first = Manifest::new(Stage::Embed, key(), outputs());
+        // Rebuilt later, with another summary and another report: the same data.
+        std::fs::write(dir.path().join("report.json"), b"{\"reused\": 9}").unwrap();
+        let mut second = Manifest::new(Stage::Embed, StageKey::default(), outputs());
+        second.finished_unix += 100;
+        second.summary = serde_json::json!({"reused": 9});
+        assert_eq!(first.outputs_digest(), second.outputs_digest());
+        std::fs::write(dir.path().join("data.parquet"), b"other rows").unwrap();
+        let third = Manifest::new(Stage::Embed, key(), outputs());
+        assert_ne!(first.outputs_digest(), third.outputs_digest());
     }
 
     #[test]

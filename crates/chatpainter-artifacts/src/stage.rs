@@ -1,7 +1,7 @@
 //! Running one stage under the artifact contract: skip when current, otherwise invalidate,
 //! write the resolved config, do the work, and write the manifest last.
 
-use crate::manifest::{Freshness, Manifest, OutputFile, StageKey, freshness};
+use crate::manifest::{CONFIG_CHANGED, Freshness, Manifest, OutputFile, StageKey, freshness};
 use crate::{ArtifactError, Stage, write_atomic};
 use std::path::Path;
 
@@ -22,6 +22,62 @@ pub enum Outcome {
     },
 }
 
+/// Upstream digest recorded by a plan (`--plan`) for an upstream stage that has not finished:
+/// the stage will run once it has.
+pub const PENDING_UPSTREAM: &str = "pending";
+
+/// What running a stage would do, decided from the files alone: the one decision that a real
+/// run ([`run_stage`]) acts on and a plan prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Current and not forced: nothing to do.
+    Skip,
+    /// It must run; `why` says so in words (`no previous run`, `forced`, `stale: …`).
+    Run { why: String },
+}
+
+/// Decides whether the stage in `dir` runs for `key`. A changed config is described by its first
+/// differing key with both values (the old `config.toml` against `resolved_config_toml`).
+pub fn decide(
+    dir: &Path,
+    key: &StageKey,
+    force: bool,
+    resolved_config_toml: &str,
+) -> Result<Decision, ArtifactError> {
+    if let Some((up, _)) = key.upstream.iter().find(|(_, d)| *d == PENDING_UPSTREAM) {
+        return Ok(Decision::Run {
+            why: format!("upstream `{up}` has not finished yet"),
+        });
+    }
+    Ok(match freshness(dir, key)? {
+        Freshness::Current if !force => Decision::Skip,
+        Freshness::Current => Decision::Run {
+            why: "forced".into(),
+        },
+        // A folder with a resolved config but no manifest: a run started there and stopped.
+        Freshness::Missing if dir.join("config.toml").is_file() => Decision::Run {
+            why: "the earlier run did not finish".into(),
+        },
+        Freshness::Missing => Decision::Run {
+            why: "no previous run".into(),
+        },
+        Freshness::Stale(reason) => {
+            let detail = (reason == CONFIG_CHANGED)
+                .then(|| {
+                    let old = std::fs::read_to_string(dir.join("config.toml")).ok()?;
+                    crate::config_diff::first_difference(&old, resolved_config_toml)
+                })
+                .flatten();
+            Decision::Run {
+                why: match detail {
+                    Some(d) => format!("stale: {d}"),
+                    None => format!("stale: {reason}"),
+                },
+            }
+        }
+    })
+}
+
 /// Runs `body` in `dir` unless the stage is current (and not forced).
 ///
 /// The old manifest is removed before anything else is touched, so a stage killed halfway is
@@ -34,11 +90,9 @@ pub fn run_stage<E: From<ArtifactError>>(
     resolved_config_toml: &str,
     body: impl FnOnce(&Path) -> Result<StageOutput, E>,
 ) -> Result<Outcome, E> {
-    let why = match freshness(dir, key)? {
-        Freshness::Current if !force => return Ok(Outcome::Skipped),
-        Freshness::Current => "forced".to_string(),
-        Freshness::Missing => "no previous run".to_string(),
-        Freshness::Stale(reason) => format!("stale: {reason}"),
+    let why = match decide(dir, key, force, resolved_config_toml)? {
+        Decision::Skip => return Ok(Outcome::Skipped),
+        Decision::Run { why } => why,
     };
     std::fs::create_dir_all(dir).map_err(|e| ArtifactError::io(dir, e))?;
     let _lock = StageLock::acquire(dir)?;
@@ -142,7 +196,7 @@ fn remove_stale_temporaries(dir: &Path) -> Result<(), ArtifactError> {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         // Shards of a stage are finished (or running) by other processes: not ours to clean.
-        if path.is_dir() && name != "shards" {
+        if path.is_dir() && name != "shards" && name != crate::previous::PREVIOUS_DIR {
             remove_stale_temporaries(&path)?;
         } else if name.starts_with('.') && name.ends_with(".tmp") {
             std::fs::remove_file(&path).map_err(|e| ArtifactError::io(&path, e))?;

@@ -39,6 +39,10 @@ pub struct StageArgs {
     /// Override one pipeline key, e.g. --set ingest.row_group_size=64 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Check the stage's config and print what running it would do (one `plan: {json}` line),
+    /// touching nothing: the decision a real run acts on.
+    #[arg(long)]
+    pub plan: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -43,18 +43,34 @@ impl Pipeline {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading pipeline file {}", path.display()))?;
-        if overrides.is_empty() {
-            return toml::from_str(&text)
-                .with_context(|| format!("pipeline file {}", path.display()));
-        }
-        let mut table: toml::Table =
+        let file: Self =
             toml::from_str(&text).with_context(|| format!("pipeline file {}", path.display()))?;
-        for o in overrides {
-            apply_override(&mut table, o).with_context(|| format!("--set {o}"))?;
+        if overrides.is_empty() {
+            return Ok(file);
         }
-        let text = toml::to_string(&table)?;
-        toml::from_str(&text)
-            .with_context(|| format!("pipeline file {} with --set overrides", path.display()))
+        let table: toml::Table = toml::from_str(&text)?;
+        let with = |overrides: &[String]| -> Result<Self> {
+            let mut t = table.clone();
+            for o in overrides {
+                apply_override(&mut t, o).with_context(|| format!("--set {o}"))?;
+            }
+            // From the table itself, not from a rewritten text: an error must not point at a
+            // line of a file nobody wrote.
+            Ok(Self::deserialize(toml::Value::Table(t))?)
+        };
+        with(overrides).map_err(|all| {
+            // Name the override that breaks the file, as the user typed it.
+            match overrides
+                .iter()
+                .find_map(|o| with(std::slice::from_ref(o)).err().map(|e| (o, e)))
+            {
+                Some((o, e)) => anyhow::anyhow!("--set {o}: {e:#}"),
+                None => all.context(format!(
+                    "pipeline file {} with the --set overrides",
+                    path.display()
+                )),
+            }
+        })
     }
 }
 
@@ -104,6 +120,17 @@ mod tests {
         .unwrap();
         assert_eq!(p.synth.unwrap().train_images, 7);
         assert_eq!(p.run.description, "hello world");
+
+        let err = format!(
+            "{:#}",
+            Pipeline::load(&path, &["synth.train_imgs=3".into()]).unwrap_err()
+        );
+        assert!(
+            err.starts_with("--set synth.train_imgs=3: ")
+                && err.contains("train_imgs")
+                && !err.contains("line"),
+            "{err}"
+        );
 
         std::fs::write(&path, "[run]\nname = \"x\"\n[synth]\ntrain_imgs = 3\n").unwrap();
         let err = format!("{:#}", Pipeline::load(&path, &[]).unwrap_err());

@@ -150,10 +150,10 @@ pub fn upstream_digests(run_root: &Path) -> Result<BTreeMap<String, String>, Rep
         match stage.state {
             StageState::NotRun => {}
             StageState::Finished(_) | StageState::Invalid(_) => {
-                out.insert(
-                    stage.stage.name().to_string(),
-                    Manifest::digest_on_disk(&stage.dir)?,
-                );
+                // An unreadable manifest has no content digest; it still counts as a change.
+                let digest = Manifest::outputs_digest_of(&stage.dir)
+                    .unwrap_or_else(|e| format!("unreadable: {e}"));
+                out.insert(stage.stage.name().to_string(), digest);
             }
             StageState::Running { .. } | StageState::Unfinished => {
                 out.insert(stage.stage.name().to_string(), format!("unfinished@{now}"));

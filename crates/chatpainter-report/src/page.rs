@@ -224,12 +224,12 @@ impl Page<'_> {
 
     fn stage_table(&mut self, stages: &[StageInfo]) {
         self.h2("stages", "Stages");
-        // Digests of the manifests as they are now, to tell when a stage was built from an
-        // upstream that has since been redone.
+        // Content digests of the stages' outputs as they are now, to tell when a stage was built
+        // from an upstream whose outputs have since changed.
         let current: BTreeMap<&str, String> = stages
             .iter()
             .filter(|s| matches!(s.state, StageState::Finished(_)))
-            .filter_map(|s| Some((s.stage.name(), Manifest::digest_on_disk(&s.dir).ok()?)))
+            .filter_map(|s| Some((s.stage.name(), Manifest::outputs_digest_of(&s.dir).ok()?)))
             .collect();
         let mut rows = Vec::new();
         let mut details = String::new();
@@ -690,7 +690,16 @@ impl Page<'_> {
                             .body
                             .push_str("<p class=\"absent\">no sample sheets yet</p>"),
                         Ok(files) => {
-                            for f in files.iter().rev().take(max) {
+                            // A finished stage shows only the sheets its manifest lists: a file
+                            // left from training that was discarded is not this model's.
+                            let listed = |name: &str| match &stage.state {
+                                StageState::Finished(m) => m
+                                    .outputs
+                                    .iter()
+                                    .any(|o| o.path == format!("samples/{name}")),
+                                _ => true,
+                            };
+                            for f in files.iter().rev().filter(|f| listed(&f.name)).take(max) {
                                 let caption = match f.number {
                                     Some(n) => format!("step {n}"),
                                     None => esc(&f.name),

@@ -228,6 +228,9 @@ impl TrainConfig {
         if self.keep_checkpoints == 0 {
             return bad("keep_checkpoints", "must be at least 1".into());
         }
+        // The widths too (preset name, overrides), with stand-in text widths: a typo must be
+        // caught before a run touches anything, not when the data is open.
+        self.network(64, 64)?;
         Ok(())
     }
 

@@ -191,8 +191,33 @@ impl TrainSummary {
                     .map(|f| format!("{}/{dir}/{f}", checkpoint::CHECKPOINTS_DIR)),
             );
         }
+        // The sample sheets belong to the run too: listed, they go with it and the report
+        // shows only these.
+        let samples = out_dir.join(crate::metrics::SAMPLES_DIR);
+        if samples.is_dir() {
+            let mut sheets: Vec<String> = std::fs::read_dir(&samples)
+                .map_err(|e| TrainError::io(&samples, e))?
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".png") && !n.starts_with('.'))
+                .collect();
+            sheets.sort();
+            rel.extend(
+                sheets
+                    .into_iter()
+                    .map(|n| format!("{}/{n}", crate::metrics::SAMPLES_DIR)),
+            );
+        }
+        // `metrics.jsonl` holds timings: a report, so an identical retrain leaves Stage-II current.
         rel.iter()
-            .map(|r| OutputFile::describe(out_dir, r, None).map_err(TrainError::from))
+            .map(|r| -> Result<OutputFile, TrainError> {
+                let file = OutputFile::describe(out_dir, r, None)?;
+                Ok(if r == METRICS_FILE {
+                    file.as_report()
+                } else {
+                    file
+                })
+            })
             .collect()
     }
 }

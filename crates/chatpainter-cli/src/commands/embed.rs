@@ -15,8 +15,8 @@ use crate::{StageArgs, ui};
 pub fn embed(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
     let (pipeline, run) = load(args)?;
     let cfg = table(args, &pipeline.embed, Stage::Embed)?;
-    let stage = StageRunner::create(&run, Stage::Embed, args.force)?;
-    let upstream = upstream_of(&run, &["run:ingest"])?;
+    let stage = StageRunner::create(&run, Stage::Embed, args)?;
+    let upstream = upstream_of(args, &run, &["run:ingest"])?;
     // Encoder paths resolve like every pipeline path (`run:` inside the run).
     let encoders = Encoders::load_with(&cfg.encoders(), &|p: &str| run.resolve(p))?;
     // The encoders' identities (weights hashes included) are part of the key: new weights,
@@ -59,7 +59,7 @@ pub fn embed(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
                 outputs: vec![
                     // Quarantined images (char-CNN-RNN captions) are not in the table.
                     OutputFile::describe(dir, "embeddings.parquet", Some(report.images as u64))?,
-                    OutputFile::describe(dir, "report.json", None)?,
+                    OutputFile::describe(dir, "report.json", None)?.as_report(),
                 ],
                 summary: serde_json::json!({
                     "report": report,
@@ -70,7 +70,7 @@ pub fn embed(args: &StageArgs, verify_n: Option<usize>) -> Result<()> {
             })
         },
     )?;
-    if let Some(n) = verify_n {
+    if let Some(n) = verify_n.filter(|_| !args.plan) {
         let records = read_records(&records_path)?;
         // Streams the table: only the sampled vectors are kept.
         let path = stage.dir().join("embeddings.parquet");

@@ -26,10 +26,11 @@ pub fn eval_stage(args: &StageArgs) -> Result<()> {
     let generator = cfg.generator_stage()?.to_string();
     // Checked before anything is created, so a mistyped --run leaves no folder behind.
     let upstream = upstream_of(
+        args,
         &run,
         &[&format!("run:{generator}"), "run:embed", "run:ingest"],
     )?;
-    let stage = StageRunner::create(&run, Stage::Eval, args.force)?;
+    let stage = StageRunner::create(&run, Stage::Eval, args)?;
     // Files read from outside the run are identified by their content.
     let mut inputs = Vec::new();
     for (key, path) in [
@@ -84,7 +85,9 @@ pub fn eval_stage(args: &StageArgs) -> Result<()> {
         },
     )?;
     // The manifest is the stage's last write; make sure it is there.
-    Manifest::load(stage.dir())?;
+    if !args.plan {
+        Manifest::load(stage.dir())?;
+    }
     Ok(())
 }
 

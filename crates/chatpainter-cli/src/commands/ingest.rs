@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use chatpainter_artifacts::digest::sha256_json;
+use chatpainter_artifacts::stage::PENDING_UPSTREAM;
 use chatpainter_artifacts::{Manifest, Stage, StageKey, StageOutput};
 use chatpainter_formats::ingested::{QUALITY_FILE, Shard};
 use chatpainter_formats::quality::QualityReport;
@@ -17,7 +18,7 @@ pub fn synth(args: &StageArgs) -> Result<()> {
     let (pipeline, run) = load(args)?;
     let mut cfg = table(args, &pipeline.synth, Stage::Synth)?;
     cfg.seed ^= pipeline.run.seed;
-    let stage = StageRunner::create(&run, Stage::Synth, args.force)?;
+    let stage = StageRunner::create(&run, Stage::Synth, args)?;
     let key = StageKey {
         config_digest: sha256_json(&cfg),
         ..Default::default()
@@ -49,14 +50,26 @@ pub fn ingest(args: &StageArgs, shard: Option<Shard>, strict: bool) -> Result<()
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
     let shard = shard.unwrap_or(Shard::WHOLE);
-    let stage_dir = run.create_stage(Stage::Ingest)?;
+    let stage_dir = if args.plan {
+        run.stage(Stage::Ingest)
+    } else {
+        run.create_stage(Stage::Ingest)?
+    };
     let dir = if shard.count > 1 {
         stage_dir.join(shard.dir_name())
     } else {
         stage_dir
     };
-    let stage = StageRunner::open(dir, Stage::Ingest, args.force)?;
-    let upstream = upstream_of(&run, &[&cfg.data_root])?;
+    let stage = StageRunner::open(dir, Stage::Ingest, args)?;
+    let upstream = upstream_of(args, &run, &[&cfg.data_root])?;
+    if upstream.values().any(|d| d == PENDING_UPSTREAM) {
+        // A plan, with the data still to be made (`run:synth`): it will run once it is.
+        let key = StageKey {
+            upstream,
+            ..StageKey::default()
+        };
+        return stage.print_plan(&stage.decide(&key, "")?, None);
+    }
     let data_root = run.resolve(&cfg.data_root);
     if !data_root.is_dir() {
         bail!(
@@ -105,7 +118,7 @@ pub fn merge(args: &StageArgs, shards: u32) -> Result<()> {
         bail!("--shards {shards}: a merge needs at least 2 shards");
     }
     let (_pipeline, run) = load(args)?;
-    let stage = StageRunner::create(&run, Stage::Ingest, args.force)?.labelled("ingest-merge");
+    let stage = StageRunner::create(&run, Stage::Ingest, args)?.labelled("ingest-merge");
     let dir = stage.dir();
     let first = Shard {
         index: 0,
@@ -124,7 +137,7 @@ pub fn merge(args: &StageArgs, shards: u32) -> Result<()> {
             }
             .dir_name(),
         );
-        let digest = Manifest::digest_on_disk(&shard_dir)
+        let digest = Manifest::outputs_digest_of(&shard_dir)
             .with_context(|| format!("shard {i}/{shards} has not finished"))?;
         key.upstream.insert(format!("shard-{i}"), digest);
     }

@@ -16,7 +16,7 @@ pub fn report(args: &StageArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let (pipeline, run) = load(args)?;
     let cfg = pipeline.report.clone().unwrap_or_default();
-    if !run.root().is_dir() {
+    if !run.root().is_dir() && !args.plan {
         anyhow::bail!(
             "{}: no such run directory; run the pipeline's stages first",
             run.root().display()
@@ -24,7 +24,7 @@ pub fn report(args: &StageArgs) -> Result<()> {
     }
     // The page shows the resolved pipeline, so it is part of what the page is made from.
     let pipeline_toml = toml::to_string(&pipeline).context("serialising the resolved pipeline")?;
-    let stage = StageRunner::create(&run, Stage::Report, args.force)?;
+    let stage = StageRunner::create(&run, Stage::Report, args)?;
     let key = StageKey {
         config_digest: sha256_json(&(&cfg, &pipeline_toml)),
         inputs_digest: String::new(),

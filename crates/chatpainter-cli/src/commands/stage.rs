@@ -7,9 +7,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use chatpainter_artifacts::stage::PENDING_UPSTREAM;
 use chatpainter_artifacts::{
-    ArtifactError, Manifest, Outcome, RunDir, Stage, StageKey, StageOutput, run_stage,
+    ArtifactError, Decision, Manifest, Outcome, RunDir, Stage, StageKey, StageOutput, decide,
+    run_stage,
 };
+use serde::Serialize;
 
 use crate::pipeline::Pipeline;
 use crate::{StageArgs, ui};
@@ -29,8 +32,14 @@ pub(crate) fn table<T: Clone>(args: &StageArgs, table: &Option<T>, stage: Stage)
         .with_context(|| format!("{}: no [{stage}] table", args.pipeline.display()))
 }
 
-/// Upstream manifests of a stage whose inputs live in other stages of the run (`run:<stage>/…`).
-pub(crate) fn upstream_of(run: &RunDir, paths: &[&str]) -> Result<BTreeMap<String, String>> {
+/// Upstream stages of a stage whose inputs live in other stages of the run (`run:<stage>/…`),
+/// each with the content digest of its outputs. For a plan (`--plan`), an upstream that has not
+/// finished is recorded as pending (the stage will run once it has) instead of an error.
+pub(crate) fn upstream_of(
+    args: &StageArgs,
+    run: &RunDir,
+    paths: &[&str],
+) -> Result<BTreeMap<String, String>> {
     let mut upstream = BTreeMap::new();
     for p in paths {
         if let Some(rel) = p.strip_prefix("run:") {
@@ -38,16 +47,34 @@ pub(crate) fn upstream_of(run: &RunDir, paths: &[&str]) -> Result<BTreeMap<Strin
             // folder that is not a stage's fails below for want of a manifest.
             let stage = rel.split('/').next().unwrap_or(rel);
             let dir = run.root().join(stage);
-            let digest = Manifest::digest_on_disk(&dir).with_context(|| {
-                format!(
-                    "stage `{stage}` has not finished in {}: run it first",
-                    run.root().display()
-                )
-            })?;
+            let digest = if args.plan && !Manifest::path_in(&dir).is_file() {
+                PENDING_UPSTREAM.to_string()
+            } else {
+                Manifest::outputs_digest_of(&dir).with_context(|| {
+                    format!(
+                        "stage `{stage}` has not finished in {}: run it first",
+                        run.root().display()
+                    )
+                })?
+            };
             upstream.insert(stage.to_string(), digest);
         }
     }
     Ok(upstream)
+}
+
+/// What a stage command would do, as `plan: {json}` on stdout: the line `cargo xtask` reads
+/// for its plan (`run --dry-run`, `status`), and the decision a real run acts on.
+#[derive(Debug, Serialize)]
+pub(crate) struct Plan<'a> {
+    pub stage: Stage,
+    /// Whether it runs (else: current, skipped).
+    pub runs: bool,
+    /// Why it runs, in words.
+    pub why: String,
+    /// For training stages: what happens to the checkpoints there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<&'a str>,
 }
 
 /// One stage's directory, opened for a run of the stage.
@@ -58,23 +85,58 @@ pub(crate) struct StageRunner<'a> {
     label: &'a str,
     dir: PathBuf,
     force: bool,
+    /// Only print what would be done (`--plan`).
+    plan: bool,
 }
 
 impl<'a> StageRunner<'a> {
-    /// Creates `<run>/<stage>/` and logs into its `log.txt` (and stderr).
-    pub fn create(run: &RunDir, stage: Stage, force: bool) -> Result<Self> {
-        Self::open(run.create_stage(stage)?, stage, force)
+    /// Creates `<run>/<stage>/` and logs into its `log.txt` (and stderr); for a plan, creates
+    /// nothing and logs to stderr only.
+    pub fn create(run: &RunDir, stage: Stage, args: &StageArgs) -> Result<Self> {
+        let dir = if args.plan {
+            run.stage(stage)
+        } else {
+            run.create_stage(stage)?
+        };
+        Self::open(dir, stage, args)
     }
 
     /// As [`StageRunner::create`] for a stage directory elsewhere (an ingest shard's).
-    pub fn open(dir: PathBuf, stage: Stage, force: bool) -> Result<Self> {
-        ui::init_logging(Some(&dir.join("log.txt")))?;
+    pub fn open(dir: PathBuf, stage: Stage, args: &StageArgs) -> Result<Self> {
+        ui::init_logging((!args.plan).then(|| dir.join("log.txt")).as_deref())?;
         Ok(Self {
             stage,
             label: stage.name(),
             dir,
-            force,
+            force: args.force,
+            plan: args.plan,
         })
+    }
+
+    /// Whether this is a plan only (`--plan`): decide and print, act on nothing.
+    pub fn plan_only(&self) -> bool {
+        self.plan
+    }
+
+    /// The decision a run of this stage makes for `key` ([`decide`]).
+    pub fn decide(&self, key: &StageKey, config_toml: &str) -> Result<Decision> {
+        Ok(decide(&self.dir, key, self.force, config_toml)?)
+    }
+
+    /// Prints the plan line for `decision`.
+    pub fn print_plan(&self, decision: &Decision, checkpoints: Option<&str>) -> Result<()> {
+        let (runs, why) = match decision {
+            Decision::Skip => (false, "up to date".to_string()),
+            Decision::Run { why } => (true, why.clone()),
+        };
+        let plan = Plan {
+            stage: self.stage,
+            runs,
+            why,
+            checkpoints,
+        };
+        println!("plan: {}", serde_json::to_string(&plan)?);
+        Ok(())
     }
 
     /// The outcome line names the command `label` instead of the stage.
@@ -112,6 +174,10 @@ impl<'a> StageRunner<'a> {
     where
         E: From<ArtifactError> + Into<anyhow::Error>,
     {
+        if self.plan {
+            self.print_plan(&self.decide(key, config_toml)?, None)?;
+            return Ok(Outcome::Skipped);
+        }
         let outcome = run_stage(&self.dir, self.stage, key, self.force, config_toml, body)
             .map_err(Into::<anyhow::Error>::into)?;
         if matches!(outcome, Outcome::Skipped) {

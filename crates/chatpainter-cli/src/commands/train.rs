@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use chatpainter_artifacts::digest::sha256_json;
-use chatpainter_artifacts::{Freshness, Manifest, RunDir, Stage, StageKey, StageOutput};
+use chatpainter_artifacts::{Decision, Manifest, RunDir, Stage, StageKey, StageOutput, previous};
 use chatpainter_train::{TrainConfig, TrainSummary, World};
 use std::path::Path;
 use std::sync::Arc;
@@ -83,6 +83,11 @@ fn train_as(args: &StageArgs, stage: Stage, world: &World) -> Result<()> {
         },
         stage,
     )?;
+    // Everything that can be checked without the data, before anything is touched.
+    cfg.validate().map_err(|e| match e {
+        chatpainter_train::TrainError::Config(m) => config_error(args, stage, &m),
+        other => other.into(),
+    })?;
     let stage1_path = cfg.stage1.clone().unwrap_or_else(|| "run:stage1".into());
     if stage == Stage::Stage1 && cfg.stage1.is_some() {
         bail!(
@@ -105,17 +110,41 @@ fn train_as(args: &StageArgs, stage: Stage, world: &World) -> Result<()> {
         }
         return Ok(());
     }
-    let runner = StageRunner::create(&run, stage, args.force)?;
-    let key = key(&run, &cfg, stage, &stage1_path, &stage1_dir)?;
-    keep_or_drop_checkpoints(args, runner.dir(), &key, &cfg, stage, world)?;
+    let runner = StageRunner::create(&run, stage, args)?;
+    let key = key(args, &run, &cfg, stage, &stage1_path, &stage1_dir)?;
+    let config_toml = toml::to_string(&cfg)?;
+    let decision = runner.decide(&key, &config_toml)?;
+    let action = checkpoint_action(args, runner.dir(), &key, &cfg, stage, &decision)?;
+    if runner.plan_only() {
+        return runner.print_plan(&decision, action.describe().as_deref());
+    }
+    // Tells the other ranks whether the stage runs: the decision `run_stage` acts on below.
+    world.broadcast_bytes(vec![u8::from(decision == Decision::Skip)]);
+    match &action {
+        CheckpointAction::Resume { step } => {
+            println!("{stage}: resuming the earlier training from its checkpoint at step {step}")
+        }
+        CheckpointAction::MoveAside { reason, .. } => {
+            if let Some(to) = previous::move_aside(runner.dir(), reason)? {
+                println!(
+                    "{stage}: moved the earlier training aside to {} ({reason}); `cargo xtask previous` lists, restores or prunes it",
+                    to.display()
+                );
+            }
+        }
+        CheckpointAction::None => {}
+    }
     let bar = ui::Bar::new();
-    runner.run(&key, &toml::to_string(&cfg)?, |dir| -> Result<StageOutput> {
+    runner.run(&key, &config_toml, |dir| -> Result<StageOutput> {
         let summary = train_on(&run, &cfg, stage, &stage1_dir, &bar, &stop, world)?;
         if summary.stopped {
-            bail!(
-                "{stage}: interrupted; checkpoint at step {} written, rerun the same command to resume",
-                summary.steps
-            );
+            return Err(Interrupted {
+                what: format!(
+                    "{stage}: interrupted; checkpoint at step {} written, rerun the same command to resume",
+                    summary.steps
+                ),
+            }
+            .into());
         }
         println!(
             "{stage}: {} steps, {} epochs, batch {}",
@@ -130,9 +159,39 @@ fn train_as(args: &StageArgs, stage: Stage, world: &World) -> Result<()> {
     Ok(())
 }
 
+/// A config error named by the key as the user wrote it: `stage1.batch_size: …`, and the
+/// `--set` that gave the value, if one did.
+fn config_error(args: &StageArgs, stage: Stage, message: &str) -> anyhow::Error {
+    let key = message.split(':').next().unwrap_or_default().trim();
+    let full = format!("{stage}.{key}");
+    let given = args
+        .overrides
+        .iter()
+        .find(|o| o.split('=').next().is_some_and(|k| k.trim() == full));
+    match given {
+        Some(o) => anyhow::anyhow!("--set {o}: {stage}.{message}"),
+        None => anyhow::anyhow!("{}: {stage}.{message}", args.pipeline.display()),
+    }
+}
+
+/// A stage stopped by Ctrl-C or SIGTERM after writing its checkpoint: exit code 130, one line.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub what: String,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// The stage's key: its config and the manifests of ingest, embed and (Stage-II) the Stage-I
 /// run it builds on, inside this run directory or not.
 fn key(
+    args: &StageArgs,
     run: &RunDir,
     cfg: &TrainConfig,
     stage: Stage,
@@ -143,10 +202,10 @@ fn key(
     if stage == Stage::Stage2 {
         inputs.push(stage1_path);
     }
-    let mut upstream = upstream_of(run, &inputs)?;
+    let mut upstream = upstream_of(args, run, &inputs)?;
     if stage == Stage::Stage2 && !stage1_path.starts_with("run:") {
         // A Stage-I run outside this run directory: its manifest still pins it.
-        let digest = Manifest::digest_on_disk(stage1_dir).with_context(|| {
+        let digest = Manifest::outputs_digest_of(stage1_dir).with_context(|| {
             format!(
                 "stage2.stage1 = {stage1_path:?}: {} is not a finished Stage-I stage",
                 stage1_dir.display()
@@ -161,44 +220,87 @@ fn key(
     })
 }
 
-/// Checkpoints are kept when the run can continue from them: interrupted (no manifest yet) or
-/// changed only in run length, intervals or devices. They go with --force, new upstream
-/// artifacts, or a change to anything that shapes the training. Tells the other ranks whether
-/// the stage runs (the decision `run_stage` makes after this).
-fn keep_or_drop_checkpoints(
+/// What a run does with the training already in the stage folder.
+enum CheckpointAction {
+    /// Nothing there, or the stage is current.
+    None,
+    /// Continue from the newest intact checkpoint at `step`.
+    Resume { step: u64 },
+    /// The training there cannot be continued (another config, other data, `--force`): it is
+    /// moved to `.previous/`, never deleted. `at`: its newest step, in words.
+    MoveAside { at: String, reason: String },
+}
+
+impl CheckpointAction {
+    fn describe(&self) -> Option<String> {
+        match self {
+            Self::None => None,
+            Self::Resume { step } => Some(format!("resumes from step {step}")),
+            Self::MoveAside { at, .. } => Some(format!("({at}) is moved aside to .previous/")),
+        }
+    }
+}
+
+/// Checkpoints are continued from when the run can: interrupted (no manifest yet) or changed
+/// only in run length, intervals or devices, with the same upstream outputs. Otherwise (another
+/// config, new upstream outputs, `--force`) the earlier training is moved aside. Lowering
+/// `max_steps` below the newest checkpoint is refused: the model would not be what the config
+/// says.
+fn checkpoint_action(
     args: &StageArgs,
     dir: &Path,
     key: &StageKey,
     cfg: &TrainConfig,
     stage: Stage,
-    world: &World,
-) -> Result<()> {
-    let fresh = chatpainter_artifacts::manifest::freshness(dir, key)?;
-    let skip = matches!(fresh, Freshness::Current) && !args.force;
-    world.broadcast_bytes(vec![u8::from(skip)]);
-    let checkpoints = dir.join("checkpoints");
-    if checkpoints.exists() && (args.force || matches!(fresh, Freshness::Stale(_))) {
-        let keep = !args.force && resumable(dir, key, cfg)?;
-        if keep {
-            println!(
-                "{stage}: configuration changed only in run length/intervals/devices: resuming from the checkpoints"
-            );
-        } else {
-            std::fs::remove_dir_all(&checkpoints)
-                .with_context(|| checkpoints.display().to_string())?;
-        }
+    decision: &Decision,
+) -> Result<CheckpointAction> {
+    let Decision::Run { why } = decision else {
+        return Ok(CheckpointAction::None);
+    };
+    let has_checkpoints = dir.join("checkpoints").exists();
+    if !has_checkpoints && !Manifest::path_in(dir).is_file() {
+        return Ok(CheckpointAction::None);
     }
-    Ok(())
+    let newest = newest_step(dir)?;
+    if !args.force
+        && let Some(step) = newest
+        && resumable(dir, key, cfg)?
+    {
+        if let Some(max) = cfg.max_steps
+            && step > max
+        {
+            bail!(
+                "{stage}.max_steps = {max}, but the training in {} is at step {step}: raise max_steps to {step} or more to keep it (e.g. --set {stage}.max_steps={step}), or pass --force to move it aside and train from the start",
+                dir.display()
+            );
+        }
+        return Ok(CheckpointAction::Resume { step });
+    }
+    let at = newest.map_or_else(|| "no intact checkpoint".into(), |s| format!("step {s}"));
+    Ok(CheckpointAction::MoveAside {
+        reason: format!("{stage} at {at}; {why}"),
+        at,
+    })
 }
 
-/// Whether a stale training stage's checkpoints fit the new request: same upstream artifacts and
+/// The step of the newest intact checkpoint, if any.
+fn newest_step(dir: &Path) -> Result<Option<u64>> {
+    // Damaged checkpoints are skipped here and set aside by the training run.
+    let (Some(latest), _) = chatpainter_train::checkpoint::newest_intact(dir)? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        chatpainter_train::checkpoint::read_state(&latest)?.step,
+    ))
+}
+
+/// Whether a stale training stage's checkpoints fit the new request: same upstream outputs and
 /// the newest checkpoint's configuration equal to `cfg` up to [`TrainConfig::resume_key`].
 fn resumable(dir: &Path, key: &StageKey, cfg: &TrainConfig) -> Result<bool> {
     let same_upstream = match Manifest::load_if_present(dir)? {
-        Some(old) => old.key.upstream == key.upstream,
+        Some(old) => old.upstream_change(dir, key).is_none(),
         None => true,
     };
-    // Damaged checkpoints are skipped here and set aside by the training run.
     let (Some(latest), _) = chatpainter_train::checkpoint::newest_intact(dir)? else {
         return Ok(false);
     };
