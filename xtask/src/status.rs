@@ -439,8 +439,19 @@ mod tests {
                 ..
             }
         ));
+        // A rewritten upstream manifest with the same outputs (another seed, finish time or
+        // summary) changes nothing; other outputs make the stage stale.
         let mut ingest = Manifest::load(&r.join("ingest"))?;
         ingest.seed = Some(1);
+        ingest.finished_unix += 60;
+        ingest.save(&r.join("ingest"))?;
+        assert!(matches!(stage_state(r, Stage::Embed)?, State::Done { .. }));
+        std::fs::write(r.join("ingest/records.parquet"), "rows")?;
+        ingest.outputs = vec![OutputFile::describe(
+            &r.join("ingest"),
+            "records.parquet",
+            None,
+        )?];
         ingest.save(&r.join("ingest"))?;
         assert!(
             matches!(stage_state(r, Stage::Embed)?, State::Stale { reason, .. } if reason.contains("upstream `ingest`"))

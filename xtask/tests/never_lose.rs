@@ -5,29 +5,19 @@
 //! sheets are the manifest's; `status` prints the plan `run --dry-run` prints; Ctrl-C exits 130
 //! with one line.
 //!
-//! The `chatpainter` binary is `$CHATPAINTER_BIN` if set, else built here (dev profile; a
-//! no-op when `cargo test --workspace` already built it).
+//! The `chatpainter` binary is `$CHATPAINTER_BIN` if set, else built here (`common`).
 
 use anyhow::{Context, Result, bail};
 use chatpainter_artifacts::{Manifest, Stage, previous};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use xtask::runner::{Binary, Outcome, Profile, RunOptions, build_cli, run_pipeline};
+mod common;
+
+use common::{chatpainter, smoke_toml};
+use xtask::runner::{Outcome, RunOptions, run_pipeline};
 use xtask::util::root;
-
-fn chatpainter() -> Result<Binary> {
-    static BIN: OnceLock<std::result::Result<Binary, String>> = OnceLock::new();
-    BIN.get_or_init(|| build_cli(None, Profile::Dev).map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
-
-fn smoke_toml() -> PathBuf {
-    root().join("pipelines/smoke.toml")
-}
 
 fn opts(run: &Path, to: &str, sets: &[&str]) -> Result<RunOptions> {
     Ok(RunOptions {

@@ -29,7 +29,7 @@ pub use manifest::{Freshness, Manifest, OutputFile, StageKey};
 pub use progress::{NoProgress, Progress};
 pub use rng::SplitMix;
 pub use run::{RunDir, Stage, UnknownStage};
-pub use stage::{Decision, Outcome, StageOutput, decide, run_stage};
+pub use stage::{Decision, Outcome, StageOutput, decide, run_decided, run_stage};
 pub use xoshiro::Xoshiro256;
 
 /// Version of the manifest layout and of the Parquet schemas written by this tool. Readers refuse

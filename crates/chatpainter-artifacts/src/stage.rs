@@ -90,7 +90,21 @@ pub fn run_stage<E: From<ArtifactError>>(
     resolved_config_toml: &str,
     body: impl FnOnce(&Path) -> Result<StageOutput, E>,
 ) -> Result<Outcome, E> {
-    let why = match decide(dir, key, force, resolved_config_toml)? {
+    let decision = decide(dir, key, force, resolved_config_toml)?;
+    run_decided(dir, stage, key, decision, resolved_config_toml, body)
+}
+
+/// As [`run_stage`] for a decision already made (and acted on: a training stage moves its
+/// earlier run aside between deciding and running, and the outcome still says why).
+pub fn run_decided<E: From<ArtifactError>>(
+    dir: &Path,
+    stage: Stage,
+    key: &StageKey,
+    decision: Decision,
+    resolved_config_toml: &str,
+    body: impl FnOnce(&Path) -> Result<StageOutput, E>,
+) -> Result<Outcome, E> {
+    let why = match decision {
         Decision::Skip => return Ok(Outcome::Skipped),
         Decision::Run { why } => why,
     };

@@ -101,7 +101,7 @@ fn skip_force_and_stale() {
     assert!(ok(cli(&e, &["ingest", "--force"])).contains("ingest: done (forced)"));
     let changed = ok(cli(&e, &["ingest", "--set", "ingest.row_group_size=3"]));
     assert!(
-        changed.contains("stale: the stage config changed"),
+        changed.contains("stale: `row_group_size` = 4 before, 3 now"),
         "{changed}"
     );
     // A changed upstream (synth redone with other data) makes ingest stale.
@@ -190,7 +190,10 @@ fn killed_ingest_reruns_cleanly() {
         "a killed stage must not look finished"
     );
     let rerun = ok(cli(&e, &ingest));
-    assert!(rerun.contains("ingest: done (no previous run)"), "{rerun}");
+    assert!(
+        rerun.contains("ingest: done (the earlier run did not finish)"),
+        "{rerun}"
+    );
     assert_eq!(
         tables::read_records(&e.run.join("ingest/records.parquet"))
             .unwrap()
@@ -271,7 +274,10 @@ fn report_on_the_smoke_pipeline() {
     assert!(!html.contains("http://") && !html.contains("https://"));
     assert!(ok(cli(&e, &["report"])).contains("report: up to date"));
     let again = ok(cli(&e, &["report", "--set", "report.max_samples=1"]));
-    assert!(again.contains("stale: the stage config changed"), "{again}");
+    assert!(
+        again.contains("stale: `max_samples` = 3 before, 1 now"),
+        "{again}"
+    );
 }
 
 fn smoke_env() -> Env {

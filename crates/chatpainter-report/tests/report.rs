@@ -60,10 +60,14 @@ fn training(run: &Path, stage: &str, extra: &str, steps: &[u64]) {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("metrics.jsonl"), lines).unwrap();
     std::fs::write(dir.join("config.json"), "{\"train\": {\"batch_size\": 8}}").unwrap();
+    let mut listed = vec!["metrics.jsonl".to_string(), "config.json".to_string()];
     for s in steps {
-        png(&dir.join(format!("samples/step-{s:09}.png")), 40, 12);
+        let sheet = format!("samples/step-{s:09}.png");
+        png(&dir.join(&sheet), 40, 12);
+        listed.push(sheet);
     }
-    finish(run, stage, &["metrics.jsonl", "config.json"]);
+    let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
+    finish(run, stage, &listed);
 }
 
 fn eval_metrics(available: bool) -> serde_json::Value {
@@ -149,6 +153,7 @@ fn full_run_shows_every_section() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path();
     full_run(run, false);
+    png(&run.join("stage1/samples/step-000000015.png"), 40, 12);
     let config = ReportConfig {
         max_samples: 2,
         per_turn_strips: 2,
@@ -183,6 +188,9 @@ fn full_run_shows_every_section() {
     assert!(html.contains("Discriminator losses") && html.contains("d_uncond_fake"));
     assert!(html.contains("Throughput (images/s)") && html.contains("Learning rates"));
     // Newest two sheets of Stage-I, newest first; Stage-II's one.
+    // A sheet the finished stage's manifest does not list (left from discarded training) is
+    // never shown, however new.
+    assert!(!html.contains("step 15 <"));
     let s12 = html.find("step 12 <").unwrap();
     let s9 = html.find("step 9 <").unwrap();
     assert!(s12 < s9);
@@ -250,7 +258,7 @@ fn unreadable_files_are_warnings_naming_them() {
     let run = tmp.path();
     full_run(run, false);
     std::fs::write(run.join("eval/metrics.json"), "{\"protocol\": ").unwrap();
-    std::fs::write(run.join("stage1/samples/step-000000015.png"), b"not a png").unwrap();
+    std::fs::write(run.join("stage1/samples/step-000000012.png"), b"not a png").unwrap();
     // A stage killed before its manifest: shown as unfinished, and the report is never current.
     std::fs::remove_file(run.join("stage2/manifest.json")).unwrap();
     let r = report(run, &ReportConfig::default());
@@ -260,7 +268,7 @@ fn unreadable_files_are_warnings_naming_them() {
         "{joined}"
     );
     assert!(
-        joined.contains("step-000000015.png: not a PNG file"),
+        joined.contains("step-000000012.png: not a PNG file"),
         "{joined}"
     );
     assert!(r.html.contains("unfinished (no manifest)"));

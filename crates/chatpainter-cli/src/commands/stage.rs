@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use chatpainter_artifacts::stage::PENDING_UPSTREAM;
 use chatpainter_artifacts::{
     ArtifactError, Decision, Manifest, Outcome, RunDir, Stage, StageKey, StageOutput, decide,
-    run_stage,
+    run_decided,
 };
 use serde::Serialize;
 
@@ -174,11 +174,27 @@ impl<'a> StageRunner<'a> {
     where
         E: From<ArtifactError> + Into<anyhow::Error>,
     {
+        let decision = self.decide(key, config_toml)?;
         if self.plan {
-            self.print_plan(&self.decide(key, config_toml)?, None)?;
+            self.print_plan(&decision, None)?;
             return Ok(Outcome::Skipped);
         }
-        let outcome = run_stage(&self.dir, self.stage, key, self.force, config_toml, body)
+        self.run_decided(decision, key, config_toml, body, show)
+    }
+
+    /// As [`StageRunner::run_or_show`] for a decision already made ([`StageRunner::decide`]).
+    pub fn run_decided<E>(
+        &self,
+        decision: Decision,
+        key: &StageKey,
+        config_toml: &str,
+        body: impl FnOnce(&Path) -> Result<StageOutput, E>,
+        show: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Outcome>
+    where
+        E: From<ArtifactError> + Into<anyhow::Error>,
+    {
+        let outcome = run_decided(&self.dir, self.stage, key, decision, config_toml, body)
             .map_err(Into::<anyhow::Error>::into)?;
         if matches!(outcome, Outcome::Skipped) {
             show(&self.dir)?;

@@ -135,7 +135,7 @@ fn train_as(args: &StageArgs, stage: Stage, world: &World) -> Result<()> {
         CheckpointAction::None => {}
     }
     let bar = ui::Bar::new();
-    runner.run(&key, &config_toml, |dir| -> Result<StageOutput> {
+    let train = |dir: &Path| -> Result<StageOutput> {
         let summary = train_on(&run, &cfg, stage, &stage1_dir, &bar, &stop, world)?;
         if summary.stopped {
             return Err(Interrupted {
@@ -155,7 +155,8 @@ fn train_as(args: &StageArgs, stage: Stage, world: &World) -> Result<()> {
             summary: serde_json::to_value(&summary)?,
             seed: Some(cfg.seed),
         })
-    })?;
+    };
+    runner.run_decided(decision, &key, &config_toml, train, |_| Ok(()))?;
     Ok(())
 }
 
