@@ -21,8 +21,9 @@ enum Cmd {
     /// Run a pipeline file's stages in DAG order; current stages are skipped, interrupted
     /// training resumes from its last checkpoint.
     Run {
-        /// pipelines/<name>.toml
-        pipeline: PathBuf,
+        /// pipelines/<name>.toml; without it, --run DIR of a run made before, which remembers
+        /// its pipeline and overrides.
+        pipeline: Option<PathBuf>,
         /// Run directory (default runs/<pipeline file name>).
         #[arg(long)]
         run: Option<PathBuf>,
@@ -143,18 +144,21 @@ fn dispatch(command: Cmd) -> Result<()> {
             devices,
             overrides,
             dry_run,
-        } => run_pipeline(&RunOptions {
-            pipeline,
-            run,
-            from,
-            to,
-            force,
-            devices,
-            overrides,
-            dry_run,
-            ..RunOptions::default()
-        })
-        .map(|_| ()),
+        } => {
+            let (pipeline, overrides) = remembered(pipeline, run.as_deref(), overrides)?;
+            run_pipeline(&RunOptions {
+                pipeline,
+                run,
+                from,
+                to,
+                force,
+                devices,
+                overrides,
+                dry_run,
+                ..RunOptions::default()
+            })
+            .map(|_| ())
+        }
         Cmd::Status {
             run,
             pipeline,
@@ -196,4 +200,35 @@ fn dispatch(command: Cmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The pipeline file and overrides of `run`: as given, or, with no pipeline file, the ones the
+/// run directory was made with (`--set` given now replaces the recorded ones).
+fn remembered(
+    pipeline: Option<PathBuf>,
+    run: Option<&std::path::Path>,
+    overrides: Vec<String>,
+) -> Result<(PathBuf, Vec<String>)> {
+    if let Some(p) = pipeline {
+        return Ok((p, overrides));
+    }
+    let Some(run) = run else {
+        anyhow::bail!(
+            "give a pipeline file, or --run DIR of a run made before (it remembers its pipeline)"
+        );
+    };
+    let dir = xtask::status::resolve_run(run);
+    let made = xtask::plan::Invocation::read(&dir).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} remembers no pipeline (no {}): give the pipeline file",
+            dir.display(),
+            xtask::plan::Invocation::path(&dir).display()
+        )
+    })?;
+    let overrides = if overrides.is_empty() {
+        made.overrides
+    } else {
+        overrides
+    };
+    Ok((made.pipeline, overrides))
 }

@@ -329,7 +329,11 @@ pub fn run_pipeline(opts: &RunOptions) -> Result<RunReport> {
         return Ok(report);
     }
     Invocation {
-        pipeline: opts.pipeline.clone(),
+        // Absolute, so that `run --run DIR` and `status DIR` find it from any folder.
+        pipeline: opts
+            .pipeline
+            .canonicalize()
+            .unwrap_or_else(|_| opts.pipeline.clone()),
         overrides: overrides.clone(),
     }
     .write(&run)?;

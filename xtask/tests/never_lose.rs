@@ -113,6 +113,43 @@ fn an_identical_rebuild_upstream_keeps_training_current() -> Result<()> {
 }
 
 #[test]
+fn a_run_directory_remembers_its_pipeline_and_overrides() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let run = dir.path().join("run");
+    run_pipeline(&opts(&run, "embed", &["embed.batch_size=32"])?)?;
+    // No pipeline file, no --set: the run's own, from another folder.
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["run", "--dry-run", "--to", "embed", "--run"])
+        .arg(&run)
+        .current_dir(root().join("crates"))
+        .env(xtask::runner::BIN_ENV, &chatpainter()?.path)
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("embed    skip") && !said.contains("note:"),
+        "{said}"
+    );
+    // Other overrides are planned, and the plan says they differ from the run's.
+    let plan = {
+        let mut o = opts(&run, "embed", &[])?;
+        o.dry_run = true;
+        run_pipeline(&o)?.plan.render()
+    };
+    assert!(
+        plan.contains("embed    run")
+            && plan
+                .contains("note: this run was made with the overrides --set embed.batch_size=32"),
+        "{plan}"
+    );
+    Ok(())
+}
+
+#[test]
 fn lowering_max_steps_below_the_checkpoints_is_refused_raising_continues() -> Result<()> {
     let (_dir, run) = trained_run()?;
     let before = snapshot(&run);
@@ -288,7 +325,8 @@ fn ctrl_c_stops_training_with_one_line_and_exit_code_130() -> Result<()> {
 }
 
 /// Random sequences of what users do (runs with random overrides, forcing a stage, rebuilding
-/// upstream) on the smoke pipeline up to Stage-I. Before each step the dry-run plan is taken;
+/// upstream, editing an upstream output by hand, Ctrl-C during training) on the smoke pipeline
+/// up to Stage-I. Before each step the dry-run plan is taken;
 /// after it: every stage did what the plan said, and every Stage-I model trained so far is
 /// still there (current, moved aside, or continued by a resume), never silently gone.
 #[test]
@@ -320,6 +358,34 @@ fn random_sequences_never_lose_a_model_and_do_what_the_plan_says() -> Result<()>
         let mut o = opts(&run, "stage1", &sets)?;
         o.force = force.clone();
         let context = format!("seed {seed} step {step}: {sets:?} --force {force:?}");
+        match rng.below(5) {
+            // Someone edits an upstream output by hand: synth is redone (to the same data).
+            0 => {
+                let file = run.join("synth/attributes.json");
+                let mut text = std::fs::read(&file)?;
+                text.push(b'\n');
+                std::fs::write(&file, text)?;
+            }
+            // Ctrl-C in the middle of a longer training: exit 130, nothing lost.
+            1 => {
+                let old = model(&stage1);
+                let aside_before = previous::list(&stage1)?.len();
+                interrupt_training(&run, &sets)?;
+                if let Some(old) = old {
+                    let aside: Vec<String> = previous::list(&stage1)?
+                        .iter()
+                        .filter_map(|p| model(&p.path))
+                        .collect();
+                    if aside.len() == aside_before {
+                        // Continued (resumed), not replaced: its checkpoints go on.
+                        models.retain(|m| *m != old);
+                    } else {
+                        assert!(aside.contains(&old), "{context}: interrupted, {old} lost");
+                    }
+                }
+            }
+            _ => {}
+        }
         let before = snapshot(&run);
         let current_before = model(&stage1);
         let planned = {
@@ -385,5 +451,57 @@ fn random_sequences_never_lose_a_model_and_do_what_the_plan_says() -> Result<()>
             models.push(now);
         }
     }
+    Ok(())
+}
+
+/// `cargo xtask run --to stage1` with a long Stage-I, stopped by SIGINT once it has written a
+/// new checkpoint (or refused before training, when its plan says so): never killed silently.
+fn interrupt_training(run: &Path, sets: &[&str]) -> Result<()> {
+    let stage_dir = run.join("stage1");
+    let newest = xtask::status::latest_checkpoint(&stage_dir);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.arg("run")
+        .arg(smoke_toml())
+        .args(["--to", "stage1", "--run"])
+        .arg(run)
+        .current_dir(root())
+        .env(xtask::runner::BIN_ENV, &chatpainter()?.path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for s in sets
+        .iter()
+        .chain(&["stage1.max_steps=100000", "stage1.checkpoint_every=2"])
+    {
+        cmd.args(["--set", s]);
+    }
+    let mut child = cmd.spawn()?;
+    let started = Instant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            // Refused by the plan (e.g. max_steps below the checkpoints): it said why.
+            let out = child.wait_with_output()?;
+            assert!(!out.status.success(), "a 100000-step run ended");
+            return Ok(());
+        }
+        let now = xtask::status::latest_checkpoint(&stage_dir);
+        if now.is_some() && now != newest && stage_dir.join(".lock").exists() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            bail!("no new checkpoint within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    let out = child.wait_with_output()?;
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }

@@ -43,8 +43,10 @@ impl Pipeline {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading pipeline file {}", path.display()))?;
-        let file: Self =
-            toml::from_str(&text).with_context(|| format!("pipeline file {}", path.display()))?;
+        let file: Self = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("{}", in_words(&e.to_string()))
+                .context(format!("pipeline file {}", path.display()))
+        })?;
         if overrides.is_empty() {
             return Ok(file);
         }
@@ -56,7 +58,8 @@ impl Pipeline {
             }
             // From the table itself, not from a rewritten text: an error must not point at a
             // line of a file nobody wrote.
-            Ok(Self::deserialize(toml::Value::Table(t))?)
+            Self::deserialize(toml::Value::Table(t))
+                .map_err(|e| anyhow::anyhow!("{}", in_words(&e.to_string())))
         };
         with(overrides).map_err(|all| {
             // Name the override that breaks the file, as the user typed it.
@@ -72,6 +75,24 @@ impl Pipeline {
             }
         })
     }
+}
+
+/// Serde's names of Rust types in words a person reads right the first time.
+fn in_words(message: &str) -> String {
+    const WORDS: [(&str, &str); 9] = [
+        ("expected u64", "expected a whole number ≥ 0"),
+        ("expected u32", "expected a whole number ≥ 0"),
+        ("expected usize", "expected a whole number ≥ 0"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a string", "expected a quoted string"),
+    ];
+    WORDS.iter().fold(message.to_string(), |m, (rust, words)| {
+        m.replace(rust, words)
+    })
 }
 
 /// Applies `a.b.c=value`; the value is parsed as TOML (number, bool, array, quoted string) and
@@ -129,6 +150,15 @@ mod tests {
             err.starts_with("--set synth.train_imgs=3: ")
                 && err.contains("train_imgs")
                 && !err.contains("line"),
+            "{err}"
+        );
+
+        let err = format!(
+            "{:#}",
+            Pipeline::load(&path, &["synth.train_images=-1".into()]).unwrap_err()
+        );
+        assert!(
+            err.contains("a whole number ≥ 0") && !err.contains("u64"),
             "{err}"
         );
 
