@@ -348,6 +348,7 @@ fn random_sequences_never_lose_a_model_and_do_what_the_plan_says() -> Result<()>
     let stage1 = run.join("stage1");
     let model = |dir: &Path| Manifest::load(dir).ok().map(|m| m.outputs_digest());
     let mut models: Vec<String> = model(&stage1).into_iter().collect();
+    let mut interrupted = 0;
     for step in 0..8 {
         let sets: Vec<&str> = SETS.iter().copied().filter(|_| rng.below(2) == 1).collect();
         let force: Vec<String> = match rng.below(4) {
@@ -358,19 +359,21 @@ fn random_sequences_never_lose_a_model_and_do_what_the_plan_says() -> Result<()>
         let mut o = opts(&run, "stage1", &sets)?;
         o.force = force.clone();
         let context = format!("seed {seed} step {step}: {sets:?} --force {force:?}");
-        match rng.below(5) {
+        // Every fourth step from the second an upstream output is edited by hand, every fourth
+        // from the fourth a training is interrupted; the overrides and forces stay random.
+        match step % 4 {
             // Someone edits an upstream output by hand: synth is redone (to the same data).
-            0 => {
+            1 => {
                 let file = run.join("synth/attributes.json");
                 let mut text = std::fs::read(&file)?;
                 text.push(b'\n');
                 std::fs::write(&file, text)?;
             }
             // Ctrl-C in the middle of a longer training: exit 130, nothing lost.
-            1 => {
+            3 => {
                 let old = model(&stage1);
                 let aside_before = previous::list(&stage1)?.len();
-                interrupt_training(&run, &sets)?;
+                interrupted += usize::from(interrupt_training(&run, &sets)?);
                 if let Some(old) = old {
                     let aside: Vec<String> = previous::list(&stage1)?
                         .iter()
@@ -451,12 +454,13 @@ fn random_sequences_never_lose_a_model_and_do_what_the_plan_says() -> Result<()>
             models.push(now);
         }
     }
+    assert!(interrupted > 0, "seed {seed}: no training was interrupted");
     Ok(())
 }
 
 /// `cargo xtask run --to stage1` with a long Stage-I, stopped by SIGINT once it has written a
 /// new checkpoint (or refused before training, when its plan says so): never killed silently.
-fn interrupt_training(run: &Path, sets: &[&str]) -> Result<()> {
+fn interrupt_training(run: &Path, sets: &[&str]) -> Result<bool> {
     let stage_dir = run.join("stage1");
     let newest = xtask::status::latest_checkpoint(&stage_dir);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
@@ -481,7 +485,7 @@ fn interrupt_training(run: &Path, sets: &[&str]) -> Result<()> {
             // Refused by the plan (e.g. max_steps below the checkpoints): it said why.
             let out = child.wait_with_output()?;
             assert!(!out.status.success(), "a 100000-step run ended");
-            return Ok(());
+            return Ok(false);
         }
         let now = xtask::status::latest_checkpoint(&stage_dir);
         if now.is_some() && now != newest && stage_dir.join(".lock").exists() {
@@ -503,5 +507,5 @@ fn interrupt_training(run: &Path, sets: &[&str]) -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(())
+    Ok(true)
 }
