@@ -73,14 +73,19 @@ fn smoke_variants(run: &Path) -> Result<()> {
             run: Some(dir.clone()),
             to: devices.is_none().then(|| Stage::Eval.to_string()),
             devices: devices.map(str::parse).transpose()?,
-            overrides: vec![
+            overrides: [
                 format!("stage1.variant={variant}"),
                 format!("stage2.variant={variant}"),
-            ],
+            ]
+            .into_iter()
+            // One switch on: the two-rank run trains Stage-I with the object loss.
+            .chain(devices.map(|_| "stage1.object_loss=5".to_string()))
+            .collect(),
             ..RunOptions::default()
         })?;
         if devices.is_some() {
             check_run(&dir, &pipeline)?;
+            check_object_loss(&dir.join(Stage::Stage1).join("metrics.jsonl"))?;
             for stage in [Stage::Stage1, Stage::Stage2] {
                 let m = Manifest::load(&dir.join(stage))?;
                 if m.summary["ranks"] != 2 {
@@ -105,31 +110,31 @@ fn smoke_variants(run: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The LibTorch path on CPU: prepare libtorch from PyPI (cached, hash-checked), build the
-/// `tch` feature in its own target folder inside this checkout's (so the default build is never
-/// rebuilt with it, and no other checkout shares it) and
-/// run the tests that train on `tch-cpu` against flex.
+/// The LibTorch path on CPU: prepare libtorch from PyPI (cached, hash-checked), then build and
+/// run the tests that train on `tch-cpu` against flex, in the dev profile of this checkout's own
+/// target folder. Only the crates that hold those tests (model, train, bench): the `tch` feature
+/// changes the features of shared dependencies (syn, zstd-sys, ...), so everything it reaches is
+/// built a second time, and leaving the CLI out keeps polars and the stage crates out of that
+/// second build (the CLI has no LibTorch code of its own). It runs last, after the smoke
+/// pipeline.
 fn libtorch_cpu_check() -> Result<()> {
     let paths = setup::setup_libtorch(&setup::LibtorchPaths::locate())?;
-    let target = util::target_dir()?.join("tch");
     let mut test = util::cargo();
     test.args([
         "test",
-        "--release",
         "-p",
         "chatpainter-model",
         "-p",
         "chatpainter-train",
         "-p",
         "chatpainter-bench",
-        "-p",
-        "chatpainter-cli",
         "--features",
-        "chatpainter-cli/tch",
+        "chatpainter-train/tch,chatpainter-bench/tch",
         "--",
-        "tch",
+        // The LibTorch tests: `tch_cpu::…` in train and bench, `tch_devices_…` in model.
+        "tch_cpu",
+        "tch_devices",
     ])
-    .env("CARGO_TARGET_DIR", &target)
     .env(
         "LD_LIBRARY_PATH",
         paths.runtime_library_path(dag::Libtorch::Cpu),
@@ -193,10 +198,37 @@ fn check_scene_scores(metrics: &Path) -> Result<()> {
             metrics.display()
         );
     }
+    let curve = scenes["curve"].as_array().map_or(0, Vec::len);
+    if curve == 0
+        || !scenes["curve"][0]["scores"]["attributes"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(computed))
+    {
+        bail!("{}: no learning curve (eval.curve)", metrics.display());
+    }
     let turns = scenes["per_turn"].as_array().map_or(0, Vec::len);
     println!(
-        "[xtask] smoke: scene scores of {} images, per-turn curve over {turns} turns",
+        "[xtask] smoke: scene scores of {} images, per-turn curve over {turns} turns, learning curve of {curve} checkpoints",
         scenes["images"]["images"]
+    );
+    Ok(())
+}
+
+/// A run trained with the object loss logged both of its terms, finite, at every step.
+fn check_object_loss(metrics: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(metrics).with_context(|| metrics.display().to_string())?;
+    for (i, line) in text.lines().enumerate() {
+        let m: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}: line {}", metrics.display(), i + 1))?;
+        for key in ["d_object", "g_object"] {
+            if !m[key].as_f64().is_some_and(f64::is_finite) {
+                bail!("{}: line {}: no finite `{key}`", metrics.display(), i + 1);
+            }
+        }
+    }
+    println!(
+        "[xtask] ci: object loss logged at every step ({})",
+        metrics.display()
     );
     Ok(())
 }

@@ -102,6 +102,15 @@ enum Cmd {
         /// `dialogue`: `key=value` overrides for every variant's run; `scale`: for the scale run.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// `dialogue` only: runs per variant (`stage1.seed` = 0, 1, …); the table shows mean ± std.
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// `dialogue` only: a named setting of switches (`paper`, `objects`, `objects-linear-ca`).
+        #[arg(long)]
+        setting: Option<String>,
+        /// `dialogue` only: also run the setting with each of its switches off in turn.
+        #[arg(long)]
+        ablation: bool,
     },
     /// Prepare a folder (binary + run.sh) that a GPU machine with PyTorch 2.11 runs.
     GpuCheck {
@@ -185,9 +194,18 @@ fn dispatch(command: Cmd) -> Result<()> {
             what,
             devices,
             sets,
+            seeds,
+            setting,
+            ablation,
         } if what == "dialogue" => {
             let devices = devices.map(|d| d.parse()).transpose()?;
-            xtask::experiment::dialogue(devices, &sets)
+            xtask::experiment::dialogue(&xtask::experiment::Experiment {
+                devices,
+                overrides: sets,
+                seeds,
+                setting,
+                ablation,
+            })
         }
         Cmd::Bench { what, .. } if what == "scaling" => xtask::bench::scaling(),
         Cmd::Bench { what, .. } if what == "parity" => xtask::parity::parity(),

@@ -83,6 +83,8 @@ impl StepSetup {
             gf_dim: 128,
             df_dim: 64,
             stage2: None,
+            object_classes: 0,
+            ca_activation: chatpainter_model::CaActivation::Relu,
         };
         Self::with("chatpainter", Variant::ChatpainterRecurrent, net, batch)
     }
@@ -98,6 +100,8 @@ impl StepSetup {
             gf_dim: 8,
             df_dim: 8,
             stage2: None,
+            object_classes: 0,
+            ca_activation: chatpainter_model::CaActivation::Relu,
         };
         Self::with("smoke", Variant::ChatpainterRecurrent, net, batch)
     }
@@ -114,6 +118,8 @@ impl StepSetup {
             gf_dim: 32,
             df_dim: 32,
             stage2: None,
+            object_classes: 0,
+            ca_activation: chatpainter_model::CaActivation::Relu,
         };
         Self::with("bench-reduced", Variant::Stackgan, net, batch)
     }
@@ -383,6 +389,7 @@ impl Trainee {
             step: 1,
             kl_coeff: s.kl_coeff,
             precision: Precision::F32,
+            objects: None,
         };
         let opt = Optimizers {
             g: &mut self.opt_g,

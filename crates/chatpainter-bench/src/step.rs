@@ -72,6 +72,7 @@ pub fn stage2_rows(
                     step: i as u64 + 1,
                     kl_coeff: cfg.kl_coeff,
                     precision: Precision::F32,
+                    objects: None,
                 };
                 let t0 = Instant::now();
                 // The step reads its losses back, so the device has finished when it returns.
@@ -282,6 +283,7 @@ fn random_inputs<G: StageGenerator>(
         step: 1,
         kl_coeff: s.kl_coeff,
         precision,
+        objects: None,
     }
 }
 

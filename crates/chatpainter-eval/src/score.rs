@@ -343,6 +343,7 @@ impl Scorer {
             checkpoint: None,
             step: None,
             split: None,
+            ca: None,
         }
     }
 }

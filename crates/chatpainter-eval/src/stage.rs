@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chatpainter_artifacts::{Progress, RunDir, SplitMix, Stage};
-use chatpainter_model::{DeviceChoice, Geometry, TrainData, Variant};
+use chatpainter_model::{CaSampling, DeviceChoice, Geometry, TrainData, Variant};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +33,7 @@ use crate::genapi::{Condition, DialogueCondition, Generated, RunGenerator};
 use crate::pictures::{center_crop, grid, strip, write_png};
 use crate::scene_score::{self, SceneReading};
 use crate::score::{BackboneChoice, FidReference, ScoreSettings, Scorer};
-use chatpainter_formats::metrics::{METRICS_FILE, MetricsFile, SceneMetrics};
+use chatpainter_formats::metrics::{CurvePoint, METRICS_FILE, MetricsFile, SceneMetrics};
 use chatpainter_formats::scenes::{ATTRIBUTES_FILE, Scene};
 
 /// Generated images, relative to the eval directory.
@@ -94,6 +94,21 @@ pub struct EvalConfig {
     /// Per-turn strips for this many of the split's dialogues (dialogue variants only).
     #[serde(default = "default_per_turn")]
     pub per_turn_count: usize,
+    /// The CA's condition code: `sample` (the reference: μ + σ·ε) or `mean` (μ, no CA noise;
+    /// a diagnostic, recorded in `metrics.json`'s protocol as `ca = "mean"`).
+    #[serde(default, skip_serializing_if = "is_sample")]
+    pub ca: CaSampling,
+    /// The learning curve: the scene scorer also reads what every kept checkpoint of the
+    /// generator's stage makes of the same conditions and seeds (synthetic data only; the
+    /// number of points is the stage's `keep_checkpoints`). Written to `metrics.json`
+    /// (`scenes.curve`), drawn by the report: rising curves say "train longer", flat ones
+    /// "stuck".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub curve: bool,
+}
+
+fn is_sample(ca: &CaSampling) -> bool {
+    *ca == CaSampling::Sample
 }
 
 fn default_generator() -> String {
@@ -239,7 +254,7 @@ pub fn run_eval(
     cfg.validate()?;
     let generator_stage = cfg.generator_stage()?;
     let (ingest_dir, embed_dir) = (run.stage(Stage::Ingest), run.stage(Stage::Embed));
-    let generator = RunGenerator::load(&run.stage(generator_stage), cfg.device)?;
+    let generator = RunGenerator::load(&run.stage(generator_stage), cfg.device)?.with_ca(cfg.ca);
     let variant = generator.variant();
     let stage2 = generator.stage() == 2;
     let (_, device) = cfg.device.devices();
@@ -437,6 +452,13 @@ pub fn run_eval(
         files.extend(written);
         strips = frames;
     }
+    let curve = match &truth {
+        Some((_, truth)) if cfg.curve => {
+            let newest = (generator.step(), readings.as_slice());
+            learning_curve(cfg, run, generator_stage, &pool, n, truth, newest, progress)?
+        }
+        _ => Vec::new(),
+    };
     let scenes = truth.map(|(path, truth)| {
         let turns = strips.iter().map(|(_, f)| f.len()).max().unwrap_or(0);
         let per_turn = (0..turns)
@@ -455,6 +477,7 @@ pub fn run_eval(
                 .to_string(),
             images: score_readings(&truth, &cfg.split, readings.iter().map(|(id, r)| (*id, r))),
             per_turn,
+            curve,
         }
     });
 
@@ -470,6 +493,7 @@ pub fn run_eval(
     );
     protocol.step = Some(generator.step());
     protocol.split = Some(cfg.split.clone());
+    protocol.ca = (cfg.ca != CaSampling::Sample).then(|| cfg.ca.name().to_owned());
     let metrics = MetricsFile {
         protocol,
         inception_score,
@@ -483,6 +507,54 @@ pub fn run_eval(
         files,
         left_out,
     })
+}
+
+/// The scene scores of every kept checkpoint of the generator's stage on the first `n`
+/// conditions of `pool` with the evaluation's seeds, oldest first; the newest checkpoint's
+/// readings (`newest`, the evaluation's own) are reused.
+#[allow(clippy::too_many_arguments)]
+fn learning_curve(
+    cfg: &EvalConfig,
+    run: &RunDir,
+    stage: Stage,
+    pool: &[(i64, Condition)],
+    n: usize,
+    truth: &BTreeMap<(String, i64), Scene>,
+    newest: (u64, &[(i64, SceneReading)]),
+    progress: &dyn Progress,
+) -> Result<Vec<CurvePoint>> {
+    let stage_dir = run.stage(stage);
+    let checkpoints = RunGenerator::checkpoints(&stage_dir)?;
+    progress.start("learning curve (checkpoints)", checkpoints.len() as u64);
+    let mut curve = Vec::with_capacity(checkpoints.len());
+    for (step, path) in checkpoints {
+        let scores = if step == newest.0 {
+            score_readings(truth, &cfg.split, newest.1.iter().map(|(id, r)| (*id, r)))
+        } else {
+            let generator = RunGenerator::load_checkpoint(&stage_dir, (step, path), cfg.device)?
+                .with_ca(cfg.ca);
+            let mut readings = Vec::with_capacity(n);
+            for chunk in (0..n).collect::<Vec<_>>().chunks(cfg.batch_size) {
+                let conditions: Vec<Condition> = chunk
+                    .iter()
+                    .map(|&i| pool[i % pool.len()].1.clone())
+                    .collect();
+                let seeds: Vec<u64> = chunk.iter().map(|&i| image_seed(cfg.seed, i)).collect();
+                let generated = generator.generate(&conditions, &seeds, cfg.batch_size)?;
+                for (&i, g) in chunk.iter().zip(&generated) {
+                    readings.push((
+                        pool[i % pool.len()].0,
+                        scene_score::read_scene(g.final_image()),
+                    ));
+                }
+            }
+            score_readings(truth, &cfg.split, readings.iter().map(|(id, r)| (*id, r)))
+        };
+        curve.push(CurvePoint { step, scores });
+        progress.advance(1);
+    }
+    progress.finish();
+    Ok(curve)
 }
 
 /// One per-turn strip as the scene scorer read it: the image id and a reading per frame.

@@ -11,6 +11,7 @@ pub mod error;
 pub mod ingested;
 pub mod metrics;
 pub mod npy;
+pub mod objects;
 mod parquet_io;
 pub mod quality;
 pub mod scenes;

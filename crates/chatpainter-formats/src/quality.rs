@@ -22,6 +22,12 @@ pub enum Reason {
     CaptionsWithoutDialog,
     DuplicateDialog,
     DialogSuperseded,
+    /// An instance annotation whose `image_id` is not in its file's `images[]`.
+    ObjectForUnknownImage,
+    /// Instance annotations of an image that no captions file of the split lists.
+    ObjectsWithoutCaptions,
+    /// An instance box of zero or negative size, or outside its image by more than a pixel.
+    ObjectBoxInvalid,
     // Repaired: kept, with a value corrected.
     SizeMismatch,
     // Converted: valid input that needed a conversion to 8-bit RGB.

@@ -11,7 +11,7 @@ use crate::sources::{self, CocoFile, VisdialFile};
 use chatpainter_formats::ingested::{Dialogue, Turn};
 use chatpainter_formats::quality::{FileCounts, Issue, QualityReport, Reason};
 use polars::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 /// An image that passed every JSON-level check; its pixels are checked next.
@@ -32,6 +32,9 @@ pub struct Candidate {
 pub struct Catalog {
     /// Sorted by (split, image_id).
     pub candidates: Vec<Candidate>,
+    /// Every `(split, image_id)` a captions file lists, usable or not: an image listed here
+    /// either became a candidate or has an issue of its own.
+    pub listed: HashSet<(String, i64)>,
     pub issues: Vec<Issue>,
     pub report: QualityReport,
 }
@@ -53,6 +56,7 @@ pub fn build(config: &IngestConfig, data_root: &Path) -> Result<Catalog> {
 #[derive(Default)]
 struct Builder {
     files: Vec<String>,
+    listed: HashSet<(String, i64)>,
     report: QualityReport,
     issues: Vec<Issue>,
     // COCO images, one entry per `images[]` record.
@@ -99,6 +103,7 @@ impl Builder {
             .or_default()
             .images_in += file.images.len() as u64;
         for (rec, image) in file.images.into_iter().enumerate() {
+            self.listed.insert((split.to_string(), image.id));
             if !sources::is_contained(&image.file_name) {
                 self.issues.push(Issue::new(
                     &name,
@@ -552,6 +557,7 @@ impl Builder {
         candidates.sort_by(|a, b| (&a.split, a.image_id).cmp(&(&b.split, b.image_id)));
         Ok(Catalog {
             candidates,
+            listed: self.listed,
             issues: self.issues,
             report: self.report,
         })

@@ -12,6 +12,11 @@ pub struct CocoSource {
     pub images: String,
     /// Our split name for these images: `train` for train2014, `test` for val2014 (as the paper).
     pub split: String,
+    /// Optional COCO instance annotations of the same images (e.g.
+    /// `annotations/instances_train2014.json`, relative to `data_root`): a category and a box per
+    /// object, written to `objects.parquet`. Without any, no objects table is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<String>,
 }
 
 /// One VisDial file. Without `images`, its dialogues attach to COCO images by id (v0.9 train/val,

@@ -2,13 +2,15 @@
 //!
 //! [`catalog`] reads and joins the JSON files, quarantining bad records; [`pipeline`] decodes the
 //! images (in parallel, one row group at a time), writes the tables and the quality report whose
-//! formats live in `chatpainter_formats::{ingested, quality}`, and merges shards. [`synth`] writes a synthetic dataset in the real file
-//! formats, for CI and benchmarks. No Burn here.
+//! formats live in `chatpainter_formats::{ingested, quality}`, and merges shards. [`objects`] joins
+//! COCO instance annotations to the kept images (`objects.parquet`). [`synth`] writes a synthetic
+//! dataset in the real file formats, for CI and benchmarks. No Burn here.
 
 pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod images;
+pub mod objects;
 pub mod pipeline;
 pub mod sources;
 pub mod synth;
@@ -32,6 +34,13 @@ pub fn inputs_digest(config: &IngestConfig, data_root: &Path) -> Result<String> 
             c.captions,
             chatpainter_artifacts::sha256_file(&p)?
         ));
+        if let Some(instances) = &c.instances {
+            let p = data_root.join(instances);
+            lines.push(format!(
+                "{instances} {}",
+                chatpainter_artifacts::sha256_file(&p)?
+            ));
+        }
         folders.push(c.images.clone());
     }
     for v in &config.visdial {

@@ -5,11 +5,13 @@ use crate::catalog::{self, Candidate};
 use crate::config::IngestConfig;
 use crate::error::{IngestError, Result};
 use crate::images;
+use crate::objects;
 use chatpainter_artifacts::{Manifest, OutputFile, Progress, write_atomic};
 use chatpainter_formats::ingested::{
     self as tables, ISSUES_FILE, ImageTableWriter, IngestSummary, QUALITY_FILE, RECORDS_FILE,
     Record, Shard,
 };
+use chatpainter_formats::objects::{OBJECTS_FILE, Objects, read_objects, write_objects};
 use chatpainter_formats::quality::{Action, Issue, QualityReport, Reason};
 use rayon::prelude::*;
 
@@ -32,6 +34,9 @@ pub fn run(
 ) -> Result<IngestOutput> {
     config.validate().map_err(IngestError::Config)?;
     let catalog = catalog::build(config, data_root)?;
+    // Before any image is decoded, so that a bad instances file fails the run early.
+    let instances = objects::read(config, data_root, shard)?;
+    let listed = catalog.listed;
     let candidates_total = catalog.candidates.len() as u64;
     let candidates: Vec<Candidate> = catalog
         .candidates
@@ -126,6 +131,13 @@ pub fn run(
         }
     }
     progress.finish();
+    let objects = instances.map(|instances| {
+        let joined = objects::join(instances, &records, &listed);
+        // `read` kept only this shard's images and annotations, so these are all ours.
+        issues.extend(joined.issues);
+        report.files.extend(joined.files);
+        joined.objects
+    });
     fail_if_strict(config, &issues)?;
     summary.records = records.len() as u64;
 
@@ -142,7 +154,13 @@ pub fn run(
     count_file_use(&mut report, &records, &candidates);
     issues.sort_by(|a, b| (&a.file, a.image_id, &a.record).cmp(&(&b.file, b.image_id, &b.record)));
     report.count_issues(&issues);
-    outputs.extend(write_tables(out, &records, &issues, &report)?);
+    outputs.extend(write_tables(
+        out,
+        &records,
+        &issues,
+        &report,
+        objects.as_ref(),
+    )?);
     Ok(IngestOutput {
         outputs,
         report,
@@ -225,17 +243,27 @@ fn write_tables(
     records: &[Record],
     issues: &[Issue],
     report: &QualityReport,
+    objects: Option<&Objects>,
 ) -> Result<Vec<OutputFile>> {
     tables::write_records(&out.join(RECORDS_FILE), records)?;
     tables::write_issues(&out.join(ISSUES_FILE), issues)?;
     let json = serde_json::to_vec_pretty(report)
         .map_err(|e| IngestError::contract(out.join(QUALITY_FILE), e.to_string()))?;
     write_atomic(out.join(QUALITY_FILE), &json)?;
-    Ok(vec![
+    let mut outputs = vec![
         OutputFile::describe(out, RECORDS_FILE, Some(records.len() as u64))?,
         OutputFile::describe(out, ISSUES_FILE, Some(issues.len() as u64))?,
         OutputFile::describe(out, QUALITY_FILE, None)?,
-    ])
+    ];
+    if let Some(objects) = objects {
+        write_objects(&out.join(OBJECTS_FILE), objects)?;
+        outputs.push(OutputFile::describe(
+            out,
+            OBJECTS_FILE,
+            Some(objects.boxes.len() as u64),
+        )?);
+    }
+    Ok(outputs)
 }
 
 /// Joins `count` finished shards under `stage_dir/shards/` into one dataset in `stage_dir`.
@@ -252,6 +280,8 @@ pub fn merge(stage_dir: &Path, count: u32) -> Result<IngestOutput> {
     let mut first_key = None;
     let mut image_outputs = Vec::new();
     let mut seen: HashSet<(String, i64)> = HashSet::new();
+    // Shard 0 decides whether there are objects; every other shard must agree.
+    let mut merged_objects: Option<Objects> = None;
     for index in 0..count {
         let shard = Shard { index, count };
         let dir: PathBuf = stage_dir.join(shard.dir_name());
@@ -357,6 +387,53 @@ pub fn merge(stage_dir: &Path, count: u32) -> Result<IngestOutput> {
                 }
             }
         }
+        let has_objects = manifest.outputs.iter().any(|o| o.path == OBJECTS_FILE);
+        if index == 0 && has_objects {
+            merged_objects = Some(Objects::default());
+        }
+        match (&mut merged_objects, has_objects) {
+            (Some(merged), true) => {
+                let path = dir.join(OBJECTS_FILE);
+                let objects = read_objects(&path)?;
+                if index == 0 {
+                    merged.categories = objects.categories;
+                } else if objects.categories != merged.categories {
+                    return Err(IngestError::contract(
+                        &path,
+                        "the category list differs from shard 0's",
+                    ));
+                }
+                let mine: HashSet<(&str, i64)> = records
+                    .iter()
+                    .map(|r| (r.split.as_str(), r.image_id))
+                    .collect();
+                if let Some(b) = objects
+                    .boxes
+                    .iter()
+                    .find(|b| !mine.contains(&(b.split.as_str(), b.image_id)))
+                {
+                    return Err(IngestError::contract(
+                        &path,
+                        format!(
+                            "image {} ({}) has boxes but no record in this shard",
+                            b.image_id, b.split
+                        ),
+                    ));
+                }
+                merged.boxes.extend(objects.boxes);
+            }
+            (None, false) => {}
+            _ => {
+                return Err(IngestError::contract(
+                    &dir,
+                    if has_objects {
+                        format!("this shard has {OBJECTS_FILE}, shard 0 has none")
+                    } else {
+                        format!("this shard has no {OBJECTS_FILE}, shard 0 has one")
+                    },
+                ));
+            }
+        }
         merged_records.extend(records);
         merged_issues.extend(tables::read_issues(&dir.join(ISSUES_FILE))?);
         let shard_report: QualityReport = serde_json::from_slice(
@@ -376,12 +453,19 @@ pub fn merge(stage_dir: &Path, count: u32) -> Result<IngestOutput> {
         ));
     }
     merged_records.sort_by(|a, b| (&a.split, a.image_id).cmp(&(&b.split, b.image_id)));
+    if let Some(objects) = &mut merged_objects {
+        // Stable: an image's boxes come from one shard, in annotation order.
+        objects
+            .boxes
+            .sort_by(|a, b| (a.image_id, &a.split).cmp(&(b.image_id, &b.split)));
+    }
     let mut outputs = image_outputs;
     outputs.extend(write_tables(
         stage_dir,
         &merged_records,
         &merged_issues,
         &report,
+        merged_objects.as_ref(),
     )?);
     Ok(IngestOutput {
         outputs,

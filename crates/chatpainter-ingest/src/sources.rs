@@ -1,4 +1,4 @@
-//! Reading the COCO 2014 captions files and the VisDial files.
+//! Reading the COCO 2014 captions and instances files and the VisDial files.
 //!
 //! Both are parsed with serde straight from a buffered reader into the few fields we need:
 //! unknown keys (`info`, `licenses`, `coco_url`, VisDial's 100 `answer_options` per round…) are
@@ -30,6 +30,36 @@ pub struct CocoImage {
 pub struct CocoAnnotation {
     pub image_id: i64,
     pub caption: String,
+}
+
+/// A COCO instances file (`instances_train2014.json`), reduced to ids, categories and boxes:
+/// the `segmentation` polygons and masks, most of the ≈450 MB of train2014's, are skipped unread.
+#[derive(Debug, Deserialize)]
+pub struct InstancesFile {
+    pub images: Vec<InstancesImage>,
+    pub annotations: Vec<InstanceAnnotation>,
+    pub categories: Vec<InstanceCategory>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InstancesImage {
+    pub id: i64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct InstanceAnnotation {
+    pub id: i64,
+    pub image_id: i64,
+    /// Wider than a category id, so that an out-of-range one is reported with its annotation.
+    pub category_id: i64,
+    /// `[x, y, width, height]` in source pixels.
+    pub bbox: [f64; 4],
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InstanceCategory {
+    pub id: i32,
+    pub name: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,9 @@
 //! Layout (the same as the real downloads, see the README):
 //! `annotations/captions_{train,val}2014.json`, `{train,val}2014/COCO_{train,val}2014_%012d.jpg`,
 //! `visdial/visdial_1.0_train.json` (dialogues for both COCO splits, as v1.0 ships them),
-//! `visdial/visdial_1.0_val.json` + `VisualDialog_val2018/` (standalone images, no COCO captions).
+//! `visdial/visdial_1.0_val.json` + `VisualDialog_val2018/` (standalone images, no COCO captions),
+//! and `annotations/instances_{train,val}2014.json`: COCO instance annotations, a category
+//! (colour × shape, 21 of them) and the exact pixel box of every drawn object.
 
 use crate::error::{IngestError, Result};
 use chatpainter_artifacts::{AtomicFile, OutputFile, SplitMix};
@@ -251,7 +253,52 @@ fn dialogue(scene: &Scene, rng: &mut SplitMix, rounds: usize) -> Vec<(String, St
     qa
 }
 
-fn render(scene: &Scene, seed: u64) -> RgbImage {
+/// Where one object's fill landed in the source image: the inclusive pixel extent and the number
+/// of pixels it painted (a later object may paint over some of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Drawn {
+    x0: u32,
+    y0: u32,
+    x1: u32,
+    y1: u32,
+    pixels: u64,
+}
+
+impl Drawn {
+    /// The COCO `bbox`, `[x, y, width, height]` in pixels: the pixel squares the fill covers.
+    fn bbox(&self) -> [f64; 4] {
+        [
+            f64::from(self.x0),
+            f64::from(self.y0),
+            f64::from(self.x1 - self.x0 + 1),
+            f64::from(self.y1 - self.y0 + 1),
+        ]
+    }
+
+    fn add(this: &mut Option<Self>, x: u32, y: u32) {
+        match this {
+            None => {
+                *this = Some(Self {
+                    x0: x,
+                    y0: y,
+                    x1: x,
+                    y1: y,
+                    pixels: 1,
+                });
+            }
+            Some(d) => {
+                d.x0 = d.x0.min(x);
+                d.y0 = d.y0.min(y);
+                d.x1 = d.x1.max(x);
+                d.y1 = d.y1.max(y);
+                d.pixels += 1;
+            }
+        }
+    }
+}
+
+/// The image, and per object where its fill landed (`None` if it covers no pixel centre).
+fn render(scene: &Scene, seed: u64) -> (RgbImage, Vec<Option<Drawn>>) {
     let (w, h) = (scene.width, scene.height);
     let bg = BACKGROUNDS
         .iter()
@@ -266,6 +313,7 @@ fn render(scene: &Scene, seed: u64) -> RgbImage {
         let noise = rng.below(9) as i16 - 4;
         *p = Rgb(p.0.map(|c| (c as i16 + noise).clamp(0, 255) as u8));
     }
+    let mut drawn = Vec::with_capacity(scene.objects.len());
     for o in &scene.objects {
         let colour = COLOURS
             .iter()
@@ -275,6 +323,7 @@ fn render(scene: &Scene, seed: u64) -> RgbImage {
         let cx = (column + 0.5) * w as f32 / 3.0;
         let cy = h as f32 * (0.35 + 0.3 * rng.unit());
         let r = (w.min(h) as f32) * if o.large { LARGE_RADIUS } else { SMALL_RADIUS };
+        let mut extent = None;
         for y in 0..h {
             for x in 0..w {
                 let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
@@ -285,11 +334,31 @@ fn render(scene: &Scene, seed: u64) -> RgbImage {
                 };
                 if inside {
                     img.put_pixel(x, y, Rgb(colour));
+                    Drawn::add(&mut extent, x, y);
                 }
             }
         }
+        drawn.push(extent);
     }
-    img
+    (img, drawn)
+}
+
+/// The categories of the synthetic instance files, one per colour × shape (as i-CLEVR's 24):
+/// `(id, name, supercategory)`, ids `1..=21` in the order of `COLOURS`, then `SHAPES`.
+pub fn instance_categories() -> Vec<(i32, String, &'static str)> {
+    COLOURS
+        .iter()
+        .flat_map(|(colour, _)| SHAPES.iter().map(move |shape| (colour, shape)))
+        .enumerate()
+        .map(|(i, (colour, shape))| (i as i32 + 1, format!("{colour} {shape}"), *shape))
+        .collect()
+}
+
+/// The category id of an object of `colour` and `shape` (see [`instance_categories`]).
+pub fn category_id(colour: &str, shape: &str) -> Option<i32> {
+    let c = COLOURS.iter().position(|(name, _)| *name == colour)?;
+    let s = SHAPES.iter().position(|name| *name == shape)?;
+    Some((c * SHAPES.len() + s) as i32 + 1)
 }
 
 /// The captions and the (question, answer) rounds of one scene.
@@ -334,11 +403,11 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<OutputFile>> {
         .collect();
 
     // Images, in parallel.
-    let written: Vec<Result<String>> = scenes
+    let written: Vec<Result<(String, Vec<Option<Drawn>>)>> = scenes
         .par_iter()
         .map(|(scene, dir)| {
             let rel = format!("{dir}/{}", scene.file_name);
-            let img = render(
+            let (img, drawn) = render(
                 scene,
                 cfg.seed
                     .wrapping_mul(31)
@@ -352,11 +421,14 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<OutputFile>> {
                     source,
                 })?;
             file.commit()?;
-            Ok(rel)
+            Ok((rel, drawn))
         })
         .collect();
-    for rel in written {
-        files.push(rel?);
+    let mut drawn = Vec::with_capacity(scenes.len());
+    for result in written {
+        let (rel, d) = result?;
+        files.push(rel);
+        drawn.push(d);
     }
 
     // COCO captions files.
@@ -368,6 +440,20 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<OutputFile>> {
             .collect();
         write_streamed(&out.join(&rel), |w| {
             write_coco(w, &chosen, &scenes, &texts, &mut caption_id)
+        })?;
+        files.push(rel);
+    }
+
+    // COCO instance files: the same images as the captions files (the standalone VisDial
+    // images have none, as the real Flickr ones), one box per drawn object.
+    let mut annotation_id = 1;
+    for (split, coco) in [("train", "train2014"), ("test", "val2014")] {
+        let rel = format!("annotations/instances_{coco}.json");
+        let chosen: Vec<usize> = (0..scenes.len())
+            .filter(|&i| scenes[i].0.split == split)
+            .collect();
+        write_streamed(&out.join(&rel), |w| {
+            write_instances(w, &chosen, &scenes, &drawn, &mut annotation_id)
         })?;
         files.push(rel);
     }
@@ -475,6 +561,96 @@ fn write_coco(
                 caption,
             }
         }),
+    )?;
+    w.write_all(b"}")
+}
+
+/// One `annotations[]` entry of a COCO instances file (the real one's fields, but for the
+/// `segmentation` polygon).
+#[derive(Serialize)]
+struct CocoInstanceOut {
+    area: f64,
+    iscrowd: u8,
+    image_id: i64,
+    bbox: [f64; 4],
+    category_id: i32,
+    id: u64,
+}
+
+/// One `categories[]` entry of a COCO instances file.
+#[derive(Serialize)]
+struct CocoCategoryOut<'a> {
+    supercategory: &'a str,
+    id: i32,
+    name: &'a str,
+}
+
+/// A COCO instances file: `images` as in the captions file, an annotation per drawn object
+/// (`bbox` its exact pixel extent, `area` the pixels its fill painted), all 21 categories.
+/// An object whose fill covers no pixel centre (only possible in tiny images) has no box.
+fn write_instances(
+    w: &mut dyn Write,
+    chosen: &[usize],
+    scenes: &[(Scene, &str)],
+    drawn: &[Vec<Option<Drawn>>],
+    annotation_id: &mut u64,
+) -> std::io::Result<()> {
+    let head = json!({
+        "description": "chatpainter synthetic COCO-2014-shaped instances", "version": "1.0", "year": 2014
+    });
+    write!(
+        w,
+        "{{\"info\":{head},\"licenses\":[{{\"url\":\"\",\"id\":1,\"name\":\"synthetic\"}}],\"images\":"
+    )?;
+    write_array(
+        w,
+        chosen.iter().map(|&i| {
+            let s = &scenes[i].0;
+            CocoImageOut {
+                license: 1,
+                file_name: &s.file_name,
+                coco_url: "",
+                height: s.height,
+                width: s.width,
+                date_captured: "2013-11-14 11:18:45",
+                flickr_url: "",
+                id: s.image_id,
+            }
+        }),
+    )?;
+    w.write_all(b",\"annotations\":")?;
+    let objects = chosen.iter().flat_map(|&i| {
+        let s = &scenes[i].0;
+        s.objects
+            .iter()
+            .zip(&drawn[i])
+            .filter_map(move |(o, d)| Some((s.image_id, o, (*d)?)))
+    });
+    write_array(
+        w,
+        objects.map(|(image_id, o, d)| {
+            *annotation_id += 1;
+            CocoInstanceOut {
+                area: d.pixels as f64,
+                iscrowd: 0,
+                image_id,
+                bbox: d.bbox(),
+                category_id: category_id(&o.colour, &o.shape).unwrap_or(0),
+                id: *annotation_id - 1,
+            }
+        }),
+    )?;
+    w.write_all(b",\"categories\":")?;
+    let categories = instance_categories();
+    write_array(
+        w,
+        categories
+            .iter()
+            .map(|(id, name, supercategory)| CocoCategoryOut {
+                supercategory,
+                id: *id,
+                name,
+            }),
     )?;
     w.write_all(b"}")
 }
@@ -664,4 +840,82 @@ fn write_streamed(
     file.flush().map_err(|e| IngestError::io(path, e))?;
     file.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inclusive extent and count of the pixels of exactly `colour`.
+    fn extent_of(img: &RgbImage, colour: [u8; 3]) -> Option<Drawn> {
+        let mut found: Option<Drawn> = None;
+        for (x, y, p) in img.enumerate_pixels() {
+            if p.0 == colour {
+                let d = found.get_or_insert(Drawn {
+                    x0: x,
+                    y0: y,
+                    x1: x,
+                    y1: y,
+                    pixels: 0,
+                });
+                (d.x0, d.y0) = (d.x0.min(x), d.y0.min(y));
+                (d.x1, d.y1) = (d.x1.max(x), d.y1.max(y));
+                d.pixels += 1;
+            }
+        }
+        found
+    }
+
+    /// One object per scene, so nothing paints over it: its box must be exactly the extent of
+    /// the pixels of its colour (the noisy background never has an object's exact colour).
+    #[test]
+    fn boxes_are_the_exact_extent_of_the_drawn_pixels() {
+        for (k, (w, h)) in [(64, 48), (37, 90), (16, 16), (160, 120)]
+            .into_iter()
+            .enumerate()
+        {
+            for shape in SHAPES {
+                for large in [false, true] {
+                    for (c, position) in COLUMNS.iter().enumerate() {
+                        let (colour, rgb) = COLOURS[(k + c) % COLOURS.len()];
+                        let scene = Scene {
+                            image_id: 1,
+                            split: "train".into(),
+                            file_name: String::new(),
+                            width: w,
+                            height: h,
+                            background: BACKGROUNDS[k % 2].0.into(),
+                            objects: vec![Object {
+                                shape: shape.into(),
+                                colour: colour.into(),
+                                position: position.to_string(),
+                                large,
+                            }],
+                        };
+                        let (img, drawn) = render(&scene, 7 * k as u64 + c as u64);
+                        let expected = extent_of(&img, rgb);
+                        assert!(expected.is_some(), "{shape} in {w}x{h}");
+                        assert_eq!(drawn, vec![expected], "{shape} {position} in {w}x{h}");
+                        let [x, _, bw, _] = drawn[0].map(|d| d.bbox()).unwrap_or_default();
+                        let column = ((x + bw / 2.0) * 3.0 / f64::from(w)) as usize;
+                        assert_eq!(column, c, "{shape} {position} in {w}x{h}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn categories_are_colours_times_shapes() {
+        let categories = instance_categories();
+        assert_eq!(categories.len(), COLOURS.len() * SHAPES.len());
+        for (id, name, supercategory) in &categories {
+            let (colour, shape) = name.split_once(' ').unwrap_or_default();
+            assert_eq!(category_id(colour, shape), Some(*id));
+            assert_eq!(*supercategory, shape);
+        }
+        assert_eq!(categories[0].1, "red circle");
+        assert_eq!(categories[20].0, 21);
+        assert_eq!(category_id("grey", "circle"), None);
+    }
 }

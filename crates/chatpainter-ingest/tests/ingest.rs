@@ -4,6 +4,7 @@
 
 use chatpainter_artifacts::NoProgress;
 use chatpainter_formats::ingested::{self as tables, Record, Shard};
+use chatpainter_formats::objects::{OBJECTS_FILE, ObjectBox, Objects};
 use chatpainter_formats::quality::{Issue, Reason};
 use chatpainter_ingest::pipeline;
 use chatpainter_ingest::synth::{self, SynthConfig};
@@ -47,11 +48,13 @@ fn config() -> IngestConfig {
                 captions: "annotations/captions_train2014.json".into(),
                 images: "train2014".into(),
                 split: "train".into(),
+                instances: None,
             },
             CocoSource {
                 captions: "annotations/captions_val2014.json".into(),
                 images: "val2014".into(),
                 split: "test".into(),
+                instances: None,
             },
         ],
         visdial: vec![
@@ -600,4 +603,391 @@ fn shard_assignment_is_a_partition() {
         "{counts:?}"
     );
     assert_eq!(tables::shard_of(123_456, 8), tables::shard_of(123_456, 8));
+}
+
+// ---- Instance annotations → objects.parquet ----
+
+const TRAIN_INSTANCES: &str = "annotations/instances_train2014.json";
+const VAL_INSTANCES: &str = "annotations/instances_val2014.json";
+
+fn config_with_instances() -> IngestConfig {
+    let mut cfg = config();
+    cfg.coco[0].instances = Some(TRAIN_INSTANCES.into());
+    cfg.coco[1].instances = Some(VAL_INSTANCES.into());
+    cfg
+}
+
+fn read_objects(f: &Fixture) -> Objects {
+    chatpainter_formats::objects::read_objects(&f.out.join(OBJECTS_FILE)).unwrap()
+}
+
+/// `(image_id, category_id, [x, y, w, h])` of every annotation of an instances file.
+fn instance_boxes(v: &Value) -> Vec<(i64, i32, [f64; 4])> {
+    v["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let b: Vec<f64> = serde_json::from_value(a["bbox"].clone()).unwrap();
+            (
+                a["image_id"].as_i64().unwrap(),
+                a["category_id"].as_i64().unwrap() as i32,
+                [b[0], b[1], b[2], b[3]],
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn synth_instances_match_the_scenes() {
+    let f = fixture(9, 4, 2);
+    let scenes =
+        chatpainter_formats::scenes::read_attributes(&f.data.join("attributes.json")).unwrap();
+    let mut seen = BTreeSet::new();
+    for (file, captions, split) in [
+        (TRAIN_INSTANCES, TRAIN, "train"),
+        (VAL_INSTANCES, "annotations/captions_val2014.json", "test"),
+    ] {
+        let v = read_json(&f.data.join(file));
+        // Categories: one per colour × shape, ids 1..=21, supercategory the shape.
+        let categories: BTreeMap<i64, String> = v["categories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let name = c["name"].as_str().unwrap().to_string();
+                assert!(name.ends_with(c["supercategory"].as_str().unwrap()));
+                (c["id"].as_i64().unwrap(), name)
+            })
+            .collect();
+        let expected: BTreeSet<String> = chatpainter_formats::scenes::COLOURS
+            .iter()
+            .flat_map(|(c, _)| {
+                chatpainter_formats::scenes::SHAPES
+                    .iter()
+                    .map(move |s| format!("{c} {s}"))
+            })
+            .collect();
+        assert_eq!(
+            categories.keys().copied().collect::<Vec<_>>(),
+            (1..=21).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            categories.values().cloned().collect::<BTreeSet<_>>(),
+            expected
+        );
+        // The same images as the captions file.
+        assert_eq!(v["images"], read_json(&f.data.join(captions))["images"]);
+        let boxes = instance_boxes(&v);
+        for a in v["annotations"].as_array().unwrap() {
+            assert_eq!(a["iscrowd"], 0);
+            assert!(
+                seen.insert(a["id"].as_i64().unwrap()),
+                "annotation ids are unique"
+            );
+        }
+        for scene in scenes.iter().filter(|s| s.split == split) {
+            let mine: Vec<_> = boxes.iter().filter(|b| b.0 == scene.image_id).collect();
+            assert_eq!(mine.len(), scene.objects.len(), "image {}", scene.image_id);
+            for (o, (_, category, [x, y, w, h])) in scene.objects.iter().zip(mine) {
+                assert_eq!(
+                    categories[&i64::from(*category)],
+                    format!("{} {}", o.colour, o.shape)
+                );
+                let (width, height) = (f64::from(scene.width), f64::from(scene.height));
+                assert!(*x >= 0.0 && *y >= 0.0 && x + w <= width && y + h <= height);
+                let column = ((x + w / 2.0) * 3.0 / width) as usize;
+                assert_eq!(
+                    chatpainter_formats::scenes::COLUMNS[column],
+                    o.position,
+                    "image {}",
+                    scene.image_id
+                );
+            }
+        }
+    }
+    // The standalone VisDial images have no instances.
+    assert_eq!(
+        seen.len(),
+        scenes
+            .iter()
+            .filter(|s| s.split != "visdial-val")
+            .map(|s| s.objects.len())
+            .sum::<usize>()
+    );
+}
+
+#[test]
+fn objects_table_holds_the_instance_boxes_of_kept_images() {
+    let f = fixture(6, 3, 2);
+    let out = pipeline::run(
+        &config_with_instances(),
+        &f.data,
+        &f.out,
+        Shard::WHOLE,
+        &NoProgress,
+    )
+    .unwrap();
+    let listed = out.outputs.iter().find(|o| o.path == OBJECTS_FILE).unwrap();
+    let records = tables::read_records(&f.out.join("records.parquet")).unwrap();
+    let objects = read_objects(&f);
+    assert_eq!(listed.rows, Some(objects.boxes.len() as u64));
+    assert_eq!(objects.categories.len(), 21);
+    assert_eq!(objects.categories[0].name, "red circle");
+    let size: BTreeMap<i64, (f64, f64)> = records
+        .iter()
+        .map(|r| (r.image_id, (f64::from(r.width), f64::from(r.height))))
+        .collect();
+    let mut expected = Vec::new();
+    for (file, split) in [(TRAIN_INSTANCES, "train"), (VAL_INSTANCES, "test")] {
+        for (id, category, [x, y, w, h]) in instance_boxes(&read_json(&f.data.join(file))) {
+            let (iw, ih) = size[&id];
+            expected.push(ObjectBox {
+                image_id: id,
+                split: split.into(),
+                category_id: category,
+                x: (x / iw) as f32,
+                y: (y / ih) as f32,
+                w: ((x + w) / iw) as f32 - (x / iw) as f32,
+                h: ((y + h) / ih) as f32 - (y / ih) as f32,
+            });
+        }
+    }
+    expected.sort_by_key(|b| b.image_id);
+    assert_eq!(objects.boxes.len(), expected.len());
+    for (got, want) in objects.boxes.iter().zip(&expected) {
+        assert_eq!(
+            (got.image_id, &got.split, got.category_id),
+            (want.image_id, &want.split, want.category_id)
+        );
+        for (a, b) in [
+            (got.x, want.x),
+            (got.y, want.y),
+            (got.w, want.w),
+            (got.h, want.h),
+        ] {
+            assert!((a - b).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    }
+    let report: chatpainter_formats::quality::QualityReport =
+        serde_json::from_slice(&std::fs::read(f.out.join("quality.json")).unwrap()).unwrap();
+    let counts = &report.files[TRAIN_INSTANCES];
+    assert_eq!(counts.kind, "coco-instances");
+    assert_eq!(counts.records_in, counts.records_used);
+}
+
+#[test]
+fn without_instances_there_is_no_objects_table() {
+    let f = fixture(3, 2, 1);
+    let cfg = config();
+    // The config serialises as before (its digest is unchanged).
+    assert!(!serde_json::to_string(&cfg).unwrap().contains("instances"));
+    let out = pipeline::run(&cfg, &f.data, &f.out, Shard::WHOLE, &NoProgress).unwrap();
+    assert!(!f.out.join(OBJECTS_FILE).exists());
+    let mut paths: Vec<&str> = out.outputs.iter().map(|o| o.path.as_str()).collect();
+    paths.retain(|p| !p.starts_with("images/"));
+    assert_eq!(paths, ["records.parquet", "issues.parquet", "quality.json"]);
+    // With instances, the other tables are the same but for the report's file counts.
+    let with = f.out.with_file_name("with-instances");
+    let out_with = pipeline::run(
+        &config_with_instances(),
+        &f.data,
+        &with,
+        Shard::WHOLE,
+        &NoProgress,
+    )
+    .unwrap();
+    for o in &out.outputs {
+        let w = out_with.outputs.iter().find(|w| w.path == o.path).unwrap();
+        assert_eq!(o.sha256 == w.sha256, o.path != "quality.json", "{}", o.path);
+    }
+}
+
+#[test]
+fn sharded_objects_merge_to_the_unsharded_table() {
+    let f = fixture(8, 4, 0);
+    let cfg = config_with_instances();
+    pipeline::run(&cfg, &f.data, &f.out, Shard::WHOLE, &NoProgress).unwrap();
+    let whole = read_objects(&f);
+    let merged_dir = f.out.with_file_name("sharded");
+    let n = 2;
+    for index in 0..n {
+        let shard = Shard { index, count: n };
+        let dir = merged_dir.join(shard.dir_name());
+        let out = pipeline::run(&cfg, &f.data, &dir, shard, &NoProgress).unwrap();
+        let mut m = chatpainter_artifacts::Manifest::new(
+            chatpainter_artifacts::Stage::Ingest,
+            Default::default(),
+            out.outputs,
+        );
+        m.summary = serde_json::to_value(&out.summary).unwrap();
+        m.save(&dir).unwrap();
+    }
+    let merged = pipeline::merge(&merged_dir, n).unwrap();
+    assert!(merged.outputs.iter().any(|o| o.path == OBJECTS_FILE));
+    let objects =
+        chatpainter_formats::objects::read_objects(&merged_dir.join(OBJECTS_FILE)).unwrap();
+    assert_eq!(objects, whole);
+    assert_eq!(
+        merged.report.files[TRAIN_INSTANCES].records_used,
+        merged.report.files[TRAIN_INSTANCES].records_in
+    );
+}
+
+#[test]
+fn bad_instances_are_errors_naming_file_record_and_field() {
+    let f = fixture(3, 2, 0);
+    let cfg = config_with_instances();
+    let original = read_json(&f.data.join(TRAIN_INSTANCES));
+
+    // A category id the file does not list.
+    edit(&f, TRAIN_INSTANCES, |v| {
+        v["annotations"][1]["category_id"] = 99.into()
+    });
+    let id = original["annotations"][1]["id"].as_i64().unwrap();
+    let err = run(&f, &cfg).unwrap_err().to_string();
+    assert!(
+        err.contains(TRAIN_INSTANCES)
+            && err.contains(&format!("annotations[1] (id {id})"))
+            && err.contains("category_id")
+            && err.contains("99"),
+        "{err}"
+    );
+
+    // Malformed JSON.
+    std::fs::write(
+        f.data.join(TRAIN_INSTANCES),
+        "{\"images\": [\n{\"id\": 1},\n oops",
+    )
+    .unwrap();
+    let err = run(&f, &cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("instances_train2014.json") && err.contains("line 3"),
+        "{err}"
+    );
+
+    // A box of the wrong length is a schema error.
+    write_json(&f.data.join(TRAIN_INSTANCES), &original);
+    edit(&f, TRAIN_INSTANCES, |v| {
+        v["annotations"][0]["bbox"] = serde_json::json!([1, 2, 3])
+    });
+    let err = run(&f, &cfg).unwrap_err().to_string();
+    assert!(err.contains("instances_train2014.json"), "{err}");
+
+    // One category id named differently in the train and val files.
+    write_json(&f.data.join(TRAIN_INSTANCES), &original);
+    edit(&f, VAL_INSTANCES, |v| {
+        v["categories"][2]["name"] = "green blob".into()
+    });
+    let err = run(&f, &cfg).unwrap_err().to_string();
+    assert!(
+        err.contains(TRAIN_INSTANCES) && err.contains(VAL_INSTANCES) && err.contains("green blob"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_instance_records_are_quarantined_with_their_reason() {
+    let f = fixture(4, 2, 0);
+    let cfg = config_with_instances();
+    let v = read_json(&f.data.join(TRAIN_INSTANCES));
+    let ids: Vec<i64> = (0..4).map(|i| image_id(&v, i)).collect();
+    let first_of = |id: i64| {
+        v["annotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|a| a["image_id"].as_i64() == Some(id))
+            .unwrap()
+    };
+    let (outside, negative) = (first_of(ids[0]), first_of(ids[1]));
+    let annotations = v["annotations"].as_array().unwrap().len();
+    edit(&f, TRAIN_INSTANCES, |v| {
+        // Outside the image by more than a pixel, and of negative size.
+        v["annotations"][outside]["bbox"] = serde_json::json!([-5.0, 0.0, 10.0, 10.0]);
+        v["annotations"][negative]["bbox"] = serde_json::json!([3.0, 4.0, -2.0, 5.0]);
+        // COCO's polygons are skipped unread.
+        v["annotations"][0]["segmentation"] = serde_json::json!([[1.0, 2.0, 3.0, 4.0]]);
+        let mut stray = v["annotations"][0].clone();
+        // An image the file does not list.
+        stray["image_id"] = 4242.into();
+        stray["id"] = 900_001.into();
+        v["annotations"].as_array_mut().unwrap().push(stray);
+        // An image listed here but not in the captions file.
+        let mut extra = v["annotations"][0].clone();
+        extra["image_id"] = 5151.into();
+        extra["id"] = 900_002.into();
+        v["annotations"].as_array_mut().unwrap().push(extra);
+        v["images"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"id": 5151}));
+    });
+    let (records, issues) = run(&f, &cfg).unwrap();
+    let objects = read_objects(&f);
+    let reason = |r: Reason| issues.iter().filter(|i| i.reason == r).collect::<Vec<_>>();
+    let bad_boxes = reason(Reason::ObjectBoxInvalid);
+    assert_eq!(bad_boxes.len(), 2, "{issues:?}");
+    for (issue, rec, what) in [
+        (
+            bad_boxes
+                .iter()
+                .find(|i| i.image_id == Some(ids[0]))
+                .unwrap(),
+            outside,
+            "more than a pixel",
+        ),
+        (
+            bad_boxes
+                .iter()
+                .find(|i| i.image_id == Some(ids[1]))
+                .unwrap(),
+            negative,
+            "negative size",
+        ),
+    ] {
+        assert_eq!(issue.file, TRAIN_INSTANCES);
+        assert_eq!(issue.record, format!("annotations[{rec}]"));
+        assert_eq!(issue.field, "bbox");
+        assert!(issue.detail.contains(what), "{issue}");
+    }
+    let unknown = reason(Reason::ObjectForUnknownImage);
+    assert_eq!(unknown.len(), 1);
+    assert_eq!(
+        (
+            unknown[0].image_id,
+            unknown[0].record.as_str(),
+            unknown[0].field.as_str()
+        ),
+        (
+            Some(4242),
+            format!("annotations[{annotations}]").as_str(),
+            "image_id"
+        )
+    );
+    assert!(unknown[0].detail.contains("900001"), "{}", unknown[0]);
+    let unlisted = reason(Reason::ObjectsWithoutCaptions);
+    assert_eq!(unlisted.len(), 1);
+    assert_eq!(
+        (unlisted[0].image_id, unlisted[0].record.as_str()),
+        (Some(5151), "images[4]")
+    );
+    // The images themselves are kept, without the bad boxes.
+    assert!(
+        ids.iter()
+            .all(|id| records.iter().any(|r| r.image_id == *id))
+    );
+    let train_boxes = objects.boxes.iter().filter(|b| b.split == "train").count();
+    assert_eq!(train_boxes, annotations - 2);
+    assert!(
+        objects
+            .boxes
+            .iter()
+            .all(|b| b.image_id != 4242 && b.image_id != 5151)
+    );
+
+    let mut strict = cfg.clone();
+    strict.strict = true;
+    let err = run(&f, &strict).unwrap_err().to_string();
+    assert!(err.contains("strict mode"), "{err}");
 }

@@ -69,6 +69,28 @@ pub struct RunGenerator {
     checkpoint: PathBuf,
     step: u64,
     device: Device,
+    ca: CaSampling,
+}
+
+/// How generation draws the CA's condition code.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaSampling {
+    /// `c = μ + σ·ε` with ε from each image's seed (the reference, at evaluation time too).
+    #[default]
+    Sample,
+    /// `c = μ`: no CA noise. A diagnostic: when the CA's σ drowns what the text says about
+    /// single objects, conditioning on μ shows what G learned of them.
+    Mean,
+}
+
+impl CaSampling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sample => "sample",
+            Self::Mean => "mean",
+        }
+    }
 }
 
 impl RunGenerator {
@@ -79,13 +101,34 @@ impl RunGenerator {
     /// IO and record errors naming the file; [`ModelError::Config`] when the directory has no
     /// checkpoint or is not a training stage.
     pub fn load(stage_dir: &Path, device: DeviceChoice) -> Result<Self, ModelError> {
-        let resolved = RunConfig::read(stage_dir)?;
-        let (step, ckpt) = checkpoint::list(stage_dir)?.pop().ok_or_else(|| {
+        let newest = checkpoint::list(stage_dir)?.pop().ok_or_else(|| {
             ModelError::Config(format!(
                 "{}: no checkpoint: train this stage first",
                 stage_dir.display()
             ))
         })?;
+        Self::load_checkpoint(stage_dir, newest, device)
+    }
+
+    /// Every kept checkpoint of a trained stage directory as `(step, directory)`, oldest first.
+    ///
+    /// # Errors
+    /// IO errors naming the directory.
+    pub fn checkpoints(stage_dir: &Path) -> Result<Vec<(u64, PathBuf)>, ModelError> {
+        checkpoint::list(stage_dir)
+    }
+
+    /// As [`Self::load`], from the given checkpoint (`(step, directory)` of
+    /// [`Self::checkpoints`]).
+    ///
+    /// # Errors
+    /// As [`Self::load`].
+    pub fn load_checkpoint(
+        stage_dir: &Path,
+        (step, ckpt): (u64, PathBuf),
+        device: DeviceChoice,
+    ) -> Result<Self, ModelError> {
+        let resolved = RunConfig::read(stage_dir)?;
         let device = device.burn_device();
         let net = resolved.network;
         if let Some(stats) = &resolved.text_stats {
@@ -114,7 +157,14 @@ impl RunGenerator {
             checkpoint: ckpt,
             step,
             device,
+            ca: CaSampling::default(),
         })
+    }
+
+    /// The generator with the CA drawing its code as `ca` says (the seeds still fix the same
+    /// noise `z`).
+    pub fn with_ca(self, ca: CaSampling) -> Self {
+        Self { ca, ..self }
     }
 
     /// 1 or 2.
@@ -251,7 +301,12 @@ impl RunGenerator {
             let mut rng = Xoshiro256::new(seed, STREAM_GENERATE);
             noise.extend(rng.normals(net.z_dim));
             for e in &mut eps {
-                e.extend(rng.normals(net.cond_dim));
+                let draw = rng.normals(net.cond_dim);
+                // ε = 0 gives c = μ + 0·σ = μ exactly (σ is finite).
+                match self.ca {
+                    CaSampling::Sample => e.extend(draw),
+                    CaSampling::Mean => e.extend(std::iter::repeat_n(0.0, net.cond_dim)),
+                }
             }
         }
         let noise = Tensor::from_data(TensorData::new(noise, [b, net.z_dim]), dev);

@@ -43,6 +43,34 @@ pub struct ResolvedNetwork {
     /// Stage-II widths (absent in a Stage-I run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage2: Option<Stage2Widths>,
+    /// Categories of Stage-I D's auxiliary object head: those of the ingest stage's
+    /// `objects.parquet` when `object_loss` is on; 0 (absent from the file) otherwise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub object_classes: usize,
+    /// The CA's activation in both stages (`relu`, the reference; absent from the file).
+    #[serde(default, skip_serializing_if = "CaActivation::is_reference")]
+    pub ca_activation: CaActivation,
+}
+
+/// The activation of the CA's fc layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaActivation {
+    /// StackGAN-Pytorch's `CA_NET`: ReLU over the whole output, so μ ≥ 0 and σ ≥ 1.
+    #[default]
+    Relu,
+    /// None: the paper's "a fully connected layer"; σ may shrink below 1.
+    Linear,
+}
+
+impl CaActivation {
+    pub fn is_reference(&self) -> bool {
+        *self == Self::Relu
+    }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The Stage-II part of a network (its Stage-I part is the Stage-I run's).
@@ -84,5 +112,7 @@ impl ResolvedNetwork {
                 .map(|w| Stage2Sizes::new(w.gf_dim, w.df_dim, w.r_num)),
         )
         .with_stage1_bn_batch_stats(self.stage2.is_none_or(|w| w.stage1_bn_batch_stats))
+        .with_object_classes(self.object_classes)
+        .with_ca_relu(self.ca_activation == CaActivation::Relu)
     }
 }

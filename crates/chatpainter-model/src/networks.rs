@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use chatpainter_nn::{
-    CaNoise, DialogueEncoder, Discriminator, GenOutput, ReferenceLayout, Stage1D, Stage1G, Stage2D,
-    Stage2G, weights_init,
+    CaNet, CaNoise, DialogueEncoder, Discriminator, GenOutput, ReferenceLayout, Stage1D, Stage1G,
+    Stage2D, Stage2G, weights_init,
 };
 
 use crate::ModelError;
@@ -26,6 +26,8 @@ pub trait StageGenerator: Module + Sized {
     const STAGE: &'static str;
     /// CA noise draws per image in one forward (Stage-II also samples the inner Stage-I CA).
     const CA_DRAWS: usize;
+    /// This stage's CA (diagnostics read its weights).
+    fn ca_net(&self) -> &CaNet;
     /// Restores invariants a loaded record may not carry (Stage-II: the frozen parts).
     fn after_load(self) -> Self {
         self
@@ -146,6 +148,9 @@ impl StageGenerator for Stage1Generator {
     type D = Stage1D;
     const STAGE: &'static str = chatpainter_artifacts::Stage::Stage1.name();
     const CA_DRAWS: usize = 1;
+    fn ca_net(&self) -> &CaNet {
+        &self.g.ca_net
+    }
     fn generate(
         &self,
         captions: Tensor<2>,
@@ -219,6 +224,10 @@ impl StageGenerator for Stage2Generator {
     type D = Stage2D;
     const STAGE: &'static str = chatpainter_artifacts::Stage::Stage2.name();
     const CA_DRAWS: usize = 2;
+
+    fn ca_net(&self) -> &CaNet {
+        &self.g.ca_net
+    }
 
     fn after_load(self) -> Self {
         self.freeze_stage1()

@@ -46,6 +46,11 @@ pub struct CaNetConfig {
     pub text_dim: usize,
     /// Output width Nc (GAN.CONDITION_DIM, 128).
     pub cond_dim: usize,
+    /// The reference's ReLU over the fc output (`true`), which keeps μ ≥ 0 and σ ≥ 1; `false`
+    /// leaves the fc linear, as the paper's text ("a fully connected layer") reads, so that σ
+    /// can shrink below 1 where the text is informative.
+    #[config(default = true)]
+    pub relu: bool,
 }
 
 impl CaNetConfig {
@@ -57,16 +62,20 @@ impl CaNetConfig {
                 .with_bias(true)
                 .init(device),
             cond_dim: self.cond_dim,
+            relu: self.relu,
         }
     }
 }
 
-/// `CA_NET`: `fc = Linear(T → 2·Nc, bias)`, ReLU, split into `mu | logvar`, reparameterise.
+/// `CA_NET`: `fc = Linear(T → 2·Nc, bias)`, ReLU (unless switched off), split into
+/// `mu | logvar`, reparameterise.
 /// Torch names: `fc.weight`, `fc.bias`.
 #[derive(Module, Debug)]
 pub struct CaNet {
     pub fc: Linear,
     pub cond_dim: usize,
+    /// See [`CaNetConfig::relu`].
+    pub relu: bool,
 }
 
 impl CaNet {
@@ -75,7 +84,8 @@ impl CaNet {
     /// # Shapes
     /// `[B, text_dim]` → (`[B, cond_dim]`, `[B, cond_dim]`)
     pub fn encode(&self, text: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
-        let x = relu(self.fc.forward(text));
+        let x = self.fc.forward(text);
+        let x = if self.relu { relu(x) } else { x };
         let n = self.cond_dim;
         let mu = x.clone().narrow(1, 0, n);
         let logvar = x.narrow(1, n, n);
@@ -107,6 +117,38 @@ impl CaNet {
         };
         CaOutput { c, mu, logvar }
     }
+}
+
+/// How much each part of the CA input moves `mu`: the root mean square over the batch of the
+/// caption columns' and the dialogue columns' share of `mu`'s pre-activation (`fc`'s weight
+/// split by input rows; the bias belongs to neither). A dialogue share near zero beside the
+/// caption's says the CA ignores the dialogue. Detached; `None` for the dialogue without one.
+///
+/// # Shapes
+/// `text`: `[B, text_dim]`, its first `caption_dim` columns the caption → `[1]` each
+pub fn input_shares(
+    ca: &CaNet,
+    text: Tensor<2>,
+    caption_dim: usize,
+) -> (Tensor<1>, Option<Tensor<1>>) {
+    let f32 = |t: Tensor<2>| t.detach().cast(burn::tensor::FloatDType::F32);
+    let (text, weight) = (f32(text), f32(ca.fc.weight.val()));
+    let [_, text_dim] = text.dims();
+    let rms =
+        |rows: usize, from: usize| {
+            let part = text.clone().narrow(1, from, rows).matmul(
+                weight
+                    .clone()
+                    .narrow(0, from, rows)
+                    .narrow(1, 0, ca.cond_dim),
+            );
+            part.powi_scalar(2).mean().sqrt()
+        };
+    let dialogue = text_dim - caption_dim.min(text_dim);
+    (
+        rms(caption_dim.min(text_dim), 0),
+        (dialogue > 0).then(|| rms(dialogue, caption_dim)),
+    )
 }
 
 /// `c = mu + eps · exp(0.5 · logvar)`.

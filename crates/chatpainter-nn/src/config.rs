@@ -204,6 +204,12 @@ pub struct StackGanConfig {
     /// Frozen Stage-I inside Stage-II: train-mode BatchNorm (reference) or eval mode.
     #[config(default = true)]
     pub stage1_bn_batch_stats: bool,
+    /// Categories of Stage-I D's auxiliary object head (0: none, the reference).
+    #[config(default = 0)]
+    pub object_classes: usize,
+    /// The CA's ReLU in both stages (`true`, the reference; see [`CaNetConfig::relu`]).
+    #[config(default = true)]
+    pub ca_relu: bool,
 }
 
 impl StackGanConfig {
@@ -267,15 +273,16 @@ impl StackGanConfig {
 
     /// The CA of either stage.
     pub fn ca(&self) -> CaNetConfig {
-        CaNetConfig::new(self.text_dim(), self.cond_dim)
+        CaNetConfig::new(self.text_dim(), self.cond_dim).with_relu(self.ca_relu)
     }
 
     pub fn stage1_g(&self) -> Stage1GConfig {
         Stage1GConfig::new(self.text_dim(), self.cond_dim, self.z_dim, self.gf_dim)
+            .with_ca_relu(self.ca_relu)
     }
 
     pub fn stage1_d(&self) -> Stage1DConfig {
-        Stage1DConfig::new(self.df_dim, self.cond_dim)
+        Stage1DConfig::new(self.df_dim, self.cond_dim).with_object_classes(self.object_classes)
     }
 
     /// Stage-II's G around this model's Stage-I G; `None` for a Stage-I-only model.

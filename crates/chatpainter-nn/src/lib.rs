@@ -46,7 +46,7 @@ pub mod stage2;
 
 use burn::tensor::Tensor;
 
-pub use ca::{CaNet, CaNetConfig, CaNoise, CaOutput};
+pub use ca::{CaNet, CaNetConfig, CaNoise, CaOutput, input_shares};
 pub use config::{
     DialogueVariant, KL_COEFF, NETWORK_PRESETS, NetworkPreset, PRESET_NAMES, StackGanConfig,
     Stage2Sizes,
@@ -77,6 +77,14 @@ pub trait Discriminator {
     /// # Shapes
     /// `[B, 8·ndf, 4, 4]` → `[B]` probabilities
     fn uncond_prob(&self, features: Tensor<4>) -> Option<Tensor<1>>;
+
+    /// The auxiliary object head's logits, `None` where there is none (the reference; Stage-II).
+    ///
+    /// # Shapes
+    /// `[B, 8·ndf, 4, 4]` → `[B, categories, 4, 4]`
+    fn object_logits(&self, _features: Tensor<4>) -> Option<Tensor<4>> {
+        None
+    }
 }
 
 /// Errors from this crate: bad inputs and bad configuration names.

@@ -63,6 +63,41 @@ pub fn kl_loss(mu: Tensor<2>, logvar: Tensor<2>) -> Tensor<1> {
     inner.mean().mul_scalar(-0.5)
 }
 
+/// The auxiliary object-recognition term: binary cross-entropy of D's object head against the
+/// fraction of each cell that each category's boxes cover (a soft target in `[0, 1]`), summed
+/// over the categories and averaged over images and cells, so that its size does not shrink with
+/// the number of categories. Computed from logits (`max(l, 0) − l·t + ln(1 + e^−|l|)`), which
+/// stays finite where a probability would saturate.
+///
+/// # Shapes
+/// `logits`, `targets`: `[B, C, H, W]` → `[1]`
+pub fn object_loss(logits: Tensor<4>, targets: Tensor<4>) -> Tensor<1> {
+    let (l, t) = (to_f32(logits), to_f32(targets));
+    let [b, _, h, w] = l.dims();
+    let per_element = l.clone().clamp_min(0.0) - l.clone() * t + l.abs().neg().exp().log1p();
+    per_element.sum().div_scalar((b * h * w) as f64)
+}
+
+/// What the auxiliary object loss needs: the targets of the batch (the real images' boxes after
+/// their crop and flip) and its weight in D's and G's losses.
+#[derive(Debug, Clone)]
+pub struct ObjectTerm {
+    /// `[B, C, 4, 4]` coverage fractions.
+    pub targets: Tensor<4>,
+    pub weight: f64,
+}
+
+/// The weighted object term on `features` (`None` when D has no object head).
+fn weighted_object_loss<D: Discriminator>(
+    d: &D,
+    features: Tensor<4>,
+    term: Option<&ObjectTerm>,
+) -> Option<(Tensor<1>, f64)> {
+    let term = term?;
+    let logits = d.object_logits(features)?;
+    Some((object_loss(logits, term.targets.clone()), term.weight))
+}
+
 /// The terms of one discriminator loss. Every field is a `[1]` tensor.
 #[derive(Debug, Clone)]
 pub struct DLoss {
@@ -79,6 +114,8 @@ pub struct DLoss {
     pub uncond_real: Option<Tensor<1>>,
     /// Stage-II unconditional head on fakes, label 0.
     pub uncond_fake: Option<Tensor<1>>,
+    /// [`object_loss`] on the real images (added to `total` with its weight), when on.
+    pub object: Option<Tensor<1>>,
 }
 
 impl DLoss {
@@ -121,6 +158,7 @@ pub fn d_loss_from_probs(
             fake,
             uncond_real: None,
             uncond_fake: None,
+            object: None,
         },
         Some((ur, uf)) => {
             let uncond_real = bce_const(ur, 1.0);
@@ -134,6 +172,7 @@ pub fn d_loss_from_probs(
                 fake,
                 uncond_real: Some(uncond_real),
                 uncond_fake: Some(uncond_fake),
+                object: None,
             }
         }
     }
@@ -141,7 +180,8 @@ pub fn d_loss_from_probs(
 
 /// `compute_discriminator_loss`: separate feature passes for reals and (detached) fakes, the
 /// condition is the generator's CA `mu`, detached; wrong pairs are (real_i, cond_{i+1}) reusing the
-/// real features.
+/// real features. With `objects` (and an object head on D), D also learns to recognise the
+/// objects of the real images: `total += weight · object_loss`.
 ///
 /// # Shapes
 /// - `real`, `fake`: `[B, 3, S, S]` (S = 64 for Stage-I, 256 for Stage-II); `mu`: `[B, Nc]`
@@ -153,6 +193,7 @@ pub fn discriminator_loss<D: Discriminator>(
     real: Tensor<4>,
     fake: Tensor<4>,
     mu: Tensor<2>,
+    objects: Option<&ObjectTerm>,
 ) -> Result<DLoss, NnError> {
     let [b, _] = mu.dims();
     if b < 2 {
@@ -167,11 +208,17 @@ pub fn discriminator_loss<D: Discriminator>(
         cond.clone().narrow(0, 1, b - 1),
     );
     let fake_p = d.cond_prob(fake_f.clone(), cond);
+    let object = weighted_object_loss(d, real_f.clone(), objects);
     let uncond = match (d.uncond_prob(real_f), d.uncond_prob(fake_f)) {
         (Some(r), Some(f)) => Some((r, f)),
         _ => None,
     };
-    Ok(d_loss_from_probs(real_p, wrong_p, fake_p, uncond))
+    let mut loss = d_loss_from_probs(real_p, wrong_p, fake_p, uncond);
+    if let Some((term, weight)) = object {
+        loss.total = loss.total + term.clone().mul_scalar(weight);
+        loss.object = Some(term);
+    }
+    Ok(loss)
 }
 
 /// The terms of one generator loss. Every field is a `[1]` tensor.
@@ -183,10 +230,15 @@ pub struct GLoss {
     pub adversarial: Tensor<1>,
     /// [`kl_loss`] of this stage's CA.
     pub kl: Tensor<1>,
+    /// [`object_loss`] of D's object head on the fakes against the real images' objects (added
+    /// to `total` with its weight), when on.
+    pub object: Option<Tensor<1>>,
 }
 
 /// `compute_generator_loss` + `KL_loss`: `fake` is not detached (gradients reach G), `mu` is
-/// detached for D's conditioning but not for the KL term.
+/// detached for D's conditioning but not for the KL term. With `objects` (and an object head on
+/// D), G is also asked to draw the objects the condition's real image holds, where it holds them:
+/// `total += weight · object_loss(fakes)` (the AC-GAN pattern).
 ///
 /// # Shapes
 /// - `fake`: `[B, 3, S, S]`; `mu`, `logvar`: `[B, Nc]`
@@ -196,17 +248,24 @@ pub fn generator_loss<D: Discriminator>(
     mu: Tensor<2>,
     logvar: Tensor<2>,
     kl_coeff: f64,
+    objects: Option<&ObjectTerm>,
 ) -> GLoss {
     let fake_f = d.features(fake);
     let mut adversarial = bce_const(d.cond_prob(fake_f.clone(), mu.clone().detach()), 1.0);
+    let object = weighted_object_loss(d, fake_f.clone(), objects);
     if let Some(u) = d.uncond_prob(fake_f) {
         adversarial = adversarial + bce_const(u, 1.0);
     }
     let kl = kl_loss(mu, logvar);
+    let mut total = adversarial.clone() + kl.clone().mul_scalar(kl_coeff);
+    if let Some((term, weight)) = &object {
+        total = total + term.clone().mul_scalar(*weight);
+    }
     GLoss {
-        total: adversarial.clone() + kl.clone().mul_scalar(kl_coeff),
+        total,
         adversarial,
         kl,
+        object: object.map(|(term, _)| term),
     }
 }
 
@@ -261,6 +320,23 @@ mod tests {
         // elements: 1+0−0.25−1 = −0.25 ; 1+1−0−e = −0.7182818 ; −0.5·mean = 0.2420705
         let l = scalar(kl_loss(mu, lv));
         assert!((l - 0.242_070_5).abs() < 1e-6, "{l}");
+    }
+
+    #[test]
+    fn object_loss_matches_hand_values() {
+        let dev = Device::flex();
+        let t4 =
+            |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), [1, 2, 1, 2]), &dev);
+        // Elements (logit, target): (0, 1), (2, 0), (−3, 0.5), (40, 1); one image, 2 cells.
+        let l = scalar(object_loss(
+            t4(&[0.0, 2.0, -3.0, 40.0]),
+            t4(&[1.0, 0.0, 0.5, 1.0]),
+        ));
+        let bce = |x: f64, t: f64| {
+            -(t * (1.0 / (1.0 + (-x).exp())).ln() + (1.0 - t) * (1.0 / (1.0 + x.exp())).ln())
+        };
+        let want = (bce(0.0, 1.0) + bce(2.0, 0.0) + bce(-3.0, 0.5) + bce(40.0, 1.0)) / 2.0;
+        assert!((f64::from(l) - want).abs() < 1e-5, "{l} vs {want}");
     }
 
     #[test]

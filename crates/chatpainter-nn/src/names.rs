@@ -312,6 +312,15 @@ impl ReferenceLayout for Stage1D {
             &join(torch, "get_cond_logits"),
             out,
         );
+        // Not in the reference; named as our PyTorch reference names it.
+        if self.object_head.is_some() {
+            push(
+                out,
+                join(ours, "object_head"),
+                join(torch, "object_head"),
+                LayerKind::Conv,
+            );
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use burn::config::Config;
 use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::tensor::activation::{relu, tanh};
 use burn::tensor::{Device, Tensor};
@@ -24,6 +25,9 @@ pub struct Stage1GConfig {
     /// GAN.GF_DIM; the Stage-I base width is `ngf = 8·gf_dim`. Must be a multiple of 2 so that
     /// `ngf/16` is whole.
     pub gf_dim: usize,
+    /// The CA's ReLU ([`CaNetConfig::relu`]; `true`, the reference).
+    #[config(default = true)]
+    pub ca_relu: bool,
 }
 
 impl Stage1GConfig {
@@ -36,7 +40,9 @@ impl Stage1GConfig {
     pub fn init(&self, device: &Device) -> Stage1G {
         let ngf = self.ngf();
         Stage1G {
-            ca_net: CaNetConfig::new(self.text_dim, self.cond_dim).init(device),
+            ca_net: CaNetConfig::new(self.text_dim, self.cond_dim)
+                .with_relu(self.ca_relu)
+                .init(device),
             fc: Stage1Fc {
                 linear: LinearConfig::new(self.z_dim + self.cond_dim, ngf * 16)
                     .with_bias(false)
@@ -84,6 +90,8 @@ pub struct GenOutput {
     pub mu: Tensor<2>,
     /// This stage's CA log-variance `[B, Nc]`.
     pub logvar: Tensor<2>,
+    /// The CA input `[caption ‖ dialogue]` `[B, text_dim]` (for diagnostics).
+    pub text: Tensor<2>,
 }
 
 /// `STAGE1_G`.
@@ -116,7 +124,7 @@ impl Stage1G {
     /// # Shapes
     /// As [`Stage1G::forward`].
     pub fn forward_with(&self, text: Tensor<2>, noise: Tensor<2>, ca: CaNoise) -> GenOutput {
-        let ca = self.ca_net.forward_with(text, ca);
+        let ca = self.ca_net.forward_with(text.clone(), ca);
         // Noise first, then the condition code (reference order).
         let zc = Tensor::cat(vec![noise, ca.c], 1);
         let h = self.fc.forward(zc);
@@ -132,6 +140,7 @@ impl Stage1G {
             fake,
             mu: ca.mu,
             logvar: ca.logvar,
+            text,
         }
     }
 }
@@ -143,6 +152,10 @@ pub struct Stage1DConfig {
     pub df_dim: usize,
     /// Condition width fed to the conditional head (GAN.CONDITION_DIM).
     pub cond_dim: usize,
+    /// Categories of the auxiliary object head (0: no head, the reference). See
+    /// [`Stage1D::object_head`].
+    #[config(default = 0)]
+    pub object_classes: usize,
 }
 
 impl Stage1DConfig {
@@ -165,6 +178,11 @@ impl Stage1DConfig {
                 ),
             ],
             get_cond_logits: CondLogits::new(ndf * 8, self.cond_dim, device),
+            object_head: (self.object_classes > 0).then(|| {
+                Conv2dConfig::new([ndf * 8, self.object_classes], [1, 1])
+                    .with_bias(true)
+                    .init(device)
+            }),
         }
     }
 }
@@ -176,6 +194,11 @@ pub struct Stage1D {
     /// torch `encode_img.{0,2,3,5,6,8,9}`
     pub encode_img: Vec<ConvBn>,
     pub get_cond_logits: CondLogits,
+    /// The auxiliary object-recognition head (ChatPainter §6's proposal, as GeNeVA's and
+    /// LatteGAN's detectors): a 1×1 convolution from the 4×4 image features to one logit per
+    /// category and cell, so that it learns which objects are where. Not in the reference: absent
+    /// unless `object_loss` is on, and then no parameter or random draw of the rest changes.
+    pub object_head: Option<Conv2d>,
 }
 
 impl Stage1D {
@@ -199,5 +222,9 @@ impl Discriminator for Stage1D {
 
     fn uncond_prob(&self, _features: Tensor<4>) -> Option<Tensor<1>> {
         None
+    }
+
+    fn object_logits(&self, features: Tensor<4>) -> Option<Tensor<4>> {
+        self.object_head.as_ref().map(|head| head.forward(features))
     }
 }

@@ -42,7 +42,9 @@ impl Stage2GConfig {
         let cond_dim = self.stage1.cond_dim;
         let g = Stage2G {
             stage1_g: self.stage1.init(device),
-            ca_net: CaNetConfig::new(text_dim, cond_dim).init(device),
+            ca_net: CaNetConfig::new(text_dim, cond_dim)
+                .with_relu(self.stage1.ca_relu)
+                .init(device),
             encoder: vec![
                 ConvBn::new(conv3x3(3, ngf, device), None, device),
                 ConvBn::new(conv4x4_down(ngf, ngf * 2, device), Some(ngf * 2), device),
@@ -133,7 +135,7 @@ impl Stage2G {
         let stage1_img = s1.fake.detach();
         let encoded = run_sequential(&self.encoder, stage1_img.clone(), Act::Relu);
         let [_, _, h, _] = encoded.dims();
-        let ca = self.ca_net.forward_with(text, ca2);
+        let ca = self.ca_net.forward_with(text.clone(), ca2);
         // Image code first, then the tiled condition (reference order).
         let ic = Tensor::cat(vec![encoded, tile_condition(ca.c, h)], 1);
         let mut x = self.hr_joint.forward(ic, Act::Relu);
@@ -150,6 +152,7 @@ impl Stage2G {
             fake,
             mu: ca.mu,
             logvar: ca.logvar,
+            text,
         }
     }
 }

@@ -577,7 +577,8 @@ fn losses_wire_through_networks_and_gradients_stay_separate() {
     let real = randn([b, 3, 64, 64], &dev).tanh();
     let out = g.forward(text, randn([b, cfg.z_dim], &dev));
 
-    let dl = discriminator_loss(&d, real.clone(), out.fake.clone(), out.mu.clone()).expect("B ≥ 2");
+    let dl = discriminator_loss(&d, real.clone(), out.fake.clone(), out.mu.clone(), None)
+        .expect("B ≥ 2");
     assert!(dl.uncond_real.is_none());
     let total = dl.total.clone().into_scalar::<f32>();
     assert!(total.is_finite() && total > 0.0);
@@ -587,7 +588,7 @@ fn losses_wire_through_networks_and_gradients_stay_separate() {
     assert!(g.fc.linear.weight.val().grad(&grads).is_none());
     assert!(g.ca_net.fc.weight.val().grad(&grads).is_none());
 
-    let gl = generator_loss(&d, out.fake, out.mu, out.logvar, 2.0);
+    let gl = generator_loss(&d, out.fake, out.mu, out.logvar, 2.0, None);
     let want =
         gl.adversarial.clone().into_scalar::<f32>() + 2.0 * gl.kl.clone().into_scalar::<f32>();
     assert!((gl.total.clone().into_scalar::<f32>() - want).abs() < 1e-5);
@@ -596,8 +597,79 @@ fn losses_wire_through_networks_and_gradients_stay_separate() {
     assert!(g.ca_net.fc.weight.val().grad(&grads).is_some());
 
     let one = randn([1, 3, 64, 64], &dev);
-    let e = discriminator_loss(&d, one.clone(), one, randn([1, cfg.cond_dim], &dev));
+    let e = discriminator_loss(&d, one.clone(), one, randn([1, cfg.cond_dim], &dev), None);
     assert!(matches!(e, Err(NnError::BatchTooSmall(1))));
+}
+
+/// The object head (a switch, off by default): with it, the rest of D draws the same initial
+/// weights; D's loss trains the head on the reals, G's loss reaches G through it, and a linear
+/// CA lets σ fall below 1.
+#[test]
+fn the_object_head_adds_a_term_and_changes_nothing_else() {
+    use chatpainter_nn::loss::{ObjectTerm, object_loss};
+    let dev = Device::flex().autodiff();
+    let cfg = StackGanConfig::smoke(DialogueVariant::CaptionOnly);
+    let with = StackGanConfig {
+        object_classes: 5,
+        ..StackGanConfig::smoke(DialogueVariant::CaptionOnly)
+    };
+    let init_d = |c: &StackGanConfig| {
+        dev.seed(4);
+        weights_init(c.stage1_d().init(&dev))
+    };
+    let (plain, d) = (init_d(&cfg), init_d(&with));
+    assert!(plain.object_head.is_none());
+    let head = d.object_head.as_ref().expect("head");
+    assert_eq!(head.weight.val().dims(), [5, 8 * cfg.df_dim, 1, 1]);
+    assert_eq!(
+        to_vec(plain.get_cond_logits.logit.weight.val()),
+        to_vec(d.get_cond_logits.logit.weight.val())
+    );
+    dev.seed(9);
+    let g = weights_init(cfg.stage1_g().init(&dev));
+    let b = 4;
+    let real = randn([b, 3, 64, 64], &dev).tanh();
+    let out = g.forward(
+        randn([b, cfg.text_dim()], &dev),
+        randn([b, cfg.z_dim], &dev),
+    );
+    let targets = randn([b, 5, 4, 4], &dev).abs().clamp_max(1.0);
+    let term = ObjectTerm {
+        targets: targets.clone(),
+        weight: 3.0,
+    };
+    let base = discriminator_loss(&d, real.clone(), out.fake.clone(), out.mu.clone(), None)
+        .expect("B ≥ 2");
+    let dl = discriminator_loss(
+        &d,
+        real.clone(),
+        out.fake.clone(),
+        out.mu.clone(),
+        Some(&term),
+    )
+    .expect("B ≥ 2");
+    let object = dl.object.clone().expect("object term");
+    let want = object_loss(head.forward(d.forward(real)), targets).into_scalar::<f32>();
+    assert!((object.clone().into_scalar::<f32>() - want).abs() < 1e-5);
+    let total = dl.total.clone().into_scalar::<f32>();
+    let expected = base.total.into_scalar::<f32>() + 3.0 * want;
+    assert!((total - expected).abs() < 1e-4, "{total} vs {expected}");
+    let grads = dl.total.backward();
+    assert!(head.weight.val().grad(&grads).is_some());
+    let gl = generator_loss(&d, out.fake, out.mu, out.logvar, 2.0, Some(&term));
+    assert!(gl.object.is_some());
+    let grads = gl.total.backward();
+    assert!(g.fc.linear.weight.val().grad(&grads).is_some());
+    // A linear CA: logvar may be negative, so σ < 1 is reachable.
+    let linear = StackGanConfig {
+        ca_relu: false,
+        ..StackGanConfig::smoke(DialogueVariant::CaptionOnly)
+    };
+    dev.seed(2);
+    let ca = weights_init(linear.ca().init(&dev));
+    let (mu, logvar) = ca.encode(randn([64, linear.text_dim()], &dev).mul_scalar(30.0));
+    assert!(to_vec(logvar).iter().any(|v| *v < 0.0));
+    assert!(to_vec(mu).iter().any(|v| *v < 0.0));
 }
 
 #[test]
@@ -610,7 +682,7 @@ fn stage2_losses_use_both_heads() {
     let real = randn([b, 3, 256, 256], &dev).tanh();
     let fake = randn([b, 3, 256, 256], &dev).tanh();
     let mu = randn([b, cfg.cond_dim], &dev);
-    let dl = discriminator_loss(&d, real, fake.clone(), mu.clone()).expect("B ≥ 2");
+    let dl = discriminator_loss(&d, real, fake.clone(), mu.clone(), None).expect("B ≥ 2");
     let (r, w, f) = (
         dl.real.clone().into_scalar::<f32>(),
         dl.wrong.clone().into_scalar::<f32>(),
@@ -628,7 +700,7 @@ fn stage2_losses_use_both_heads() {
         .into_scalar::<f32>();
     let want = (r + ur) / 2.0 + (f + w + uf) / 3.0;
     assert!((dl.total.into_scalar::<f32>() - want).abs() < 1e-5);
-    let gl = generator_loss(&d, fake, mu.clone(), mu.zeros_like(), 2.0);
+    let gl = generator_loss(&d, fake, mu.clone(), mu.zeros_like(), 2.0, None);
     assert!(gl.total.into_scalar::<f32>().is_finite());
 }
 

@@ -3,7 +3,7 @@
 //! `deny_unknown_fields`; [`TrainConfig::validate`] checks values, and
 //! [`TrainConfig::network`] resolves the widths against the embedding widths of the data.
 
-use chatpainter_model::{DeviceChoice, ResolvedNetwork, Stage2Widths, Variant};
+use chatpainter_model::{CaActivation, DeviceChoice, ResolvedNetwork, Stage2Widths, Variant};
 use chatpainter_nn::{NetworkPreset, NnError};
 use serde::{Deserialize, Serialize};
 
@@ -141,6 +141,25 @@ pub struct TrainConfig {
     /// `f32` (default, the reference) or `bf16` mixed precision (see [`crate::precision`]).
     #[serde(default, skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// Weight of the auxiliary object-recognition loss on D (0, the default: off, the paper's
+    /// recipe). ChatPainter's §6 proposes it; GeNeVA (5) and LatteGAN (10) train with one. D gets
+    /// a 1×1-convolution head on its 4×4 image features that predicts, per category and cell,
+    /// how much of the cell the category's boxes cover; D learns it on the real images, G is
+    /// asked to make D see the same objects in its fakes. The boxes come from the ingest stage's
+    /// `objects.parquet` (COCO-format instance annotations, `instances` in `[[ingest.coco]]`),
+    /// moved by each image's crop and flip. Stage-I only.
+    #[serde(default, skip_serializing_if = "is_off")]
+    pub object_loss: f64,
+    /// The CA's activation: `relu` (the default, StackGAN-Pytorch's `CA_NET`, which keeps
+    /// σ ≥ 1, so the condition code always carries noise of at least the text's own scale) or
+    /// `linear` (the paper's "fully connected layer"; σ can shrink where the text is
+    /// informative). Stage-II uses its Stage-I run's.
+    #[serde(default, skip_serializing_if = "CaActivation::is_reference")]
+    pub ca_activation: CaActivation,
+}
+
+fn is_off(weight: &f64) -> bool {
+    *weight == 0.0
 }
 
 fn default_flip() -> bool {
@@ -192,6 +211,8 @@ impl TrainConfig {
             text_norm: TextNorm::None,
             flip: true,
             precision: Precision::F32,
+            object_loss: 0.0,
+            ca_activation: CaActivation::Relu,
         }
     }
 
@@ -220,6 +241,12 @@ impl TrainConfig {
         }
         if !self.kl_coeff.is_finite() {
             return bad("kl_coeff", format!("{} is not finite", self.kl_coeff));
+        }
+        if !(self.object_loss.is_finite() && self.object_loss >= 0.0) {
+            return bad(
+                "object_loss",
+                format!("{} is not a finite weight ≥ 0", self.object_loss),
+            );
         }
         let a = self.adam;
         if !(a.beta1 >= 0.0 && a.beta1 < 1.0 && a.beta2 >= 0.0 && a.beta2 < 1.0 && a.eps > 0.0) {
@@ -271,6 +298,8 @@ impl TrainConfig {
             gf_dim: n.gf_dim.unwrap_or(p.gf_dim),
             df_dim: n.df_dim.unwrap_or(p.df_dim),
             stage2: None,
+            object_classes: 0,
+            ca_activation: self.ca_activation,
         };
         if r.z_dim == 0 || r.cond_dim == 0 || r.df_dim == 0 || r.caption_dim == 0 {
             return Err(TrainError::Config(format!("zero width in {r:?}")));
@@ -313,6 +342,12 @@ impl TrainConfig {
                     ours.unwrap_or_default()
                 )));
             }
+        }
+        if self.ca_activation != stage1.ca_activation {
+            return Err(TrainError::Config(format!(
+                "ca_activation: {:?} differs from the Stage-I run's {:?}; Stage-II shares it",
+                self.ca_activation, stage1.ca_activation
+            )));
         }
         let w = Stage2Widths {
             gf_dim: n.gf_dim.unwrap_or(p.stage2_gf_dim),

@@ -17,12 +17,12 @@ use crate::TrainError;
 use crate::checkpoint;
 use crate::ranks::World;
 use crate::resume::Start;
-use crate::step::{DiscriminatorLosses, GeneratorLosses, UncondLosses};
+use crate::step::{CaStats, DiscriminatorLosses, GeneratorLosses, UncondLosses};
 use chatpainter_model::networks::StageGenerator;
 
 /// Averages D's gradients and logged terms over the ranks; returns the gradients and the
-/// seconds spent. The six terms travel in one all-reduce (Stage-I sends zeros for the
-/// unconditional head it lacks).
+/// seconds spent. The seven terms travel in one all-reduce (zeros for the terms a run lacks:
+/// Stage-I's unconditional head, the object loss when off).
 pub(crate) fn average_d<M: Module>(
     world: &World,
     grads: GradientsParams,
@@ -42,9 +42,10 @@ pub(crate) fn average_d<M: Module>(
         losses.fake,
         u.real,
         u.fake,
+        losses.object.unwrap_or(0.0),
     ];
     world.mean_f64(&mut terms);
-    let [total, real, wrong, fake, uncond_real, uncond_fake] = terms;
+    let [total, real, wrong, fake, uncond_real, uncond_fake, object] = terms;
     *losses = DiscriminatorLosses {
         total,
         real,
@@ -54,6 +55,7 @@ pub(crate) fn average_d<M: Module>(
             real: uncond_real,
             fake: uncond_fake,
         }),
+        object: losses.object.map(|_| object),
     };
     (grads, t0.elapsed().as_secs_f64())
 }
@@ -68,13 +70,39 @@ pub(crate) fn average_g<M: Module>(
 ) -> (GradientsParams, f64) {
     let t0 = Instant::now();
     let grads = world.average_gradients(grads, gnet);
-    let mut terms = [losses.total, losses.adversarial, losses.kl];
+    let ca = losses.ca;
+    let mut terms = [
+        losses.total,
+        losses.adversarial,
+        losses.kl,
+        losses.object.unwrap_or(0.0),
+        ca.mu_abs,
+        ca.sigma,
+        ca.caption_rms,
+        ca.dialogue_rms.unwrap_or(0.0),
+    ];
     world.mean_f64(&mut terms);
-    let [total, adversarial, kl] = terms;
+    let [
+        total,
+        adversarial,
+        kl,
+        object,
+        mu_abs,
+        sigma,
+        caption_rms,
+        dialogue_rms,
+    ] = terms;
     *losses = GeneratorLosses {
         total,
         adversarial,
         kl,
+        object: losses.object.map(|_| object),
+        ca: CaStats {
+            mu_abs,
+            sigma,
+            caption_rms,
+            dialogue_rms: ca.dialogue_rms.map(|_| dialogue_rms),
+        },
     };
     (grads, t0.elapsed().as_secs_f64())
 }

@@ -57,6 +57,7 @@ pub mod exports;
 pub mod import;
 pub mod loader;
 pub mod metrics;
+pub mod objects;
 pub mod precision;
 pub mod ranks;
 pub mod reference_run;

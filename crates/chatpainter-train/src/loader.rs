@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use crate::TrainError;
+use crate::objects::ObjectTargets;
 use crate::source::{TrainSource, item_bytes};
 use chatpainter_artifacts::Xoshiro256;
 use chatpainter_model::TextStats;
@@ -258,6 +259,9 @@ pub struct Prepared {
     pub noise: Vec<f32>,
     /// This rank's rows of each CA eps draw.
     pub eps: Vec<Vec<f32>>,
+    /// With the object loss on: this rank's `[rows, C, 4, 4]` object targets, from each real
+    /// image's boxes as its crop and flip moved them.
+    pub objects: Option<Vec<f32>>,
 }
 
 /// What the producer needs to know of the run.
@@ -275,6 +279,8 @@ pub struct Plan<'a> {
     pub cond_dim: usize,
     pub ca_draws: usize,
     pub window_bytes: usize,
+    /// The object loss's boxes (`None`: the loss is off).
+    pub objects: Option<&'a ObjectTargets>,
 }
 
 impl Plan<'_> {
@@ -328,6 +334,13 @@ impl Plan<'_> {
         if let Some(stats) = self.text_stats {
             stats.apply_batch(&mut host);
         }
+        let objects = self.objects.map(|targets| {
+            indices[rows.clone()]
+                .iter()
+                .zip(&augs[rows.clone()])
+                .flat_map(|(&i, &a)| targets.grid(self.source.meta(i).image_id, a, shape.geometry))
+                .collect()
+        });
         let share = |v: Vec<f32>, width: usize| v[rows.start * width..rows.end * width].to_vec();
         let noise = share(
             cursor.noise_rng.normals(self.batch * self.z_dim),
@@ -348,6 +361,7 @@ impl Plan<'_> {
             host,
             noise,
             eps,
+            objects,
         })
     }
 }

@@ -41,6 +41,23 @@ pub struct StepMetrics {
     /// the ranks (host copies and MPI all-reduce).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_ms: Option<f64>,
+    /// The auxiliary object loss (unweighted) on the real images (D's) and on the fakes (G's),
+    /// when `object_loss` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d_object: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub g_object: Option<f64>,
+    /// The CA on this batch: mean |μ|, mean σ, and the caption's and the dialogue's share of
+    /// μ (root mean square of each part's contribution to μ's pre-activation). Absent in files
+    /// written before these were logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_mu_abs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_sigma: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_caption_rms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_dialogue_rms: Option<f64>,
 }
 
 /// Appends metric lines, flushing each.
@@ -243,6 +260,12 @@ mod tests {
             step_ms: 1.0,
             images_per_s: 1.0,
             sync_ms: None,
+            d_object: None,
+            g_object: None,
+            ca_mu_abs: None,
+            ca_sigma: None,
+            ca_caption_rms: None,
+            ca_dialogue_rms: None,
         };
         let mut w = MetricsWriter::open(dir.path(), 0).expect("open");
         for s in 1..=5 {

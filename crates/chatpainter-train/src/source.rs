@@ -17,6 +17,7 @@ use chatpainter_formats::embeddings::{Columns, ProjectedReader};
 use rayon::prelude::*;
 
 use crate::TrainError;
+use crate::objects::ObjectTargets;
 use chatpainter_model::Variant;
 use chatpainter_model::dataset::{Geometry, StoredImage, TrainData, TrainItem, stored_image};
 
@@ -94,6 +95,12 @@ pub trait TrainSource: Sync {
     /// [`TrainError::Data`] naming the first image without it.
     fn check_variant(&self, variant: Variant) -> Result<(), TrainError> {
         check_items_have(self, variant)
+    }
+
+    /// The split's annotated objects (the auxiliary object loss's targets), when the data has
+    /// them.
+    fn objects(&self) -> Option<&ObjectTargets> {
+        None
     }
 }
 
@@ -199,13 +206,16 @@ pub struct ParquetSource {
     tables: Vec<PathBuf>,
     /// image id → (table, row group).
     pictures: HashMap<i64, (usize, usize)>,
+    /// The split's boxes from the ingest stage's `objects.parquet`, when it wrote one.
+    objects: Option<ObjectTargets>,
 }
 
 impl ParquetSource {
     /// Opens split `split` of an ingest stage directory (the image tables of the geometry's load
     /// size named in its manifest) and an embed stage directory (`embeddings.parquet`), reading
     /// the vectors `variant` uses. Images without embeddings or without a picture are left out
-    /// (and counted in a warning); the result must not be empty.
+    /// (and counted in a warning); the result must not be empty. The split's object boxes are
+    /// read too when the ingest stage wrote `objects.parquet` (small: boxes only).
     ///
     /// # Errors
     /// Any read failure, naming the file; [`TrainError::Data`] for a contract breach (rows not
@@ -260,6 +270,7 @@ impl ParquetSource {
             blocks,
             tables,
             pictures,
+            objects: ObjectTargets::open(ingest_dir, split)?,
         };
         source.validate()?;
         Ok(source)
@@ -392,6 +403,9 @@ impl TrainSource for ParquetSource {
             )));
         }
         check_items_have(self, variant)
+    }
+    fn objects(&self) -> Option<&ObjectTargets> {
+        self.objects.as_ref()
     }
     fn validate(&self) -> Result<(), TrainError> {
         if self.items.is_empty() {

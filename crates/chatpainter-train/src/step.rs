@@ -9,8 +9,9 @@
 //! [`train_step`], so what they time and compare is what training runs.
 
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor, TensorData};
-use chatpainter_nn::loss::{DLoss, GLoss, discriminator_loss, generator_loss};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use chatpainter_nn::loss::{DLoss, GLoss, ObjectTerm, discriminator_loss, generator_loss};
+use chatpainter_nn::{GenOutput, input_shares};
 
 use crate::TrainError;
 use crate::batch::DeviceBatch;
@@ -33,20 +34,45 @@ pub struct StepInputs {
     pub step: u64,
     pub kl_coeff: f64,
     pub precision: Precision,
+    /// The auxiliary object loss: its weight and this rank's `[rows, C, 4, 4]` targets (`None`:
+    /// off, the reference).
+    pub objects: Option<(f64, Vec<f32>)>,
+}
+
+/// A batch's inputs on the device.
+struct OnDevice {
+    batch: DeviceBatch,
+    noise: Tensor<2>,
+    eps: Vec<Tensor<2>>,
+    objects: Option<ObjectTerm>,
 }
 
 impl StepInputs {
-    /// The batch, noise and CA eps as tensors on `device`, in the compute precision.
-    fn into_device(self, device: &Device) -> (DeviceBatch, Tensor<2>, Vec<Tensor<2>>) {
+    /// The batch, noise, CA eps and object targets as tensors on `device`, in the compute
+    /// precision (the targets stay f32: the loss is computed in f32).
+    fn into_device(self, device: &Device) -> OnDevice {
         let (rows, p) = (self.host.size, self.precision);
-        let b = DeviceBatch::new(self.host, self.variant, &self.net, device).cast(p);
-        let z = p.input(tensor2(self.noise, [rows, self.net.z_dim], device));
+        let batch = DeviceBatch::new(self.host, self.variant, &self.net, device).cast(p);
+        let noise = p.input(tensor2(self.noise, [rows, self.net.z_dim], device));
         let eps = self
             .eps
             .into_iter()
             .map(|e| p.input(tensor2(e, [rows, self.net.cond_dim], device)))
             .collect();
-        (b, z, eps)
+        let grid = crate::objects::GRID;
+        let objects = self.objects.map(|(weight, targets)| ObjectTerm {
+            targets: Tensor::from_data(
+                TensorData::new(targets, [rows, self.net.object_classes, grid, grid]),
+                device,
+            ),
+            weight,
+        });
+        OnDevice {
+            batch,
+            noise,
+            eps,
+            objects,
+        }
     }
 }
 
@@ -72,34 +98,30 @@ pub struct DiscriminatorLosses {
     pub fake: f64,
     /// Stage-II only.
     pub uncond: Option<UncondLosses>,
+    /// `d_object`: the object loss on the real images (unweighted), when on.
+    pub object: Option<f64>,
 }
 
 impl DiscriminatorLosses {
     /// The values of `loss`'s terms, read in one device-to-host transfer.
     fn read(loss: &DLoss) -> Self {
-        match (&loss.uncond_real, &loss.uncond_fake) {
-            (Some(ur), Some(uf)) => {
-                let [total, real, wrong, fake, ur, uf] =
-                    scalars([&loss.total, &loss.real, &loss.wrong, &loss.fake, ur, uf]);
-                Self {
-                    total,
-                    real,
-                    wrong,
-                    fake,
-                    uncond: Some(UncondLosses { real: ur, fake: uf }),
-                }
-            }
-            _ => {
-                let [total, real, wrong, fake] =
-                    scalars([&loss.total, &loss.real, &loss.wrong, &loss.fake]);
-                Self {
-                    total,
-                    real,
-                    wrong,
-                    fake,
-                    uncond: None,
-                }
-            }
+        let mut terms = vec![&loss.total, &loss.real, &loss.wrong, &loss.fake];
+        terms.extend(loss.uncond_real.iter().chain(&loss.uncond_fake));
+        terms.extend(&loss.object);
+        let values = scalar_values(&terms);
+        let at = |i: usize| values.get(i).copied().unwrap_or(f64::NAN);
+        let uncond = loss.uncond_real.as_ref().map(|_| UncondLosses {
+            real: at(4),
+            fake: at(5),
+        });
+        let object_at = if uncond.is_some() { 6 } else { 4 };
+        Self {
+            total: at(0),
+            real: at(1),
+            wrong: at(2),
+            fake: at(3),
+            uncond,
+            object: loss.object.as_ref().map(|_| at(object_at)),
         }
     }
 
@@ -114,6 +136,7 @@ impl DiscriminatorLosses {
         if let Some(u) = self.uncond {
             terms.extend([("d_uncond_real", u.real), ("d_uncond_fake", u.fake)]);
         }
+        terms.extend(self.object.map(|v| ("d_object", v)));
         terms
     }
 }
@@ -127,26 +150,82 @@ pub struct GeneratorLosses {
     pub adversarial: f64,
     /// `kl`: the CA's KL term.
     pub kl: f64,
+    /// `g_object`: the object loss on the fakes (unweighted), when on.
+    pub object: Option<f64>,
+    /// What the CA made of this batch's text (diagnostics, not back-propagated).
+    pub ca: CaStats,
+}
+
+/// Diagnostics of the CA on one batch: is the code still carrying the text, and which part?
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CaStats {
+    /// `ca_mu_abs`: mean |μ|.
+    pub mu_abs: f64,
+    /// `ca_sigma`: mean σ = exp(log σ² / 2) (the reference's ReLU keeps it ≥ 1).
+    pub sigma: f64,
+    /// `ca_caption_rms`: the caption's share of μ's pre-activation ([`input_shares`]).
+    pub caption_rms: f64,
+    /// `ca_dialogue_rms`: the dialogue's share (`None` for `stackgan`).
+    pub dialogue_rms: Option<f64>,
 }
 
 impl GeneratorLosses {
-    /// The values of `loss`'s terms, read in one device-to-host transfer.
-    fn read(loss: &GLoss) -> Self {
-        let [total, adversarial, kl] = scalars([&loss.total, &loss.adversarial, &loss.kl]);
+    /// The values of `loss`'s terms and of the CA diagnostics, read in one device-to-host
+    /// transfer.
+    fn read(loss: &GLoss, ca: &CaTensors) -> Self {
+        let mut terms = vec![&loss.total, &loss.adversarial, &loss.kl];
+        terms.extend([&ca.mu_abs, &ca.sigma, &ca.caption_rms]);
+        terms.extend(&ca.dialogue_rms);
+        terms.extend(&loss.object);
+        let values = scalar_values(&terms);
+        let at = |i: usize| values.get(i).copied().unwrap_or(f64::NAN);
+        let dialogue_rms = ca.dialogue_rms.as_ref().map(|_| at(6));
+        let object_at = if dialogue_rms.is_some() { 7 } else { 6 };
         Self {
-            total,
-            adversarial,
-            kl,
+            total: at(0),
+            adversarial: at(1),
+            kl: at(2),
+            object: loss.object.as_ref().map(|_| at(object_at)),
+            ca: CaStats {
+                mu_abs: at(3),
+                sigma: at(4),
+                caption_rms: at(5),
+                dialogue_rms,
+            },
         }
     }
 
-    /// `(metrics name, value)` of every term, in `metrics.jsonl`'s order.
-    pub fn named(&self) -> [(&'static str, f64); 3] {
-        [
+    /// `(metrics name, value)` of every loss term present, in `metrics.jsonl`'s order.
+    pub fn named(&self) -> Vec<(&'static str, f64)> {
+        let mut terms = vec![
             ("g_loss", self.total),
             ("g_adv", self.adversarial),
             ("kl", self.kl),
-        ]
+        ];
+        terms.extend(self.object.map(|v| ("g_object", v)));
+        terms
+    }
+}
+
+/// The CA diagnostics as `[1]` tensors, before they are read.
+struct CaTensors {
+    mu_abs: Tensor<1>,
+    sigma: Tensor<1>,
+    caption_rms: Tensor<1>,
+    dialogue_rms: Option<Tensor<1>>,
+}
+
+impl CaTensors {
+    fn of<G: StageGenerator>(gnet: &G, out: &GenOutput, caption_dim: usize) -> Self {
+        let f32 = |t: Tensor<2>| t.detach().cast(FloatDType::F32);
+        let (caption_rms, dialogue_rms) =
+            input_shares(gnet.ca_net(), out.text.clone(), caption_dim);
+        Self {
+            mu_abs: f32(out.mu.clone()).abs().mean(),
+            sigma: f32(out.logvar.clone()).mul_scalar(0.5).exp().mean(),
+            caption_rms,
+            dialogue_rms,
+        }
     }
 }
 
@@ -191,7 +270,13 @@ pub fn train_step<G: StageGenerator>(
     world: &World,
 ) -> Result<Stepped<G>, TrainError> {
     let (step, kl_coeff, precision) = (inputs.step, inputs.kl_coeff, inputs.precision);
-    let (b, z, eps) = inputs.into_device(device);
+    let caption_dim = inputs.net.caption_dim;
+    let OnDevice {
+        batch: b,
+        noise: z,
+        eps,
+        objects,
+    } = inputs.into_device(device);
     // D phase: G forward, D loss on real / wrong / detached fake. The networks compute in the
     // step's precision; the gradients land on the f32 parameters of `gnet` and `d`.
     let out = precision
@@ -202,6 +287,7 @@ pub fn train_step<G: StageGenerator>(
         b.real,
         out.fake.clone(),
         out.mu.clone(),
+        objects.as_ref(),
     )?;
     let mut d_losses = DiscriminatorLosses::read(&dl);
     let grads = GradientsParams::from_grads(dl.total.backward(), &d);
@@ -209,14 +295,16 @@ pub fn train_step<G: StageGenerator>(
     guard(step, &d_losses.named())?;
     let d = opt.d.step(opt.lr_d, d, grads);
     // G phase: the same fakes through the updated D (no new G forward).
+    let ca = CaTensors::of(&gnet, &out, caption_dim);
     let gl = generator_loss(
         &precision.compute(&d),
         out.fake,
         out.mu,
         out.logvar,
         kl_coeff,
+        objects.as_ref(),
     );
-    let mut g_losses = GeneratorLosses::read(&gl);
+    let mut g_losses = GeneratorLosses::read(&gl, &ca);
     let grads = GradientsParams::from_grads(gl.total.backward(), &gnet);
     let (grads, g_sync) = data_parallel::average_g(world, grads, &gnet, &mut g_losses);
     guard(step, &g_losses.named())?;
@@ -236,16 +324,24 @@ pub(crate) fn tensor2(v: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 
-/// The values of `[1]`-shaped loss terms in one device-to-host transfer (on a GPU each read
-/// waits for the device, so one read per phase instead of one per term).
-fn scalars<const N: usize>(terms: [&Tensor<1>; N]) -> [f64; N] {
-    let all = Tensor::cat(terms.iter().map(|t| (*t).clone().detach()).collect(), 0);
-    let values = all
-        .into_data()
+/// The values of `[1]`-shaped terms in one device-to-host transfer (on a GPU each read waits
+/// for the device, so one read per phase instead of one per term); a failed read gives no
+/// values, which the callers turn into NaN and the NaN guard into an error.
+fn scalar_values(terms: &[&Tensor<1>]) -> Vec<f64> {
+    let all = Tensor::cat(
+        terms
+            .iter()
+            .map(|t| (*t).clone().detach().cast(FloatDType::F32))
+            .collect(),
+        0,
+    );
+    all.into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .unwrap_or_default();
-    std::array::from_fn(|i| values.get(i).map_or(f64::NAN, |v| f64::from(*v)))
+        .unwrap_or_default()
+        .into_iter()
+        .map(f64::from)
+        .collect()
 }
 
 /// The first non-finite loss, as [`TrainError::NonFinite`].

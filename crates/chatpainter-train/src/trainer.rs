@@ -48,6 +48,7 @@ use crate::data_parallel::{self, Scratch};
 use crate::exports::Exported;
 use crate::loader::{Cursor, Plan, Prefetcher, Prepared, WINDOW_BYTES};
 use crate::metrics::{METRICS_FILE, MetricsWriter, StepMetrics};
+use crate::objects::ObjectTargets;
 use crate::ranks::World;
 use crate::resume::{self, Start, save_checked};
 use crate::sampling::Sampler;
@@ -271,7 +272,10 @@ pub fn train_stage1(
 ) -> Result<TrainSummary, TrainError> {
     cfg.validate()?;
     check_geometry(data, Geometry::STAGE1)?;
-    let net = cfg.network(data.widths().caption, data.dialogue_width(cfg.variant))?;
+    let mut net = cfg.network(data.widths().caption, data.dialogue_width(cfg.variant))?;
+    if cfg.object_loss > 0.0 {
+        net.object_classes = object_classes(data)?;
+    }
     let text_stats = (cfg.text_norm == TextNorm::Standardize)
         .then(|| crate::text_norm::stats_of(data, cfg.variant))
         .transpose()?;
@@ -291,6 +295,22 @@ pub fn train_stage1(
     )
 }
 
+/// The object head's width: the categories of the data's `objects.parquet`.
+fn object_classes(data: &dyn TrainSource) -> Result<usize, TrainError> {
+    match data.objects().map(ObjectTargets::classes) {
+        Some(n) if n > 0 => Ok(n),
+        Some(_) => Err(TrainError::Config(
+            "object_loss: the ingest stage's objects.parquet lists no category".into(),
+        )),
+        None => Err(TrainError::Config(
+            "object_loss: the training data has no object boxes; list the COCO instance files \
+             (`instances = \"annotations/instances_train2014.json\"`) in the pipeline's \
+             [[ingest.coco]] entries so that ingest writes objects.parquet"
+                .into(),
+        )),
+    }
+}
+
 /// Trains Stage-II (304→256 geometry) on the newest checkpoint of the Stage-I run in
 /// `stage1_dir`: Stage-I G (and the recurrent variant's BiLSTM) rebuilt from that run's saved
 /// config, loaded, and frozen; Stage-II's own layers fresh. Otherwise as [`train_stage1`].
@@ -308,6 +328,12 @@ pub fn train_stage2(
     world: &World,
 ) -> Result<TrainSummary, TrainError> {
     cfg.validate()?;
+    if cfg.object_loss > 0.0 {
+        return Err(TrainError::Config(
+            "object_loss: Stage-II's discriminator has no object head (the switch is Stage-I's)"
+                .into(),
+        ));
+    }
     check_geometry(data, Geometry::STAGE2)?;
     let s1 = ResolvedConfig::read(stage1_dir)?;
     let s1_run = s1.run_config();
@@ -556,6 +582,9 @@ impl<'r> Session<'r> {
             cond_dim: run.net.cond_dim,
             ca_draws: G::CA_DRAWS,
             window_bytes: WINDOW_BYTES,
+            objects: (run.cfg.object_loss > 0.0)
+                .then(|| run.data.objects())
+                .flatten(),
         };
         let cursor = Cursor {
             epoch: self.state.epoch,
@@ -611,6 +640,7 @@ impl<'r> Session<'r> {
             step: state.step + 1,
             kl_coeff: cfg.kl_coeff,
             precision: cfg.precision,
+            objects: prepared.objects.map(|targets| (cfg.object_loss, targets)),
         };
         (self.schedule.learning_rates(state.lr_halvings), inputs)
     }
@@ -677,6 +707,12 @@ impl<'r> Session<'r> {
             step_ms: step_s * 1e3,
             images_per_s: self.schedule.batch as f64 / step_s.max(1e-9),
             sync_ms: (ranks > 1).then_some(sync_s * 1e3),
+            d_object: dl.object,
+            g_object: gl.object,
+            ca_mu_abs: Some(gl.ca.mu_abs),
+            ca_sigma: Some(gl.ca.sigma),
+            ca_caption_rms: Some(gl.ca.caption_rms),
+            ca_dialogue_rms: gl.ca.dialogue_rms,
         };
         if let Some(writer) = self.metrics.as_mut() {
             writer.append(&m)?;
@@ -845,6 +881,7 @@ mod tests {
             net: *net,
             step: 1,
             precision: Precision::F32,
+            objects: None,
             kl_coeff: 1.0,
         };
         let device = Device::flex().autodiff();

@@ -747,6 +747,8 @@ mod pth_import {
             gf_dim: 4,
             df_dim: 4,
             stage2: None,
+            object_classes: 0,
+            ca_activation: chatpainter_model::CaActivation::Relu,
         };
         let (g, d) = Stage1Generator::init(&net, Variant::Stackgan, &Device::flex(), seed);
         (g.g, d)
@@ -1282,5 +1284,107 @@ mod lazy {
         )
         .expect("lazy run");
         assert_bit_identical(&a, &b);
+    }
+
+    /// Two categories; every train image has one box whose column depends on its id.
+    fn write_objects(ingest: &Path, n: usize) {
+        use chatpainter_formats::objects::{Category, ObjectBox, Objects, write_objects};
+        let categories = vec![
+            Category {
+                id: 3,
+                name: "red circle".into(),
+            },
+            Category {
+                id: 8,
+                name: "blue square".into(),
+            },
+        ];
+        let boxes = (0..n)
+            .map(|i| ObjectBox {
+                image_id: 10 + 3 * i as i64,
+                split: "train".into(),
+                category_id: if i % 2 == 0 { 3 } else { 8 },
+                x: [0.05, 0.4, 0.7][i % 3],
+                y: 0.3,
+                w: 0.25,
+                h: 0.3,
+            })
+            .collect();
+        let objects = Objects { categories, boxes };
+        write_objects(&ingest.join("objects.parquet"), &objects).expect("objects");
+    }
+
+    fn train(cfg: &TrainConfig, data: &dyn TrainSource, dir: &Path) -> Result<(), TrainError> {
+        train_stage1(
+            cfg,
+            data,
+            dir,
+            &NoProgress,
+            &AtomicBool::new(false),
+            &World::single(),
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn the_object_loss_is_off_by_default_and_trains_and_resumes_when_on() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (ingest, embed) = write_dataset(root.path(), 14, 4);
+        let variant = Variant::ChatpainterNonrecurrent;
+        let plain =
+            ParquetSource::open(&ingest, &embed, "train", Geometry::STAGE1, variant).expect("open");
+        write_objects(&ingest, 14);
+        let boxed =
+            ParquetSource::open(&ingest, &embed, "train", Geometry::STAGE1, variant).expect("open");
+        assert_eq!(boxed.objects().map(|o| o.classes()), Some(2));
+        // Off (the default): the boxes change nothing.
+        let cfg = config(variant, 4);
+        let (a, b) = (root.path().join("plain"), root.path().join("boxed-off"));
+        train(&cfg, &plain, &a).expect("plain run");
+        train(&cfg, &boxed, &b).expect("boxed run, loss off");
+        assert_bit_identical(&a, &b);
+        let off = read_metrics(&b.join(METRICS_FILE)).expect("metrics");
+        assert!(
+            off.iter()
+                .all(|m| m.d_object.is_none() && m.g_object.is_none())
+        );
+        assert!(off.iter().all(|m| m.ca_sigma.is_some_and(|s| s >= 1.0)));
+        // On without boxes: refused, saying how to get them.
+        let mut on = config(variant, 6);
+        on.object_loss = 5.0;
+        let err = train(&on, &plain, &root.path().join("no-boxes")).expect_err("no boxes");
+        assert!(
+            err.to_string().contains("instances") && err.to_string().contains("object_loss"),
+            "{err}"
+        );
+        // On: D grows a head, both losses are logged, and an interrupted run resumes exactly.
+        let whole = root.path().join("on");
+        train(&on, &boxed, &whole).expect("object loss run");
+        let metrics = read_metrics(&whole.join(METRICS_FILE)).expect("metrics");
+        assert_eq!(metrics.len(), 6);
+        for m in &metrics {
+            let (d, g) = (m.d_object.expect("d_object"), m.g_object.expect("g_object"));
+            assert!(
+                d.is_finite() && d > 0.0 && g.is_finite() && g > 0.0,
+                "{m:?}"
+            );
+        }
+        let (_, d) = final_weights(&whole);
+        let head: Vec<_> = d
+            .iter()
+            .filter(|t| t.path.contains("object_head"))
+            .collect();
+        assert_eq!(head.len(), 2, "weight and bias");
+        let (_, d_off) = final_weights(&b);
+        assert_eq!(d.len(), d_off.len() + 2);
+        let split = root.path().join("on-resumed");
+        let mut first = on.clone();
+        first.max_steps = Some(3);
+        train(&first, &boxed, &split).expect("first half");
+        train(&on, &boxed, &split).expect("resumed");
+        assert_bit_identical(&whole, &split);
+        // A run with the switch never resumes as one without.
+        let err = train(&config(variant, 8), &boxed, &whole).expect_err("switch off on resume");
+        assert!(err.to_string().contains("object_loss"), "{err}");
     }
 }

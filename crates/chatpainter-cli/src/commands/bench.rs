@@ -152,6 +152,8 @@ impl StepArgs {
             gf_dim: self.gf,
             df_dim: self.df,
             stage2: None,
+            object_classes: 0,
+            ca_activation: chatpainter_model::CaActivation::Relu,
         };
         let stage2 = match self.stage {
             1 => None,
