@@ -514,16 +514,15 @@ struct CocoCaptionOut<'a> {
     caption: &'a str,
 }
 
-fn write_coco(
+/// The part COCO's captions and instances files share: `info`, `licenses` and `images`, up to
+/// the `"annotations":` key.
+fn write_coco_head(
     w: &mut dyn Write,
+    description: &str,
     chosen: &[usize],
     scenes: &[(Scene, &str)],
-    texts: &[SceneTexts],
-    caption_id: &mut u64,
 ) -> std::io::Result<()> {
-    let head = json!({
-        "description": "chatpainter synthetic COCO-2014-shaped data", "version": "1.0", "year": 2014
-    });
+    let head = json!({ "description": description, "version": "1.0", "year": 2014 });
     write!(
         w,
         "{{\"info\":{head},\"licenses\":[{{\"url\":\"\",\"id\":1,\"name\":\"synthetic\"}}],\"images\":"
@@ -544,7 +543,22 @@ fn write_coco(
             }
         }),
     )?;
-    w.write_all(b",\"annotations\":")?;
+    w.write_all(b",\"annotations\":")
+}
+
+fn write_coco(
+    w: &mut dyn Write,
+    chosen: &[usize],
+    scenes: &[(Scene, &str)],
+    texts: &[SceneTexts],
+    caption_id: &mut u64,
+) -> std::io::Result<()> {
+    write_coco_head(
+        w,
+        "chatpainter synthetic COCO-2014-shaped data",
+        chosen,
+        scenes,
+    )?;
     let captions = chosen.iter().flat_map(|&i| {
         texts[i]
             .0
@@ -595,30 +609,12 @@ fn write_instances(
     drawn: &[Vec<Option<Drawn>>],
     annotation_id: &mut u64,
 ) -> std::io::Result<()> {
-    let head = json!({
-        "description": "chatpainter synthetic COCO-2014-shaped instances", "version": "1.0", "year": 2014
-    });
-    write!(
+    write_coco_head(
         w,
-        "{{\"info\":{head},\"licenses\":[{{\"url\":\"\",\"id\":1,\"name\":\"synthetic\"}}],\"images\":"
+        "chatpainter synthetic COCO-2014-shaped instances",
+        chosen,
+        scenes,
     )?;
-    write_array(
-        w,
-        chosen.iter().map(|&i| {
-            let s = &scenes[i].0;
-            CocoImageOut {
-                license: 1,
-                file_name: &s.file_name,
-                coco_url: "",
-                height: s.height,
-                width: s.width,
-                date_captured: "2013-11-14 11:18:45",
-                flickr_url: "",
-                id: s.image_id,
-            }
-        }),
-    )?;
-    w.write_all(b",\"annotations\":")?;
     let objects = chosen.iter().flat_map(|&i| {
         let s = &scenes[i].0;
         s.objects
