@@ -45,7 +45,7 @@ async function main() {
     if (images.length === 0) problems.push("the page has no images");
     for (const i of images.filter((i) => !i.ok)) problems.push(`image does not decode: ${i.src}…`);
     const required = ["#metrics ~ table"];
-    if (flags.includes("--scenes")) required.push("#scene-scores ~ table", ".per-turn-curve svg");
+    if (flags.includes("--scenes")) required.push("#scene-scores ~ table", ".per-turn-curve svg", ".learning-curve svg");
     for (const sel of required) {
       if ((await page.locator(sel).count()) === 0) problems.push(`missing on the page: ${sel}`);
     }

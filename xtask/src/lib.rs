@@ -110,31 +110,31 @@ fn smoke_variants(run: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The LibTorch path on CPU: prepare libtorch from PyPI (cached, hash-checked), then build and
-/// run the tests that train on `tch-cpu` against flex, in the dev profile of this checkout's own
-/// target folder. Only the crates that hold those tests (model, train, bench): the `tch` feature
-/// changes the features of shared dependencies (syn, zstd-sys, ...), so everything it reaches is
-/// built a second time, and leaving the CLI out keeps polars and the stage crates out of that
-/// second build (the CLI has no LibTorch code of its own). It runs last, after the smoke
-/// pipeline.
+/// The LibTorch path on CPU: prepare libtorch from PyPI (cached, hash-checked), build the
+/// `tch` feature in its own target folder inside this checkout's (so the default build is never
+/// rebuilt with it, and no other checkout shares it) and
+/// run the tests that train on `tch-cpu` against flex.
 fn libtorch_cpu_check() -> Result<()> {
     let paths = setup::setup_libtorch(&setup::LibtorchPaths::locate())?;
+    let target = util::target_dir()?.join("tch");
     let mut test = util::cargo();
     test.args([
         "test",
+        "--release",
         "-p",
         "chatpainter-model",
         "-p",
         "chatpainter-train",
         "-p",
         "chatpainter-bench",
+        "-p",
+        "chatpainter-cli",
         "--features",
-        "chatpainter-train/tch,chatpainter-bench/tch",
+        "chatpainter-cli/tch",
         "--",
-        // The LibTorch tests: `tch_cpu::…` in train and bench, `tch_devices_…` in model.
-        "tch_cpu",
-        "tch_devices",
+        "tch",
     ])
+    .env("CARGO_TARGET_DIR", &target)
     .env(
         "LD_LIBRARY_PATH",
         paths.runtime_library_path(dag::Libtorch::Cpu),
