@@ -86,6 +86,25 @@ fn run(f: &Fixture, cfg: &IngestConfig) -> chatpainter_ingest::Result<(Vec<Recor
     ))
 }
 
+/// Ingests one shard into its folder under `root` and returns the folder and its manifest, not
+/// saved yet (a shard counts as finished once its manifest is saved).
+fn run_shard(
+    cfg: &IngestConfig,
+    f: &Fixture,
+    root: &Path,
+    shard: Shard,
+) -> (std::path::PathBuf, chatpainter_artifacts::Manifest) {
+    let dir = root.join(shard.dir_name());
+    let out = pipeline::run(cfg, &f.data, &dir, shard, &NoProgress).unwrap();
+    let mut m = chatpainter_artifacts::Manifest::new(
+        chatpainter_artifacts::Stage::Ingest,
+        Default::default(),
+        out.outputs,
+    );
+    m.summary = serde_json::to_value(&out.summary).unwrap();
+    (dir, m)
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -534,14 +553,7 @@ fn shards_merge_to_the_unsharded_dataset() {
     let n = 3;
     for index in 0..n {
         let shard = Shard { index, count: n };
-        let dir = merged_dir.join(shard.dir_name());
-        let out = pipeline::run(&cfg, &f.data, &dir, shard, &NoProgress).unwrap();
-        let mut m = chatpainter_artifacts::Manifest::new(
-            chatpainter_artifacts::Stage::Ingest,
-            Default::default(),
-            out.outputs,
-        );
-        m.summary = serde_json::to_value(&out.summary).unwrap();
+        let (dir, m) = run_shard(&cfg, &f, &merged_dir, shard);
         // A merge before every shard has finished is refused.
         if index == 0 {
             let err = pipeline::merge(&merged_dir, n)
@@ -813,14 +825,7 @@ fn sharded_objects_merge_to_the_unsharded_table() {
     let n = 2;
     for index in 0..n {
         let shard = Shard { index, count: n };
-        let dir = merged_dir.join(shard.dir_name());
-        let out = pipeline::run(&cfg, &f.data, &dir, shard, &NoProgress).unwrap();
-        let mut m = chatpainter_artifacts::Manifest::new(
-            chatpainter_artifacts::Stage::Ingest,
-            Default::default(),
-            out.outputs,
-        );
-        m.summary = serde_json::to_value(&out.summary).unwrap();
+        let (dir, m) = run_shard(&cfg, &f, &merged_dir, shard);
         m.save(&dir).unwrap();
     }
     let merged = pipeline::merge(&merged_dir, n).unwrap();
