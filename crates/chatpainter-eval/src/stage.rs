@@ -371,19 +371,7 @@ pub fn run_eval(
     while start < n {
         let end = (start + cfg.batch_size).min(n);
         let idx: Vec<usize> = (start..end).collect();
-        let conditions: Vec<Condition> = idx
-            .iter()
-            .map(|&i| pool[i % pool.len()].1.clone())
-            .collect();
-        let seeds: Vec<u64> = idx.iter().map(|&i| image_seed(cfg.seed, i)).collect();
-        let generated = generator.generate(&conditions, &seeds, cfg.batch_size)?;
-        if generated.len() != idx.len() {
-            return Err(EvalError::Data(format!(
-                "the generator returned {} images for {} conditions",
-                generated.len(),
-                idx.len()
-            )));
-        }
+        let generated = generate_at(&generator, pool.as_slice(), cfg, &idx)?;
         for (&i, g) in idx.iter().zip(&generated) {
             let id = pool[i % pool.len()].0;
             let round = i / pool.len();
@@ -509,6 +497,33 @@ pub fn run_eval(
     })
 }
 
+/// Image `i` of the evaluation for each `i` of `idx`: condition `i` of `pool` (cycling) with
+/// seed `image_seed(cfg.seed, i)`, so that every checkpoint draws the same noise.
+///
+/// # Errors
+/// Generator errors; [`EvalError::Data`] when it returns another number of images.
+fn generate_at(
+    generator: &RunGenerator,
+    pool: &[(i64, Condition)],
+    cfg: &EvalConfig,
+    idx: &[usize],
+) -> Result<Vec<Generated>> {
+    let conditions: Vec<Condition> = idx
+        .iter()
+        .map(|&i| pool[i % pool.len()].1.clone())
+        .collect();
+    let seeds: Vec<u64> = idx.iter().map(|&i| image_seed(cfg.seed, i)).collect();
+    let generated = generator.generate(&conditions, &seeds, cfg.batch_size)?;
+    if generated.len() != idx.len() {
+        return Err(EvalError::Data(format!(
+            "the generator returned {} images for {} conditions",
+            generated.len(),
+            idx.len()
+        )));
+    }
+    Ok(generated)
+}
+
 /// The scene scores of every kept checkpoint of the generator's stage on the first `n`
 /// conditions of `pool` with the evaluation's seeds, oldest first; the newest checkpoint's
 /// readings (`newest`, the evaluation's own) are reused.
@@ -535,12 +550,7 @@ fn learning_curve(
                 .with_ca(cfg.ca);
             let mut readings = Vec::with_capacity(n);
             for chunk in (0..n).collect::<Vec<_>>().chunks(cfg.batch_size) {
-                let conditions: Vec<Condition> = chunk
-                    .iter()
-                    .map(|&i| pool[i % pool.len()].1.clone())
-                    .collect();
-                let seeds: Vec<u64> = chunk.iter().map(|&i| image_seed(cfg.seed, i)).collect();
-                let generated = generator.generate(&conditions, &seeds, cfg.batch_size)?;
+                let generated = generate_at(&generator, pool, cfg, chunk)?;
                 for (&i, g) in chunk.iter().zip(&generated) {
                     readings.push((
                         pool[i % pool.len()].0,
